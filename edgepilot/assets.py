@@ -1,0 +1,32 @@
+"""Models shipped inside the package, so a runtime-only install can predict without training."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from edgepilot.errors import ModelFileError
+
+__all__ = ["shipped_model", "resolve_model", "SHIPPED"]
+
+#: Names users can pass instead of a path (e.g. ``edgepilot predict stoplight photo.jpg``).
+SHIPPED = ("stoplight",)
+
+
+def shipped_model(name: str = "stoplight", suffix: str = ".onnx") -> Path:
+    """Path of a shipped model file: ``.onnx`` (runtime) or ``.pt`` (checkpoint, for export)."""
+    path = Path(str(resources.files("edgepilot") / "assets" / f"{name}{suffix}"))
+    if name not in SHIPPED or not path.is_file():
+        raise ModelFileError(
+            f"No shipped model '{name}{suffix}'. Shipped models: {', '.join(SHIPPED)} "
+            "(.onnx, .pt). Reinstall edgepilot if a shipped file is missing."
+        )
+    return path
+
+
+def resolve_model(spec: str) -> Path:
+    """A model path as given, or the shipped model when `spec` is a shipped name."""
+    path = Path(spec)
+    if not path.exists() and spec in SHIPPED:
+        return shipped_model(spec)
+    return path

@@ -1,0 +1,165 @@
+"""The `edgepilot` command line. Each sub-command is a small function over the Python API.
+
+Errors print one line and exit 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.formats import FORMATS
+
+__all__ = ["main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from edgepilot.train.recipes import train_stoplight
+    from edgepilot.train.trainer import TrainConfig
+
+    config = TrainConfig(epochs=args.epochs, steps=args.steps, seed=args.seed,
+                         batch_size=args.batch_size, progress=not args.quiet)
+    summary = train_stoplight(args.out, arch=args.arch, size=args.size, n_train=args.n_train,
+                              n_val=args.n_val, n_holdout=args.n_val, config=config,
+                              log=_log)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edgepilot.export import export
+    from edgepilot.train.checkpoint import load_checkpoint
+
+    model, meta, _ = load_checkpoint(args.checkpoint)
+    val = _validation_data(meta, args.val_size)
+    import torch
+
+    sample = torch.zeros(1, meta.channels, *meta.input_size)
+    out = args.out or Path(args.checkpoint).with_suffix("")
+    reports = export(model, sample, formats=args.format, out=out, meta=meta,
+                     precision=args.precision, val_data=val)
+    for report in reports:
+        print(report.path)
+    return 0
+
+
+def _validation_data(meta, n: int):
+    """Validation images of the checkpoint's dataset, when it names one edgepilot can make."""
+    dataset = meta.extra.get("dataset")
+    if not dataset or n == 0:
+        return None
+    from edgepilot.train.datasets import load_dataset
+
+    return load_dataset(dataset, "val", n, meta.input_size)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import edgepilot
+    from edgepilot.assets import resolve_model
+
+    model = edgepilot.load(resolve_model(args.model), threads=args.threads)
+    failures = 0
+    results = []
+    for image in args.images:
+        try:
+            prediction = model.predict(image)
+        except InputError as err:  # one bad image does not stop the others
+            failures += 1
+            print(f"error: {err}", file=sys.stderr)
+            continue
+        results.append({"image": image, **prediction.to_dict()})
+        if not args.json:
+            print(f"{image}\t{prediction.label}\t{prediction.score:.3f}")
+    if args.json:
+        print(json.dumps({"model": str(model.path), "backend": model.backend,
+                          "predictions": results}, indent=2))
+    return 1 if failures else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgepilot.demo import run_demo
+
+    run_demo(Path(args.out), train=args.train, n_images=args.images, log=_log)
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgepilot", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (the stoplight classifier)")
+    p.add_argument("task", choices=["stoplight"], help="what to train")
+    p.add_argument("--out", default="runs/stoplight", help="output folder")
+    p.add_argument("--arch", default="stoplight_cnn", help="architecture name")
+    p.add_argument("--size", type=_positive_int, default=64, help="input size in pixels")
+    p.add_argument("--epochs", type=_positive_int, default=6)
+    p.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--n-train", type=_positive_int, default=24_000)
+    p.add_argument("--n-val", type=_positive_int, default=2_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a checkpoint to deployable files")
+    p.add_argument("checkpoint", help="a .pt checkpoint from 'edgepilot train'")
+    p.add_argument("--format", nargs="+", default=["onnx"], choices=[f.name for f in FORMATS])
+    p.add_argument("--precision", default=None, help="e.g. fp32 (default: the format's first)")
+    p.add_argument("--out", default=None, help="output path stem (default: beside checkpoint)")
+    p.add_argument("--val-size", type=int, default=2_000,
+                   help="validation images for the parity report (0: random inputs)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="classify images with a model file")
+    p.add_argument("model", help="model file, or 'stoplight' for the shipped model")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="the end-to-end stoplight demo")
+    p.add_argument("--train", action="store_true", help="train instead of reusing the shipped model")
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--images", type=_positive_int, default=8, help="sample images to save")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        if isinstance(err, EdgepilotError):
+            print(f"error: {err}", file=sys.stderr)
+        else:  # a bug or an unexpected library failure: still one line, and how to see more
+            print(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+                  file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The one table of model formats.
+
+CLI choices, `edgepilot.export`, `edgepilot.load` (by longest file suffix), the benchmark loop and
+test parametrisation all read `FORMATS`; nothing indexes formats by position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepilot.errors import UnsupportedFormatError, did_you_mean
+
+__all__ = ["Format", "FORMATS", "format_by_name", "format_for_path"]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One model file format.
+
+    Attributes:
+        name: what users type (``--format onnx``).
+        suffix: file suffix; the longest matching suffix picks the format.
+        backend: module under `edgepilot.runtime` that runs the file.
+        exporter: module under `edgepilot.export` that writes it.
+        precisions: precisions the exporter can write; the first is the default.
+        runtime_extra: pip extra needed to run it ('' = the base install).
+        description: one line for help texts and the README.
+    """
+
+    name: str
+    suffix: str
+    backend: str
+    exporter: str
+    precisions: tuple[str, ...]
+    runtime_extra: str
+    description: str
+
+
+FORMATS: tuple[Format, ...] = (
+    Format(
+        name="onnx",
+        suffix=".onnx",
+        backend="onnx",
+        exporter="onnx",
+        precisions=("fp32",),
+        runtime_extra="",
+        description="ONNX, run by onnxruntime (any OS, Raspberry Pi, x86)",
+    ),
+)
+
+
+def format_by_name(name: str) -> Format:
+    """The format called `name`, or an error listing the known names."""
+    for fmt in FORMATS:
+        if fmt.name == name.lower():
+            return fmt
+    names = [f.name for f in FORMATS]
+    raise UnsupportedFormatError(
+        f"Unknown format '{name}'.{did_you_mean(name.lower(), names)} "
+        f"Valid formats: {', '.join(names)}"
+    )
+
+
+def format_for_path(path: str | Path) -> Format:
+    """The format of a model file, chosen by its longest matching suffix."""
+    lower = Path(path).name.lower()
+    matches = [f for f in FORMATS if lower.endswith(f.suffix)]
+    if matches:
+        return max(matches, key=lambda f: len(f.suffix))
+    suffix = "".join(Path(lower).suffixes[-1:]) or "(none)"
+    suffixes = [f.suffix for f in FORMATS]
+    hint = did_you_mean(suffix, suffixes)
+    if suffix in (".pt", ".pth"):
+        hint = (
+            " This looks like a PyTorch checkpoint: export it first with "
+            "'edgepilot export CHECKPOINT --format onnx'."
+        )
+    raise UnsupportedFormatError(
+        f"Cannot tell the model format of '{path}' from its suffix {suffix}.{hint} "
+        f"Valid suffixes: {', '.join(suffixes)}"
+    )

@@ -1,0 +1,76 @@
+"""The report written after every export: size, parity with PyTorch, accuracy, time."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ExportReport", "compare", "print_reports"]
+
+
+@dataclass
+class ExportReport:
+    """What one export produced and how close it is to the PyTorch module.
+
+    `max_abs_diff` compares raw outputs (logits) on the same preprocessed inputs;
+    `top1_agreement` is the share of inputs where both pick the same class.
+    """
+
+    format: str
+    precision: str
+    path: str
+    size_bytes: int
+    seconds: float
+    backend: str
+    n_inputs: int
+    max_abs_diff: float
+    top1_agreement: float
+    accuracy_torch: float | None = None
+    accuracy_export: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def compare(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray | None) -> dict:
+    """Parity of two (N, classes) outputs, and accuracy of each when labels are known."""
+    reference = reference.reshape(len(reference), -1).astype(np.float64)
+    exported = exported.reshape(len(exported), -1).astype(np.float64)
+    ref_top, exp_top = reference.argmax(1), exported.argmax(1)
+    result = {
+        "n_inputs": int(len(reference)),
+        "max_abs_diff": float(np.abs(reference - exported).max()),
+        "top1_agreement": float((ref_top == exp_top).mean()),
+    }
+    if labels is not None:
+        result["accuracy_torch"] = float((ref_top == labels).mean())
+        result["accuracy_export"] = float((exp_top == labels).mean())
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def print_reports(reports: list[ExportReport], console=None) -> None:
+    """Print the reports as one table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="edgepilot export")
+    for column in ("file", "format", "precision", "size", "max |diff|", "top-1 agree",
+                   "acc torch", "acc export", "time"):
+        table.add_column(column, justify="left" if column == "file" else "right")
+    for r in reports:
+        table.add_row(
+            Path(r.path).name, r.format, r.precision, f"{r.size_bytes / 1024:.1f} KiB",
+            f"{r.max_abs_diff:.2e}", _pct(r.top1_agreement), _pct(r.accuracy_torch),
+            _pct(r.accuracy_export), f"{r.seconds:.1f} s",
+        )
+    (console or Console(stderr=True)).print(table)

@@ -1,0 +1,50 @@
+"""The contract every runtime backend fulfils: tensors described, numpy in, numpy out.
+
+A backend module (`runtime/onnx.py`, ...) is the lazy-import boundary for its library: nothing
+imports onnxruntime or an interpreter until a file of that format is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Backend", "TensorInfo"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output tensor. `shape` holds None for dynamic dimensions.
+
+    `scale` and `zero_point` are set for quantized tensors: real = scale * (q - zero_point).
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+    scale: float = 0.0
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale > 0 and np.issubdtype(self.dtype, np.integer)
+
+
+class Backend:
+    """Base class of runtime backends. Subclasses set the attributes and implement `run`."""
+
+    #: What really runs the model, e.g. "onnxruntime 1.20 (CPUExecutionProvider)".
+    description: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    #: The edgepilot metadata JSON embedded in the file, or None.
+    meta_json: str | None
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement __init__")
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run one inference; arrays already have the dtype and shape of `inputs`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement run()")

@@ -1,0 +1,168 @@
+"""`load(path)` -> `Model`: one wrapper over every backend.
+
+The wrapper owns what all formats share: input checks, preprocessing from the metadata,
+(de)quantization at the boundary, labels and softmax. Backends only run tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepilot.errors import InputError, ModelFileError
+from edgepilot.formats import Format, format_for_path
+from edgepilot.meta import ModelMeta
+from edgepilot.runtime.backend import Backend, TensorInfo
+from edgepilot.runtime.image import preprocess, read_image
+
+__all__ = ["load", "Model", "Prediction"]
+
+# Backend module name -> class name. The module is imported only when a file needs it.
+_BACKEND_CLASSES = {"onnx": "OnnxBackend"}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result of `Model.predict`: the top label, its score and every class's score."""
+
+    label: str
+    score: float
+    index: int
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "score": self.score, "index": self.index, "scores": self.scores}
+
+
+def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | None = None,
+         **backend_options) -> Model:
+    """Load a model file with the backend its suffix calls for.
+
+    Args:
+        path: a model file (see `edgepilot.formats.FORMATS` for the suffixes).
+        meta: labels and preprocessing, for files that carry no edgepilot metadata.
+        threads: inference threads (None: the backend's default).
+        **backend_options: passed to the backend, e.g. ``providers=[...]`` for ONNX.
+
+    Example:
+        >>> model = edgepilot.load("stoplight.onnx")
+        >>> model.predict("photo.jpg").label
+        'green'
+    """
+    path = Path(path)
+    fmt = format_for_path(path)  # fails on an unknown suffix before touching the file
+    if not path.is_file():
+        raise ModelFileError(f"Model file not found: '{path}'")
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be 1 or more, got {threads}")
+    module = importlib.import_module(f"edgepilot.runtime.{fmt.backend}")
+    backend = getattr(module, _BACKEND_CLASSES[fmt.backend])(path, threads=threads,
+                                                              **backend_options)
+    if meta is None and backend.meta_json:
+        try:
+            meta = ModelMeta.from_json(backend.meta_json)
+        except (ValueError, TypeError) as err:
+            raise ModelFileError(f"'{path}' carries malformed edgepilot metadata: {err}") from err
+    return Model(backend, meta=meta, path=path, format=fmt)
+
+
+class Model:
+    """A loaded model: call it on arrays, or `predict` on images.
+
+    Attributes:
+        meta: labels and preprocessing (None for a file without metadata).
+        backend: what really runs the model, e.g. ``"onnxruntime 1.20 (CPUExecutionProvider)"``.
+        inputs, outputs: the file's tensors (`TensorInfo`).
+    """
+
+    def __init__(self, backend: Backend, *, meta: ModelMeta | None, path: Path, format: Format):
+        self._backend = backend
+        self.meta = meta
+        self.path = path
+        self.format = format
+        self.inputs: list[TensorInfo] = backend.inputs
+        self.outputs: list[TensorInfo] = backend.outputs
+
+    @property
+    def backend(self) -> str:
+        return self._backend.description
+
+    def __repr__(self) -> str:
+        name = self.meta.name if self.meta else self.path.name
+        return f"Model({name!r}, format={self.format.name}, backend={self.backend!r})"
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run raw input arrays (float or the file's dtype); return float outputs.
+
+        One array per model input. Quantized outputs are dequantized.
+        """
+        if len(arrays) != len(self.inputs):
+            raise InputError(
+                f"{self.path.name} takes {len(self.inputs)} input(s) "
+                f"({', '.join(i.name for i in self.inputs)}), got {len(arrays)}"
+            )
+        feeds = [_to_input(np.asarray(a), info) for a, info in zip(arrays, self.inputs)]
+        outputs = [_from_output(y, info) for y, info in zip(self._backend.run(feeds), self.outputs)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def predict(self, image: np.ndarray | str | Path) -> Prediction:
+        """Classify one image: an (H, W, 3) uint8 RGB array of any size, or an image file."""
+        meta = self._require_meta()
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        x = preprocess(image, meta)  # (1, ...) float32
+        scores = np.asarray(self(x)).reshape(-1).astype(np.float64)
+        if scores.size != len(meta.labels):
+            raise ModelFileError(
+                f"{self.path.name} outputs {scores.size} values but its metadata has "
+                f"{len(meta.labels)} labels"
+            )
+        if meta.output == "logits":
+            scores = np.exp(scores - scores.max())
+            scores /= scores.sum()
+        best = int(scores.argmax())
+        return Prediction(
+            label=meta.labels[best],
+            score=float(scores[best]),
+            index=best,
+            scores={label: float(s) for label, s in zip(meta.labels, scores)},
+        )
+
+    def _require_meta(self) -> ModelMeta:
+        if self.meta is None:
+            raise InputError(
+                f"{self.path.name} carries no edgepilot metadata (labels, input size, "
+                "normalisation), so predict() cannot preprocess images. Pass it: "
+                "edgepilot.load(path, meta=ModelMeta(...)), or call the model on arrays."
+            )
+        return self.meta
+
+
+def _to_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """Check a user array against an input tensor and convert it to the tensor's dtype."""
+    fixed = [d for d in info.shape]
+    if x.ndim != len(fixed) or any(d is not None and d != s for d, s in zip(fixed, x.shape)):
+        want = "x".join("?" if d is None else str(d) for d in fixed)
+        raise InputError(
+            f"Input '{info.name}' expects shape {want}, got {'x'.join(map(str, x.shape))}"
+        )
+    if info.quantized and not np.issubdtype(x.dtype, np.integer):
+        # Quantize at the boundary: the user always passes real values.
+        limits = np.iinfo(info.dtype)
+        q = np.round(x / info.scale + info.zero_point)
+        return np.clip(q, limits.min, limits.max).astype(info.dtype)
+    if x.dtype != info.dtype:
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise InputError(f"Input '{info.name}' expects numbers, got dtype {x.dtype}")
+        x = x.astype(info.dtype)
+    return x
+
+
+def _from_output(y: np.ndarray, info: TensorInfo) -> np.ndarray:
+    if info.quantized:
+        # int64 first: int8/uint8 minus zero point would overflow in the tensor's own type.
+        return (y.astype(np.int64) - info.zero_point).astype(np.float32) * np.float32(info.scale)
+    return y

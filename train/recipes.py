@@ -1,0 +1,68 @@
+"""Named training runs: data, architecture, hyper-parameters and evaluation in one place.
+
+`edgepilot train stoplight` calls `train_stoplight`; the shipped model is its default output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from edgepilot.meta import ModelMeta
+from edgepilot.train.checkpoint import save_checkpoint
+from edgepilot.train.datasets import HOLDOUT, load_dataset
+from edgepilot.train.models import count_parameters, create_model
+from edgepilot.train.stoplight import LABELS
+from edgepilot.train.trainer import TrainConfig, accuracy, fit
+
+__all__ = ["stoplight_meta", "train_stoplight"]
+
+
+def stoplight_meta(size: int = 64) -> ModelMeta:
+    return ModelMeta(name="stoplight", labels=LABELS, input_size=(size, size), layout="NCHW",
+                     color="RGB", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                     extra={"dataset": "stoplight"})
+
+
+def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stoplight_cnn",
+                    size: int = 64, n_train: int = 24_000, n_val: int = 2_000,
+                    n_holdout: int = 2_000, arch_config: dict | None = None,
+                    config: TrainConfig = TrainConfig(), log=print) -> dict:
+    """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.
+
+    Returns a summary: parameters, accuracies on the validation and held-out sets, time.
+    """
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    meta = stoplight_meta(size)
+    arch_config = {"num_classes": len(LABELS), **(arch_config or {})}
+    model = create_model(arch, **arch_config)
+    log(f"{arch}: {count_parameters(model):,} parameters; generating {n_train:,} training "
+        f"images (held out of training: {HOLDOUT})")
+    train = load_dataset("stoplight", "train", n_train, (size, size), seed=config.seed)
+    val = load_dataset("stoplight", "val", n_val, (size, size))
+    log(f"data ready in {time.perf_counter() - started:.1f} s")
+    history = fit(model, train, val, meta, config)
+    holdout = load_dataset("stoplight", "holdout", n_holdout, (size, size))
+    summary = {
+        "arch": arch,
+        "parameters": count_parameters(model),
+        "val_accuracy": history["val_accuracy"],
+        "n_val": n_val,
+        "holdout_accuracy": accuracy(model, *holdout, meta),
+        "n_holdout": n_holdout,
+        "holdout_families": HOLDOUT,
+        "train_seconds": history["seconds"],
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "images_per_second": history["images_per_second"],
+        "threads": torch.get_num_threads(),
+    }
+    out = Path(out)
+    path = save_checkpoint(out / "stoplight.pt", model, arch=arch, config=arch_config,
+                           meta=meta, metrics=summary)
+    (out / "stoplight.metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["checkpoint"] = str(path)
+    return summary
