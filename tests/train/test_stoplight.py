@@ -1,0 +1,214 @@
+"""Tests for the procedural traffic-light generator (edgepilot.train.stoplight)."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from edgepilot.train import stoplight
+
+RED, YELLOW, GREEN, NONE = (stoplight.LABELS.index(n) for n in ("red", "yellow", "green", "none"))
+
+
+def _peak(img: np.ndarray) -> tuple[int, int, int]:
+    """(hue class, x, y) of the brightest saturated spot: 0 red, 1 amber, 2 green, 3 other.
+
+    A crude stand-in for "where is the lit lamp and what colour is it"."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
+    score = cv2.GaussianBlur(hsv[..., 1] * hsv[..., 2], (5, 5), 0)
+    y, x = np.unravel_index(int(np.argmax(score)), score.shape)
+    h = hsv[y, x, 0]  # OpenCV hue is 0..180
+    cls = 0 if (h < 10 or h >= 165) else 1 if h < 30 else 2 if 35 <= h < 100 else 3
+    return cls, int(x), int(y)
+
+
+def _peaks(label: int, n: int, seed: int, config: stoplight.SceneConfig) -> np.ndarray:
+    images, _ = stoplight.generate(n, seed=seed, config=config, labels=np.full(n, label))
+    return np.array([_peak(im) for im in images])
+
+
+def test_public_constants() -> None:
+    assert stoplight.LABELS == ("red", "yellow", "green", "none")
+    assert stoplight.LAYOUTS == ("vertical", "horizontal")
+    assert stoplight.LAMP_STYLES == ("disc", "led")
+    assert len(stoplight.BACKGROUNDS) >= 4 and "night" in stoplight.BACKGROUNDS
+    config = stoplight.SceneConfig()
+    assert (config.size, config.empty_fraction, config.jpeg_fraction) == (96, 0.5, 0.3)
+    assert config.backgrounds == stoplight.BACKGROUNDS
+
+
+def test_shapes_and_dtypes() -> None:
+    images, labels = stoplight.generate(9, seed=1)
+    assert images.shape == (9, 96, 96, 3) and images.dtype == np.uint8
+    assert labels.shape == (9,) and labels.dtype == np.int64
+    assert set(labels.tolist()) <= {0, 1, 2, 3}
+    small, _ = stoplight.generate(3, seed=1, config=stoplight.SceneConfig(size=32))
+    assert small.shape == (3, 32, 32, 3)
+    empty, empty_labels = stoplight.generate(0)
+    assert empty.shape == (0, 96, 96, 3) and empty_labels.shape == (0,)
+    one = stoplight.render(np.random.default_rng(0), GREEN, stoplight.SceneConfig(size=48))
+    assert one.shape == (48, 48, 3) and one.dtype == np.uint8
+
+
+def test_images_are_not_blank() -> None:
+    images, _ = stoplight.generate(16, seed=2)
+    assert all(im.std() > 3 for im in images)  # something was drawn, not a flat fill
+
+
+def test_render_scene_non_square() -> None:
+    frame = stoplight.render_scene(np.random.default_rng(3), RED, 160, 120, stoplight.SceneConfig())
+    assert frame.shape == (120, 160, 3) and frame.dtype == np.uint8
+
+
+def test_same_seed_same_bytes_and_different_seed_differs() -> None:
+    a_img, a_lab = stoplight.generate(12, seed=5)
+    b_img, b_lab = stoplight.generate(12, seed=5)
+    assert a_img.tobytes() == b_img.tobytes() and np.array_equal(a_lab, b_lab)
+    c_img, _ = stoplight.generate(12, seed=6)
+    assert a_img.tobytes() != c_img.tobytes()
+
+
+@pytest.mark.parametrize("short, long", [(5, 10), (3, 7), (8, 13)])
+def test_prefix_property(short: int, long: int) -> None:
+    s_img, s_lab = stoplight.generate(short, seed=11)
+    l_img, l_lab = stoplight.generate(long, seed=11)
+    assert np.array_equal(l_img[:short], s_img)
+    assert np.array_equal(l_lab[:short], s_lab)
+
+
+def test_image_depends_only_on_seed_index_and_own_label() -> None:
+    a = np.array([0, 1, 2, 3, 0, 1])
+    b = np.array([0, 1, 3, 3, 2, 1])
+    a_img, a_lab = stoplight.generate(6, seed=4, labels=a)
+    b_img, _ = stoplight.generate(6, seed=4, labels=b)
+    assert np.array_equal(a_lab, a)
+    same = a == b
+    assert all(np.array_equal(a_img[i], b_img[i]) for i in np.flatnonzero(same))
+    assert all(not np.array_equal(a_img[i], b_img[i]) for i in np.flatnonzero(~same))
+
+
+def test_render_is_deterministic_given_generator_state() -> None:
+    config = stoplight.SceneConfig(size=40)
+    x = stoplight.render(np.random.default_rng(123), YELLOW, config)
+    y = stoplight.render(np.random.default_rng(123), YELLOW, config)
+    assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("n", [4, 37, 202])
+def test_class_balance(n: int) -> None:
+    _, labels = stoplight.generate(n, seed=9, config=stoplight.SceneConfig(size=16))
+    counts = np.bincount(labels, minlength=4)
+    assert counts.max() - counts.min() <= 1, counts
+
+
+def test_labels_are_shuffled_not_cycled() -> None:
+    _, a = stoplight.generate(40, seed=1, config=stoplight.SceneConfig(size=16))
+    _, b = stoplight.generate(40, seed=2, config=stoplight.SceneConfig(size=16))
+    assert not np.array_equal(a, np.tile(np.arange(4), 10))
+    assert not np.array_equal(a, b)
+
+
+def test_labels_argument_validated() -> None:
+    with pytest.raises(ValueError):
+        stoplight.generate(3, labels=np.array([0, 1]))
+    with pytest.raises(ValueError):
+        stoplight.generate(2, labels=np.array([0, 4]))
+    with pytest.raises(ValueError):
+        stoplight.generate(2, labels=np.array([-1, 0]))
+    with pytest.raises(ValueError):
+        stoplight.render(np.random.default_rng(0), 7)
+
+
+@pytest.mark.parametrize("field, valid", [("layouts", stoplight.LAYOUTS),
+                                          ("backgrounds", stoplight.BACKGROUNDS),
+                                          ("lamp_styles", stoplight.LAMP_STYLES)])
+def test_config_rejects_unknown_names_and_lists_valid_ones(field: str, valid: tuple) -> None:
+    with pytest.raises(ValueError) as err:
+        stoplight.SceneConfig(**{field: (valid[0], "bogus")})
+    message = str(err.value)
+    assert "bogus" in message and all(name in message for name in valid)
+    with pytest.raises(ValueError):
+        stoplight.SceneConfig(**{field: ()})
+    with pytest.raises(ValueError):
+        stoplight.SceneConfig(**{field: valid[0]})  # a bare string is not a tuple of names
+
+
+@pytest.mark.parametrize("kwargs", [{"size": 15}, {"size": 0}, {"size": 32.5},
+                                    {"empty_fraction": -0.1}, {"empty_fraction": 1.5},
+                                    {"jpeg_fraction": 2.0}])
+def test_config_rejects_bad_numbers(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        stoplight.SceneConfig(**kwargs)
+
+
+def test_config_is_frozen_and_accepts_lists() -> None:
+    config = stoplight.SceneConfig(layouts=["horizontal"], size=16)
+    assert config.layouts == ("horizontal",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.size = 32  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("label", [RED, YELLOW, GREEN])
+def test_lit_lamp_has_the_label_colour(label: int) -> None:
+    """The brightest saturated spot is usually the lit lamp, in its class colour.
+
+    Clutter (red cars, green signs...) sometimes wins, hence a statistical test."""
+    peaks = _peaks(label, 150, seed=100 + label, config=stoplight.SceneConfig())
+    frac = np.bincount(peaks[:, 0], minlength=4) / len(peaks)
+    others = [frac[c] for c in (RED, YELLOW, GREEN) if c != label]
+    assert frac[label] > 0.5, frac
+    assert frac[label] > 2.5 * max(others), frac
+
+
+def test_none_images_have_no_dominant_lamp_colour() -> None:
+    """Without a lit lamp, no single lamp colour dominates the brightest saturated spot."""
+    peaks = _peaks(NONE, 150, seed=7, config=stoplight.SceneConfig())
+    frac = np.bincount(peaks[:, 0], minlength=4) / len(peaks)
+    assert frac[:3].max() < 0.5, frac
+
+
+@pytest.mark.parametrize("layout, axis", [("vertical", 2), ("horizontal", 1)])
+def test_layout_restriction_and_lamp_order(layout: str, axis: int) -> None:
+    """Red sits above (vertical) or left of (horizontal) green; across the other axis they agree."""
+    config = stoplight.SceneConfig(layouts=(layout,), backgrounds=("night", "gradient"))
+    red = _peaks(RED, 100, seed=31, config=config)
+    green = _peaks(GREEN, 100, seed=32, config=config)
+    red, green = red[red[:, 0] == RED], green[green[:, 0] == GREEN]  # keep spots that are the lamp
+    assert len(red) > 50 and len(green) > 50
+    assert green[:, axis].mean() - red[:, axis].mean() > 15
+    other = 3 - axis
+    assert abs(green[:, other].mean() - red[:, other].mean()) < 12
+
+
+def test_background_restriction() -> None:
+    night, _ = stoplight.generate(40, seed=3, config=stoplight.SceneConfig(backgrounds=("night",)))
+    sky, _ = stoplight.generate(40, seed=3, config=stoplight.SceneConfig(backgrounds=("sky",)))
+    assert night.mean() < 0.5 * sky.mean()
+    # sky backgrounds are bluish on average; night scenes are dark everywhere
+    assert sky[..., 2].mean() > sky[..., 0].mean()
+    assert np.median(night.reshape(40, -1).mean(1)) < 60
+
+
+def test_lamp_style_and_fraction_options_change_output() -> None:
+    def images(**kwargs: object) -> np.ndarray:
+        return stoplight.generate(8, seed=8, config=stoplight.SceneConfig(**kwargs))[0]
+
+    assert not np.array_equal(images(lamp_styles=("disc",)), images(lamp_styles=("led",)))
+    assert not np.array_equal(images(jpeg_fraction=0.0), images(jpeg_fraction=1.0))
+    assert not np.array_equal(images(empty_fraction=0.0), images(empty_fraction=1.0))
+
+
+def test_module_imports_only_numpy_cv2_and_stdlib() -> None:
+    tree = ast.parse(Path(stoplight.__file__).read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports"
+            roots.add(node.module.split(".")[0])
+    allowed = {"__future__", "colorsys", "math", "numbers", "dataclasses", "cv2", "numpy"}
+    assert roots <= allowed, roots

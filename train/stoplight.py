@@ -1,0 +1,602 @@
+"""Procedural traffic-light (stoplight) images with labels, for training small classifiers.
+
+Images are drawn at the output resolution with OpenCV primitives and a few vectorised numpy
+ops (~2,000 96x96 images/s on one core). To generalise to real photos, everything a camera
+sees is randomised: housing shape/colour/layout, lamp style and hue, bloom, visors, sun
+reflections, clutter with red/green/yellow hard negatives, framing, pose, exposure, white
+balance, blur, noise and JPEG. Stages, in file order: background (float, channel-first, half
+resolution) -> objects drawn on uint8 (cv2 anti-aliasing needs 8-bit) -> camera effects.
+"""
+from __future__ import annotations
+
+import colorsys
+import math
+import numbers
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+LABELS: tuple[str, ...] = ("red", "yellow", "green", "none")
+LAYOUTS: tuple[str, ...] = ("vertical", "horizontal")
+BACKGROUNDS: tuple[str, ...] = ("sky", "gradient", "texture", "buildings", "foliage", "night")
+LAMP_STYLES: tuple[str, ...] = ("disc", "led")
+RED, YELLOW, GREEN, NONE = range(4)
+
+_F32 = np.float32  # colours are passed to cv2 via .tolist(); it saturates them on uint8
+AA = cv2.LINE_AA
+_SHIFT = 4  # cv2 drawing with 4 fractional bits: sub-pixel placement matters at 96 px
+_ONE = 1 << _SHIFT
+
+# Lens hue (degrees) and saturation ranges. Red ~(255,40,30), amber ~(255,170,0), bluish LED
+# green ~(40,255,170); the gaps keep classes apart after the camera's white-balance shifts.
+_LAMP_HSV = (((-7.0, 7.0), (0.8, 0.95)), ((33.0, 45.0), (0.9, 1.0)), ((128.0, 168.0), (0.66, 0.92)))
+# Housing paints (black, greys, yellow, dark green, olive, aluminium), mostly dark as on streets.
+_HOUSINGS = np.array([(22, 22, 24), (30, 31, 30), (40, 40, 42), (60, 62, 65), (95, 97, 100),
+                      (205, 165, 35), (28, 62, 42), (85, 88, 45), (140, 140, 135)], _F32)
+_HOUSING_CDF = np.cumsum([5, 3, 3, 3, 1, 2, 2, 1, 1]) / 21
+# Saturated everyday colours for hard negatives, and dull materials for walls and textures.
+_NEG_COLORS = np.array([(205, 30, 30), (240, 55, 40), (40, 160, 60), (60, 220, 120),
+                        (240, 200, 40), (245, 125, 20), (30, 80, 200), (235, 235, 235),
+                        (120, 80, 50), (20, 20, 20)], _F32)
+_MATERIALS = np.array([(128, 128, 124), (70, 70, 72), (150, 75, 55), (170, 160, 140), (110, 85, 60),
+                       (90, 100, 80)], _F32)
+
+
+def _fractal_bank(count: int, size: int, seed: int) -> np.ndarray:
+    """Smooth multi-octave value noise in [0, 1]; cropped and resized for every texture."""
+    rng = np.random.default_rng(seed)
+    bank = np.empty((count, size, size), _F32)
+    for k in range(count):
+        acc, amp, persistence = np.zeros((size, size), _F32), 1.0, rng.uniform(0.4, 0.75)
+        for cells in (3, 6, 12, 24, 48):
+            acc += amp * cv2.resize(rng.random((cells, cells), dtype=_F32), (size, size),
+                                    interpolation=cv2.INTER_CUBIC)
+            amp *= persistence
+        acc -= acc.min()
+        bank[k] = acc / acc.max()
+    return bank
+
+
+_TEX_SIZE = 128
+_TEXTURES = _fractal_bank(8, _TEX_SIZE, seed=20240611)
+# Sensor noise is a random crop of one fixed field: fresh normals would cost more than the scene.
+_NOISE = np.random.default_rng(7).standard_normal((_TEX_SIZE, _TEX_SIZE, 3), dtype=_F32)
+_RAMP = (np.arange(256, dtype=_F32) / 255)[:, None]  # input levels of the camera's lookup table
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """What the generator may draw. Restrict the tuples to hold families out of training."""
+
+    size: int = 96
+    layouts: tuple[str, ...] = LAYOUTS
+    backgrounds: tuple[str, ...] = BACKGROUNDS
+    lamp_styles: tuple[str, ...] = LAMP_STYLES
+    empty_fraction: float = 0.5  # share of `none` images with no light at all (rest: unlit housing)
+    jpeg_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        names = {"layouts": LAYOUTS, "backgrounds": BACKGROUNDS, "lamp_styles": LAMP_STYLES}
+        for field, valid in names.items():
+            value = getattr(self, field)
+            if isinstance(value, str) or not value:
+                raise ValueError(f"{field} must be a non-empty tuple drawn from {valid}, "
+                                 f"got {value!r}")
+            unknown = [v for v in value if v not in valid]
+            if unknown:
+                raise ValueError(f"unknown {field} {unknown}; valid choices are {valid}")
+            object.__setattr__(self, field, tuple(value))  # lists are accepted, stored as tuples
+        if not isinstance(self.size, numbers.Integral) or self.size < 16:
+            raise ValueError(f"size must be an integer >= 16, got {self.size!r}")
+        for field in ("empty_fraction", "jpeg_fraction"):
+            if not 0.0 <= getattr(self, field) <= 1.0:
+                raise ValueError(f"{field} must be in [0, 1], got {getattr(self, field)!r}")
+
+
+# ----------------------------------------------------------------------------- helpers
+class _Rand:
+    """Scalar draws from a numpy Generator, buffered 64 at a time.
+
+    A Generator scalar call costs ~1 us, mostly overhead, and a scene needs ~80 of them.
+    Array draws use the wrapped Generator, `.gen`, directly."""
+
+    __slots__ = ("gen", "_buf")
+
+    def __init__(self, gen: np.random.Generator) -> None:
+        self.gen, self._buf = gen, []
+
+    def random(self) -> float:
+        if not self._buf:
+            self._buf = self.gen.random(64).tolist()
+        return self._buf.pop()
+
+    def uniform(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * self.random()
+
+    def integers(self, lo: int, hi: int | None = None) -> int:
+        lo, hi = (0, lo) if hi is None else (lo, hi)
+        return lo + int((hi - lo) * self.random())
+
+
+def _hsv(hue_deg: float, sat: float, val: float = 1.0) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb((hue_deg / 360.0) % 1.0, sat, val), _F32) * 255.0
+
+
+def _pt(x: float, y: float) -> tuple[int, int]:
+    return int(round(x * _ONE)), int(round(y * _ONE))
+
+
+def _jitter(rng: _Rand, c: np.ndarray, amount: float) -> np.ndarray:
+    noise = np.array((rng.random(), rng.random(), rng.random()), _F32) - _F32(0.5)
+    return c + noise * _F32(2 * amount)
+
+
+def _ramp(n: int, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """n evenly spaced float32 values from lo to hi (np.linspace is ~10x slower for small n)."""
+    return np.arange(n, dtype=_F32) * _F32((hi - lo) / max(n - 1, 1)) + _F32(lo)
+
+
+def _clip01(x: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(x, 0), 1)  # np.clip has a slow Python wrapper
+
+
+def _box(cx: float, cy: float, ext: float, w: int, h: int) -> tuple[int, int, int, int]:
+    """Integer ROI (x0, x1, y0, y1) of a square of half-size `ext`, clipped to a w x h frame."""
+    return (max(int(cx - ext - 1), 0), min(int(cx + ext + 2), w),
+            max(int(cy - ext - 1), 0), min(int(cy + ext + 2), h))
+
+
+def _texture(rng: _Rand, w: int, h: int) -> np.ndarray:
+    """A random (possibly stretched) crop of the noise bank, resized to (h, w), in [0, 1]."""
+    t = _TEXTURES[rng.integers(len(_TEXTURES))]
+    cw, ch = rng.integers(20, _TEX_SIZE + 1), rng.integers(20, _TEX_SIZE + 1)
+    x, y = rng.integers(0, _TEX_SIZE - cw + 1), rng.integers(0, _TEX_SIZE - ch + 1)
+    return cv2.resize(t[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+_ARC = np.linspace(0, math.pi / 2, 6)
+_CORNER_DIRS = np.stack([np.stack([np.cos(a), np.sin(a)], -1)  # (4 corners, 6 points, xy)
+                         for a in (_ARC + q * math.pi / 2 for q in range(4))])
+_CORNER_SIGNS = np.array([(1, 1), (-1, 1), (-1, -1), (1, -1)], float)
+
+
+def _rrect(cx: float, cy: float, hw: float, hh: float, rc: float,
+           pose: np.ndarray | None = None) -> np.ndarray:
+    """Rounded-rectangle polygon (rc=0: rect, rc=min(hw, hh): pill) in cv2 fixed point.
+
+    With a 2x3 affine `pose`, (cx, cy) are in the object's own frame and mapped to the image."""
+    rc = min(max(rc, 0.0), hw, hh)
+    centres = np.array([cx, cy]) + _CORNER_SIGNS * (np.array([hw, hh]) - rc)
+    pts = (centres[:, None, :] + rc * _CORNER_DIRS).reshape(-1, 2)
+    if pose is not None:
+        pts = pts @ pose[:, :2].T + pose[:, 2]
+    return np.round(pts * _ONE).astype(np.int32)[None]
+
+
+def _vgrad(top: np.ndarray, bottom: np.ndarray, w: int, h: int, gamma: float = 1.0) -> np.ndarray:
+    t = _ramp(h) ** _F32(gamma)
+    return np.repeat((top[:, None] + (bottom - top)[:, None] * t)[:, :, None], w, axis=2)
+
+
+def _lerp(c1: np.ndarray, c2: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return c1[:, None, None] + (c2 - c1)[:, None, None] * t
+
+
+# ------------------------------------------------------------------------- backgrounds
+# Channel-first (3, h, w) float arrays: numpy broadcasting over a trailing axis of length 3
+# is ~15x slower than over whole planes.
+def _bg_sky(rng: _Rand, w: int, h: int) -> np.ndarray:
+    if rng.random() < 0.3:  # overcast
+        top = np.full(3, rng.uniform(130, 225), _F32) * np.array([0.97, 0.99, 1.03], _F32)
+        bottom = top * _F32(rng.uniform(0.95, 1.15))
+    else:
+        hue, sat, val = rng.uniform(196, 224), rng.uniform(0.3, 0.75), rng.uniform(0.55, 0.95)
+        top = _hsv(hue, sat, val)
+        bottom = _hsv(hue + rng.uniform(-8, 8), sat * 0.35, min(1.0, val + 0.15))
+    img = _vgrad(top, bottom, w, h, rng.uniform(0.5, 1.6))
+    if rng.random() < 0.6:  # clouds: soft thresholded noise pulled towards white
+        m = _clip01((_texture(rng, w, h) - rng.uniform(0.3, 0.65)) * rng.uniform(2, 5))
+        img += m * (_F32(rng.uniform(190, 250)) - img)
+    return img
+
+
+def _bg_gradient(rng: _Rand, w: int, h: int) -> np.ndarray:
+    c1, c2 = (_hsv(rng.uniform(0, 360), rng.uniform(0, 0.55), rng.uniform(0.12, 0.9))
+              for _ in range(2))
+    a = rng.uniform(0, 2 * math.pi)
+    xs, ys = _ramp(w, -0.5, 0.5), _ramp(h, -0.5, 0.5)
+    return _lerp(c1, c2, _clip01(math.cos(a) * xs[None, :] + math.sin(a) * ys[:, None] + 0.5))
+
+
+def _bg_texture(rng: _Rand, w: int, h: int) -> np.ndarray:
+    base = _jitter(rng, _MATERIALS[rng.integers(len(_MATERIALS))], 25) * _F32(rng.uniform(0.5, 1.3))
+    other = _jitter(rng, base * _F32(rng.uniform(0.4, 1.5)), 20)
+    img = _lerp(base, other, _texture(rng, w, h))
+    if rng.random() < 0.3:  # brick / tile joints
+        py, px = rng.uniform(0.05, 0.2) * h, rng.uniform(0.1, 0.35) * w
+        ys, xs = np.arange(h)[:, None], np.arange(w)[None, :]
+        joint = ((ys % py) < 1.2) | (((xs + (ys // py % 2) * px / 2) % px) < 1.2)
+        img *= np.where(joint, _F32(rng.uniform(0.55, 1.4)), _F32(1))
+    return img
+
+
+def _facades(rng: _Rand, img: np.ndarray, night: bool) -> np.ndarray:
+    """Paint building fronts with window grids over the (3, h, w) `img`, left to right."""
+    h, w = img.shape[1:]
+    x = int(rng.uniform(-0.3, 0.2) * w)
+    while x < w:
+        bw, top = int(rng.uniform(0.3, 0.9) * w) + 4, int(rng.uniform(-0.2, 0.6) * h)
+        x0, x1, y0 = max(x, 0), min(x + bw, w), max(top, 0)
+        x += bw
+        if x1 <= x0 or y0 >= h:
+            continue
+        wall = _jitter(rng, _MATERIALS[rng.integers(len(_MATERIALS))], 25)
+        wall *= _F32(0.15 if night else 1.0)
+        px, py = rng.uniform(0.07, 0.2) * w, rng.uniform(0.07, 0.2) * h
+        cols, rows = np.arange(x1 - x0) + rng.uniform(0, px), np.arange(h - y0) + rng.uniform(0, py)
+        fy, fx = rng.uniform(0.4, 0.75), rng.uniform(0.35, 0.7)  # window share of each grid cell
+        win = ((rows % py) < py * fy)[:, None] & ((cols % px) < px * fx)[None]
+        # Per-window brightness so facades do not look like perfect grids.
+        grid = (int(rows[-1] // py) + 1, int(cols[-1] // px) + 1)
+        cells = rng.gen.uniform(0.6, 1.3, grid).astype(_F32)
+        shade = cells[(rows // py).astype(np.intp)][:, (cols // px).astype(np.intp)]
+        if night:  # only some windows are lit
+            glass = _hsv(rng.uniform(30, 55), rng.uniform(0.2, 0.6), rng.uniform(0.3, 0.75))
+            shade = np.where(shade > rng.uniform(0.9, 1.2), shade, _F32(0.08))
+        else:
+            glass = _hsv(rng.uniform(190, 230), rng.uniform(0.05, 0.4), rng.uniform(0.2, 0.75))
+        img[:, y0:h, x0:x1] = np.where(win, shade * glass[:, None, None], wall[:, None, None])
+    return img
+
+
+def _bg_foliage(rng: _Rand, w: int, h: int) -> np.ndarray:
+    img = _bg_sky(rng, w, h)  # seen through gaps in the canopy
+    hue = rng.uniform(70, 135)
+    dark = _hsv(hue, rng.uniform(0.4, 0.85), rng.uniform(0.06, 0.3))
+    light = _hsv(hue - 15, rng.uniform(0.3, 0.8), rng.uniform(0.4, 0.85))
+    density = _clip01((_texture(rng, w, h) - rng.uniform(0.15, 0.5)) * 6)
+    img += density * (_lerp(dark, light, _texture(rng, w, h)) - img)
+    return img
+
+
+def _bg_night(rng: _Rand, w: int, h: int) -> np.ndarray:
+    top = _hsv(rng.uniform(200, 260), rng.uniform(0.3, 0.8), rng.uniform(0.02, 0.1))
+    # Light pollution near the horizon.
+    bottom = _hsv(rng.uniform(20, 240), rng.uniform(0.2, 0.7), rng.uniform(0.05, 0.25))
+    img = _vgrad(top, bottom, w, h, rng.uniform(0.5, 2.0))
+    if rng.random() < 0.5:
+        img = _facades(rng, img, night=True)
+    n = rng.integers(0, 6)
+    if n:  # out-of-focus street lamps, windows and tail lights
+        bokeh, s = np.zeros((h, w, 3), _F32), min(w, h)
+        for _ in range(n):
+            c = _hsv(rng.uniform(0, 50), rng.uniform(0, 0.9))  # white, sodium orange, red
+            centre = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
+            radius = int(rng.uniform(0.01, 0.05) * s) + 1
+            cv2.circle(bokeh, centre, radius, (c * _F32(rng.uniform(0.3, 1.0))).tolist(), -1)
+        img += cv2.GaussianBlur(bokeh, (0, 0), rng.uniform(0.5, 2.0) * s / 96).transpose(2, 0, 1)
+    return img
+
+
+_BACKGROUND_FNS = {"sky": _bg_sky, "gradient": _bg_gradient, "texture": _bg_texture,
+                   "buildings": lambda rng, w, h: _facades(rng, _bg_sky(rng, w, h), night=False),
+                   "foliage": _bg_foliage, "night": _bg_night}
+
+
+# ------------------------------------------------------------------------ hard negatives
+# Road-sign outlines (unit size): round, octagon (stop), triangle, diamond and rectangle.
+_SIGN_SHAPES = tuple(np.stack([np.cos(a), np.sin(a)], -1) * stretch for a, stretch in (
+    (np.arange(24) * math.pi / 12, 1.0), (np.arange(8) * math.pi / 4 + math.pi / 8, 1.0),
+    (np.arange(3) * 2 * math.pi / 3 - math.pi / 2, 1.0), (np.arange(4) * math.pi / 2, 1.0),
+    (np.arange(4) * math.pi / 2 + math.pi / 4, (1.3, 0.8))))
+
+
+def _clutter(rng: _Rand, img: np.ndarray, ambient: float, night: bool) -> None:
+    """Non-signal objects, drawn in every class so that colour alone never gives the label away."""
+    h, w = img.shape[:2]
+    s = min(w, h)
+    for _ in range(rng.integers(0, 4)):
+        kind = rng.integers(0, 5)
+        cx, cy, size = rng.uniform(0, w), rng.uniform(0, h), s * rng.uniform(0.06, 0.35)
+        col = _jitter(rng, _NEG_COLORS[rng.integers(len(_NEG_COLORS))], 20) * ambient
+        if kind == 0:  # blob: balloon, clothing, flowers, a painted surface
+            axes = _pt(size, size * rng.uniform(0.3, 1.0))
+            angle = rng.uniform(0, 180)
+            cv2.ellipse(img, _pt(cx, cy), axes, angle, 0, 360, col.tolist(), -1, AA, _SHIFT)
+        elif kind == 1:  # car: body, windows, wheels and red tail lights
+            bw, bh = size * 1.6, size * 0.55
+            cv2.fillPoly(img, _rrect(cx, cy, bw / 2, bh / 2, bh * 0.3), col.tolist(), AA, _SHIFT)
+            cabin = _rrect(cx, cy - bh * 0.55, bw * 0.3, bh * 0.3, bh * 0.2)
+            cv2.fillPoly(img, cabin, (col * 0.35).tolist(), AA, _SHIFT)
+            tail = [255.0 if night else 255 * rng.uniform(0.5, 0.9), 30.0, 25.0]
+            for side in (-1, 1):
+                wheel = _pt(cx + side * 0.3 * bw, cy + bh / 2)
+                cv2.circle(img, wheel, int(bh * 0.3 * _ONE), (15, 15, 15), -1, AA, _SHIFT)
+                lamp = _pt(cx + side * 0.44 * bw, cy - bh * 0.1)
+                cv2.circle(img, lamp, int(bh * 0.12 * _ONE) + 4, tail, -1, AA, _SHIFT)
+        elif kind == 2:  # road sign: coloured face + white rim, or white face + coloured rim
+            shape = _SIGN_SHAPES[rng.integers(len(_SIGN_SHAPES))]
+            poly = np.round((shape * size + (cx, cy)) * _ONE).astype(np.int32)[None]
+            white = np.full(3, 230 * ambient)
+            face, rim = (col, white) if rng.random() < 0.6 else (white, col)
+            cv2.fillPoly(img, poly, face.tolist(), AA, _SHIFT)
+            cv2.polylines(img, poly, True, rim.tolist(), max(1, int(size * 0.15)), AA, _SHIFT)
+        elif kind == 3:  # pole, mast or overhead wire (poles also appear without any light)
+            x2, y2 = cx + rng.uniform(-0.3, 0.3) * s, cy + (2 * s if rng.random() < 0.5 else -2 * s)
+            grey = [rng.uniform(25, 150) * ambient] * 3
+            thick = max(1, int(size * rng.uniform(0.05, 0.25)))
+            cv2.line(img, _pt(cx, cy), _pt(x2, y2), grey, thick, AA, _SHIFT)
+        else:  # emissive light that is not a signal: street lamp, neon, brake light
+            hue = (0, 15, 30, 45, 120, 200)[rng.integers(6)]
+            glow = _hsv(hue, rng.uniform(0, 0.9)) * rng.uniform(0.6, 1.0)
+            radius = int(size * rng.uniform(0.08, 0.25) * _ONE) + 8
+            cv2.circle(img, _pt(cx, cy), radius, glow.tolist(), -1, AA, _SHIFT)
+
+
+# ------------------------------------------------------------------------ traffic light
+def _lit_lens(img: np.ndarray, cx: float, cy: float, r: float, pose: np.ndarray,
+              color: np.ndarray, led: bool, visor: float, core: float) -> None:
+    """Paint the lit lens in place: per-pixel radial shading inside an anti-aliased ellipse.
+
+    `pose` (2x2) maps the light's own frame to the image; measuring in the light's frame makes
+    the lens, its LED grid and the visor shadow follow the pose. Only the lit lamp gets this
+    (slower) treatment; unlit lenses are plain cv2 ellipses."""
+    h, w = img.shape[:2]
+    x0, x1, y0, y1 = _box(cx, cy, r * max(np.abs(pose).sum(1)), w, h)
+    if x1 <= x0 or y1 <= y0:
+        return
+    (a, b), (c, e) = pose.tolist()
+    det = a * e - b * c
+    ia, ib, ic, ie = _F32(e / det), _F32(-b / det), _F32(-c / det), _F32(a / det)  # inverse pose
+    xs = np.arange(x0, x1, dtype=_F32) - _F32(cx)
+    ys = (np.arange(y0, y1, dtype=_F32) - _F32(cy))[:, None]
+    u, v = ia * xs + ib * ys, ic * xs + ie * ys  # pixel offsets in the light's frame
+    d = np.sqrt(u * u + v * v)
+    m = _clip01((r - d) * _F32(1.0 / max(abs(ia) + abs(ib), 1e-3)) + 0.5)  # ~1 px anti-aliased edge
+    falloff = 1.0 - np.minimum(d * _F32(1 / r), 1.0) ** 2
+    if led and r >= 4.5:  # LED matrix as a cosine dot grid; below ~4.5 px the dots merge anyway
+        p = _F32(2 * math.pi / max(1.7, r / 3.2))
+        dots = (0.5 + 0.5 * np.cos(u * p)) * (0.5 + 0.5 * np.cos(v * p))
+        shade, white = 0.35 + 0.65 * dots, core * falloff * dots
+    else:
+        shade, white = 0.75 + 0.25 * falloff, core * falloff
+    if visor > 0:  # the hood shades the top of the lens
+        shade = shade * (1.0 - visor * _clip01(-v / r - 0.1))
+    # The ROI is small, so broadcasting over RGB (slow per element) beats per-channel ops.
+    val = shade[..., None] * color
+    val += white[..., None] * (255.0 - val)  # over-exposed, whitish centre
+    roi = img[y0:y1, x0:x1]
+    bg = roi.astype(_F32)
+    bg += m[..., None] * (val - bg)
+    roi[:] = np.minimum(bg, 255)
+
+
+def _glow(img: np.ndarray, cx: float, cy: float, axes: tuple[float, float], angle: float,
+          color: np.ndarray, sigma: float, strength: float) -> None:
+    """Bloom: the lit lens blurred with a Gaussian and added (light scattered in the optics)."""
+    h, w = img.shape[:2]
+    x0, x1, y0, y1 = _box(cx, cy, max(axes) + 3 * sigma, w, h)
+    if x1 <= x0 or y1 <= y0:
+        return
+    # Wide blurs run at reduced resolution (sigma ~2 px there) and are upsampled: the result is
+    # smooth anyway, and a full-size 100-px kernel would dominate the render time.
+    q = max(1.0, sigma / 2.0)
+    src = np.zeros((max(2, round((y1 - y0) / q)), max(2, round((x1 - x0) / q))), _F32)
+    centre, small_axes = _pt((cx - x0) / q, (cy - y0) / q), _pt(axes[0] / q, axes[1] / q)
+    cv2.ellipse(src, centre, small_axes, angle, 0, 360, 1.0, -1, cv2.LINE_8, _SHIFT)
+    g = cv2.GaussianBlur(src, (0, 0), sigma / q, borderType=cv2.BORDER_CONSTANT)
+    if q > 1.0:
+        g = cv2.resize(g, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    roi = img[y0:y1, x0:x1]  # saturating uint8 add: over-exposure clips towards white like a sensor
+    planes = [cv2.convertScaleAbs(g, alpha=float(c) * strength) for c in color]
+    cv2.add(roi, cv2.merge(planes), dst=roi)
+
+
+def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, vertical: bool,
+                led: bool, ambient: float, night: bool,
+                at: tuple[float, float] | None = None) -> None:
+    """Housing (+ optional backplate, pole, visors) with three lenses; `lit` in {0, 1, 2} or None.
+
+    Geometry is built in the light's own frame and mapped by a pose (roll + foreshortening),
+    much cheaper than warping the image: circles become cv2 ellipses. Without an explicit
+    centre `at`, the housing lies inside the frame, or (30%) has up to ~10% cut off."""
+    h, w = img.shape[:2]
+    pitch = long_px / 3
+    short = pitch * rng.uniform(0.95, 1.35)  # aspect jitter
+    r = min(pitch, short) * 0.5 * rng.uniform(0.6, 0.84)
+    hw, hh = (short / 2, long_px / 2) if vertical else (long_px / 2, short / 2)
+    # Corner radius: rounded rectangle, rectangle or pill.
+    rc = (min(hw, hh) * rng.uniform(0.2, 0.6), 0.0, min(hw, hh))[rng.integers(3)]
+    # Pose: roll, and foreshortening along x or y (light seen from the side or from below).
+    angle = rng.uniform(-8, 8)
+    sx, sy = (rng.uniform(0.75, 1.0), 1.0) if rng.random() < 0.5 else (1.0, rng.uniform(0.8, 1.0))
+    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    if at is None:
+        ex = abs(ca * sx) * hw + abs(sa * sy) * hh  # half extents of the posed housing
+        ey = abs(sa * sx) * hw + abs(ca * sy) * hh
+        k = 1.0 if rng.random() < 0.7 else 0.8
+        cx, cy = (rng.uniform(k * e, max(size - k * e, k * e)) for e, size in ((ex, w), (ey, h)))
+    else:
+        cx, cy = at
+    pose = np.array([[ca * sx, -sa * sy, cx], [sa * sx, ca * sy, cy]])
+    paint = _jitter(rng, _HOUSINGS[int(np.searchsorted(_HOUSING_CDF, rng.random()))], 8) * ambient
+    if rng.random() < 0.5:  # mounting pole / bracket leaving the frame
+        dy = -3 * h if (not vertical) or rng.random() < 0.5 else 3 * h
+        thick = max(1, int(min(hw, hh) * rng.uniform(0.25, 0.6)))
+        grey = [rng.uniform(30, 120) * ambient] * 3
+        cv2.line(img, _pt(cx, cy), _pt(cx - sa * dy, cy + ca * dy), grey, thick, AA, _SHIFT)
+    if rng.random() < 0.3:  # backplate, sometimes with a retro-reflective border
+        m = short * rng.uniform(0.2, 0.45)
+        plate = _rrect(0, 0, hw + m, hh + m, rc * 0.5, pose)
+        cv2.fillPoly(img, plate, (paint * 0.7).tolist(), AA, _SHIFT)
+        if rng.random() < 0.5:
+            border = (235, 200, 30) if rng.random() < 0.5 else (225, 225, 225)
+            cv2.polylines(img, plate, True, [v * ambient for v in border], max(1, int(m * 0.3)),
+                          AA, _SHIFT)
+    # Housing with a 3D bevel: a shadowed body and a lit face offset towards the light.
+    cv2.fillPoly(img, _rrect(0, 0, hw, hh, rc, pose), (paint * 0.55).tolist(), AA, _SHIFT)
+    bev = max(0.6, 0.06 * min(hw, hh))
+    face = _rrect(-bev / 2, -bev / 2, hw - bev, hh - bev, rc - bev, pose)
+    cv2.fillPoly(img, face, paint.tolist(), AA, _SHIFT)
+
+    visor_style = rng.integers(3)  # 0: none, 1: cap (top arc), 2: tunnel (ring + thicker top)
+    visor_col, visor_thick = (paint * 0.85).tolist(), max(1, int(r * rng.uniform(0.18, 0.4)))
+    bezel_col = (paint * 0.4).tolist()
+    dark = rng.uniform(0.05, 0.18) * ambient  # unlit glass: dark, tinted by its own colour
+    spec_size, spec_gain = rng.uniform(0.15, 0.3), rng.uniform(15, 60) * ambient
+    phantom = [0.0, 0.0, 0.0]
+    if not night and rng.random() < 0.12:  # sun reflected in one (sometimes more) unlit lenses
+        phantom = [rng.uniform(0.05, 0.15) if rng.random() < 0.3 else 0.0 for _ in range(3)]
+        phantom[rng.integers(3)] = rng.uniform(0.1, 0.22)
+    # How washed-out (over-exposed) the lit centre is.
+    core = rng.uniform(0.3, 0.65) if night else rng.uniform(0.05, 0.35)
+    axes = _pt(r * sx, r * sy)
+    step = (-sa * sy, ca * sy) if vertical else (ca * sx, sa * sx)  # image direction of lamp axis
+    jit = rng.gen.random((3, 3))  # per lamp: hue, saturation, position jitter
+    lamps = []
+    for i in range(3):  # top-to-bottom / left-to-right: red, yellow, green
+        off = (i - 1 + 0.06 * (jit[i, 2] - 0.5)) * pitch
+        lx, ly = cx + step[0] * off, cy + step[1] * off
+        (h0, h1), (s0, s1) = _LAMP_HSV[i]
+        color = _hsv(h0 + (h1 - h0) * jit[i, 0], s0 + (s1 - s0) * jit[i, 1])
+        lamps.append((lx, ly, color))
+        c = _pt(lx, ly)
+        if i == lit:
+            shadow = rng.uniform(0.1, 0.3) * (visor_style > 0)
+            _lit_lens(img, lx, ly, r, pose[:, :2], color, led, shadow, core)
+        else:  # dark tinted glass + sun highlight; a "phantom" is whitish, never as bright as lit
+            glass = color * (dark + 0.5 * phantom[i]) + 110 * phantom[i] * ambient
+            cv2.ellipse(img, c, axes, angle, 0, 360, glass.tolist(), -1, AA, _SHIFT)
+            highlight = (glass + spec_gain + 150 * phantom[i] * ambient).tolist()
+            spec = _pt(lx - 0.35 * r * sx, ly - 0.4 * r * sy)
+            cv2.circle(img, spec, int(r * spec_size * _ONE), highlight, -1, AA, _SHIFT)
+        cv2.ellipse(img, c, axes, angle, 0, 360, bezel_col, 1, AA, _SHIFT)
+        if visor_style == 2:
+            ring = _pt(1.12 * r * sx, 1.12 * r * sy)
+            cv2.ellipse(img, c, ring, angle, 0, 360, visor_col, 1, AA, _SHIFT)
+        if visor_style:
+            cap = _pt(1.15 * r * sx, 1.15 * r * sy)
+            cv2.ellipse(img, c, cap, angle, 195, 345, visor_col, visor_thick, AA, _SHIFT)
+    if lit is not None:
+        lx, ly, color = lamps[lit]
+        sigma = r * (rng.uniform(0.8, 2.2) if night else rng.uniform(0.25, 0.9))
+        strength = rng.uniform(0.8, 1.8) if night else rng.uniform(0.25, 0.9)
+        _glow(img, lx, ly, (r * sx, r * sy), angle, color, sigma, strength)
+
+
+# ------------------------------------------------------------------------------ camera
+def _camera(rng: _Rand, img: np.ndarray, config: SceneConfig, night: bool) -> np.ndarray:
+    """Sensor and lens effects on the finished uint8 scene: warp, blur, WB, tone, noise, JPEG."""
+    h, w = img.shape[:2]
+    s = min(w, h)
+    if rng.random() < 0.3:  # small roll + keystone of the whole frame (camera not square-on)
+        rot = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-5, 5), rng.uniform(1.0, 1.04))
+        src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+        dst = src @ rot[:, :2].T + rot[:, 2] + rng.gen.uniform(-0.03, 0.03, (4, 2)) * s
+        dst = dst.astype(np.float32)
+        img = cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (w, h),
+                                  borderMode=cv2.BORDER_REFLECT101)
+    u = rng.random()
+    if u < 0.25:  # defocus
+        sigma = rng.uniform(0.4, 1.2) * s / 96
+        k = 2 * math.ceil(1.8 * sigma) + 1  # short kernel: OpenCV's uint8 blur is fast up to 5x5
+        img = cv2.GaussianBlur(img, (k, k), sigma)
+    elif u < 0.4:  # motion blur along a random direction
+        k = int(rng.integers(3, 8) * s / 96) | 1
+        c, a = (k - 1) / 2, rng.uniform(0, math.pi)
+        dx, dy = c * math.cos(a), c * math.sin(a)
+        kern = np.zeros((k, k), _F32)
+        cv2.line(kern, _pt(c - dx, c - dy), _pt(c + dx, c + dy), 1.0, 1, AA, _SHIFT)
+        img = cv2.filter2D(img, -1, kern / kern.sum())
+    # White balance error (moderate: red must stay distinguishable from amber), exposure and a
+    # tone curve, folded into one per-channel lookup table.
+    temp, tint = rng.uniform(-0.1, 0.1), rng.uniform(-0.04, 0.04)
+    exposure = rng.uniform(0.8, 1.35) if night else rng.uniform(0.75, 1.25)
+    gamma = rng.uniform(0.75, 1.3) if rng.random() < 0.5 else 1.0
+    gains = np.array([1 + temp, 1 + tint, 1 - temp], _F32) * _F32(exposure)
+    lut = np.minimum(_RAMP * gains, 1.0) ** _F32(gamma) * 255 + 0.5
+    img = cv2.LUT(img, lut.astype(np.uint8)[:, None, :])
+    sigma = rng.uniform(2, 10) if night else rng.uniform(0, 6)  # sensor noise, stronger at night
+    if h <= _TEX_SIZE and w <= _TEX_SIZE:
+        y, x = rng.integers(0, _TEX_SIZE - h + 1), rng.integers(0, _TEX_SIZE - w + 1)
+        noise = _NOISE[y:y + h, x:x + w]
+    else:  # large frames (demo scenes) draw fresh noise
+        noise = rng.gen.standard_normal((h, w, 3), dtype=_F32)
+    img = cv2.addWeighted(img, 1.0, noise, sigma, 0.0, dtype=cv2.CV_8U)
+    if rng.random() < config.jpeg_fraction:
+        quality = [cv2.IMWRITE_JPEG_QUALITY, rng.integers(20, 91)]
+        _, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), quality)
+        img = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return img
+
+
+# ---------------------------------------------------------------------------- public API
+def render_scene(rng: np.random.Generator, label: int, width: int, height: int,
+                 config: SceneConfig = SceneConfig(),
+                 scale: tuple[float, float] = (0.12, 0.6)) -> np.ndarray:
+    """One (height, width, 3) uint8 RGB frame, e.g. a 640x480 street scene for a live demo.
+
+    The light's long side spans `scale` x min(width, height) (horizontal lights a bit more).
+    `config.size` is ignored here."""
+    if label not in range(len(LABELS)):
+        raise ValueError(f"label must be in 0..{len(LABELS) - 1} {LABELS}, got {label!r}")
+    rng = _Rand(rng)
+    bg_name = config.backgrounds[rng.integers(len(config.backgrounds))]
+    night = bg_name == "night"
+    # Backgrounds are rendered at half resolution: 4x cheaper, and real backgrounds are softer
+    # than the in-focus light anyway.
+    bg = _BACKGROUND_FNS[bg_name](rng, (width + 1) // 2, (height + 1) // 2)
+    img = cv2.merge(list(np.clip(bg, 0, 255, out=bg).astype(np.uint8)))
+    img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    ambient = rng.uniform(0.1, 0.3) if night else rng.uniform(0.7, 1.05)  # on non-emissive things
+    _clutter(rng, img, ambient, night)
+    if label != NONE or rng.random() >= config.empty_fraction:
+        vertical = config.layouts[rng.integers(len(config.layouts))] == "vertical"
+        led = config.lamp_styles[rng.integers(len(config.lamp_styles))] == "led"
+        # A horizontal light is ~3x wider than tall: give it a larger share of the frame width.
+        lo, hi = scale if vertical else (min(1.6 * scale[0], 0.95), min(1.05 * scale[1], 0.95))
+        long_px = rng.uniform(lo, hi) * min(width, height)
+        if rng.random() < 0.08:  # a second, smaller and always unlit light further away
+            at = (rng.uniform(0, width), rng.uniform(0, height))
+            far = long_px * rng.uniform(0.3, 0.55)
+            _draw_light(rng, img, None, far, vertical, led, ambient, night, at)
+        lit = None if label == NONE else label
+        _draw_light(rng, img, lit, long_px, vertical, led, ambient, night)
+    return _camera(rng, img, config, night)
+
+
+def render(rng: np.random.Generator, label: int, config: SceneConfig = SceneConfig()) -> np.ndarray:
+    """One image, (size, size, 3) uint8 RGB; the housing spans ~25-90% of the frame."""
+    return render_scene(rng, label, config.size, config.size, config, scale=(0.25, 0.9))
+
+
+def _balanced_labels(n: int, seed: int) -> np.ndarray:
+    """Each block of 4 consecutive images is a shuffled permutation of the 4 classes.
+
+    Block k depends only on (seed, k) because `random` fills its output sequentially, which
+    keeps the prefix property of `generate`."""
+    keys = np.random.default_rng((seed, 1 << 63)).random((-(-n // len(LABELS)), len(LABELS)))
+    return np.argsort(keys, axis=1, kind="stable").reshape(-1)[:n].astype(np.int64)
+
+
+def generate(n: int, *, seed: int = 0, config: SceneConfig = SceneConfig(),
+             labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """n images (n, size, size, 3) uint8 RGB and labels (n,) int64.
+
+    Labels are balanced (shuffled blocks of 4) unless given. Image i is rendered from its own
+    generator seeded by (seed, i), so it depends only on (seed, i, its label, config):
+    generate(10, seed=s)[0][:5] == generate(5, seed=s)[0]."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    seed = int(seed) % (1 << 64)  # SeedSequence wants non-negative entropy
+    if labels is None:
+        labels = _balanced_labels(n, seed)
+    else:
+        labels = np.asarray(labels).astype(np.int64)
+        if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= len(LABELS))):
+            raise ValueError(f"labels must have shape ({n},) with values in 0..{len(LABELS) - 1}")
+    images = np.empty((n, config.size, config.size, 3), np.uint8)
+    for i in range(n):
+        images[i] = render(np.random.default_rng((seed, i)), int(labels[i]), config)
+    return images, labels
