@@ -28,7 +28,7 @@ def stoplight_meta(size: int = 64) -> ModelMeta:
 
 
 def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stoplight_cnn",
-                    size: int = 64, n_train: int = 24_000, n_val: int = 2_000,
+                    size: int = 64, n_train: int = 60_000, n_val: int = 2_000,
                     n_holdout: int = 2_000, arch_config: dict | None = None,
                     config: TrainConfig = TrainConfig(), log=print) -> dict:
     """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.

@@ -19,7 +19,7 @@ __all__ = ["TrainConfig", "fit", "to_tensor", "predict_logits", "accuracy"]
 class TrainConfig:
     """Hyper-parameters of `fit`. `steps` overrides `epochs` when set (for quick runs)."""
 
-    epochs: int = 6
+    epochs: int = 8
     steps: int | None = None
     batch_size: int = 128
     lr: float = 4e-3

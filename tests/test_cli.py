@@ -1,0 +1,82 @@
+"""The command line, run as a user runs it: a real subprocess of the installed script."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+
+
+def run(*args, check_code=0):
+    result = subprocess.run([sys.executable, "-m", "edgepilot.cli", *map(str, args)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == check_code, result.stderr
+    return result
+
+
+def write_png(path, image):
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def test_predict_with_the_shipped_model(tmp_path):
+    from edgepilot.train import stoplight
+
+    images, labels = stoplight.generate(8, seed=99)
+    paths = [write_png(tmp_path / f"{i}.png", img) for i, img in enumerate(images)]
+    out = run("predict", "stoplight", *paths, "--json").stdout
+    result = json.loads(out)
+    assert "onnxruntime" in result["backend"]
+    predicted = [p["label"] for p in result["predictions"]]
+    assert predicted == [stoplight.LABELS[y] for y in labels]
+    plain = run("predict", "stoplight", paths[0]).stdout.strip().split("\t")
+    assert plain[0] == str(paths[0]) and plain[1] == predicted[0] and 0 < float(plain[2]) <= 1
+
+
+def test_one_bad_image_is_reported_and_the_rest_still_run(tmp_path):
+    good = write_png(tmp_path / "good.png", np.zeros((50, 50, 3), np.uint8))
+    (tmp_path / "bad.png").write_text("no image")
+    result = run("predict", "stoplight", tmp_path / "bad.png", good, check_code=1)
+    assert "good.png" in result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"error: Cannot decode '{tmp_path / 'bad.png'}' as an image (8 bytes). "
+        "Use an image file such as .png, .jpg, .jpeg, .bmp"
+    ]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["predict", "model.onxx", "x.png"], "Did you mean '.onnx'?"),
+    (["predict", "missing.onnx", "x.png"], "Model file not found"),
+    (["export", "missing.pt"], "Checkpoint not found"),
+])
+def test_errors_are_one_line_and_exit_1(args, needle):
+    result = run(*args, check_code=1)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback():
+    result = run("--debug", "predict", "missing.onnx", "x.png", check_code=1)
+    assert "Traceback" in result.stderr and "ModelFileError" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_export_predict_round_trip(tmp_path):
+    """The whole path through the CLI at a tiny scale: a few steps, not an accurate model."""
+    run("train", "stoplight", "--out", tmp_path, "--steps", "8", "--n-train", "256",
+        "--n-val", "64", "--batch-size", "32", "--quiet")
+    checkpoint = tmp_path / "stoplight.pt"
+    assert checkpoint.is_file()
+    metrics = json.loads((tmp_path / "stoplight.metrics.json").read_text())
+    assert metrics["n_holdout"] == 64 and 0 <= metrics["holdout_accuracy"] <= 1
+    run("export", checkpoint, "--format", "onnx", "--val-size", "64")
+    report = json.loads((tmp_path / "stoplight.onnx.json").read_text())
+    assert report["n_inputs"] == 64 and report["max_abs_diff"] < 1e-4
+    assert report["top1_agreement"] == 1.0
+    image = write_png(tmp_path / "x.png", np.full((30, 40, 3), 90, np.uint8))
+    out = run("predict", tmp_path / "stoplight.onnx", image).stdout
+    assert out.split("\t")[1] in ("red", "yellow", "green", "none")
