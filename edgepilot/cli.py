@@ -50,7 +50,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     sample = torch.zeros(1, meta.channels, *meta.input_size)
     out = args.out or Path(args.checkpoint).with_suffix("")
     reports = export(model, sample, formats=args.format, out=out, meta=meta,
-                     precision=args.precision, val_data=val)
+                     precision=args.precision, val_data=val, calib=args.calib,
+                     calib_size=args.calib_size, calib_method=args.calib_method,
+                     max_drop=None if args.max_drop < 0 else args.max_drop)
     for report in reports:
         print(report.path)
     return 0
@@ -110,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/stoplight", help="output folder")
     p.add_argument("--arch", default="stoplight_cnn", help="architecture name")
     p.add_argument("--size", type=_positive_int, default=64, help="input size in pixels")
-    p.add_argument("--epochs", type=_positive_int, default=6)
+    p.add_argument("--epochs", type=_positive_int, default=8)
     p.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--n-train", type=_positive_int, default=24_000)
+    p.add_argument("--n-train", type=_positive_int, default=60_000)
     p.add_argument("--n-val", type=_positive_int, default=2_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -122,7 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to deployable files")
     p.add_argument("checkpoint", help="a .pt checkpoint from 'edgepilot train'")
     p.add_argument("--format", nargs="+", default=["onnx"], choices=[f.name for f in FORMATS])
-    p.add_argument("--precision", default=None, help="e.g. fp32 (default: the format's first)")
+    p.add_argument("--precision", nargs="+", default=None,
+                   help="one or more of fp32, fp16, dynamic (tflite), int8 (default: fp32)")
+    p.add_argument("--calib", default=None,
+                   help="int8 calibration images: a folder or .npy (default: validation images)")
+    p.add_argument("--calib-size", type=_positive_int, default=300)
+    p.add_argument("--calib-method", default="minmax",
+                   help="minmax, entropy, percentile, distribution (onnx); minmax, mse, octav "
+                        "(tflite)")
+    p.add_argument("--max-drop", type=float, default=1.0,
+                   help="int8 accuracy budget in points; worst layers stay float until met "
+                        "(-1: off)")
     p.add_argument("--out", default=None, help="output path stem (default: beside checkpoint)")
     p.add_argument("--val-size", type=int, default=2_000,
                    help="validation images for the parity report (0: random inputs)")

@@ -43,9 +43,18 @@ FORMATS: tuple[Format, ...] = (
         suffix=".onnx",
         backend="onnx",
         exporter="onnx",
-        precisions=("fp32",),
+        precisions=("fp32", "fp16", "int8"),
         runtime_extra="",
         description="ONNX, run by onnxruntime (any OS, Raspberry Pi, x86)",
+    ),
+    Format(
+        name="tflite",
+        suffix=".tflite",
+        backend="litert",
+        exporter="litert",
+        precisions=("fp32", "fp16", "dynamic", "int8"),
+        runtime_extra="tflite",
+        description="TFLite/LiteRT, NHWC, with standard metadata (Android, iOS, Raspberry Pi)",
     ),
 )
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
+from edgepilot.export.calibration import Calibration, load_calibration
+from edgepilot.export.guard import Guard
 from edgepilot.export.report import ExportReport, compare, print_reports
 from edgepilot.formats import FORMATS, format_by_name
 from edgepilot.meta import ModelMeta
@@ -32,74 +34,155 @@ def export(
     formats: Sequence[str] | str = ("onnx",),
     out: str | Path = "model",
     meta: ModelMeta | None = None,
-    precision: str | None = None,
+    precision: Sequence[str] | str | None = None,
     val_data: tuple[np.ndarray, np.ndarray] | None = None,
+    calib: str | Path | np.ndarray | None = None,
+    calib_size: int = 300,
+    calib_method: str = "minmax",
+    max_drop: float | None = 1.0,
     quiet: bool = False,
 ) -> list[ExportReport]:
-    """Export `module` to each format, check it against PyTorch and report.
+    """Export `module` to each format and precision, check it against PyTorch and report.
 
     Args:
         module: the torch.nn.Module (put in eval mode for export).
         sample_input: one input tensor, e.g. ``torch.zeros(1, 3, 64, 64)``.
         formats: format names from `edgepilot.formats.FORMATS`.
-        out: output path stem; ``runs/stoplight`` writes ``runs/stoplight.onnx``.
+        out: output path stem; ``runs/net`` writes ``runs/net.onnx``, ``runs/net_int8.tflite``.
         meta: labels and preprocessing to embed (needed for ``Model.predict``).
-        precision: one of the format's precisions (default: its first, fp32).
+        precision: one or more of the formats' precisions (default: fp32).
         val_data: ``(images (N, H, W, 3) uint8 RGB, labels (N,))`` for parity and accuracy
             on real images; without it parity is measured on random inputs.
+        calib: int8 calibration images: a folder, an .npy file or an array (default: the
+            validation images).
+        calib_size: at most this many calibration images.
+        calib_method: e.g. ``minmax`` (both formats), ``entropy``/``percentile`` (onnx).
+        max_drop: int8 accuracy budget in points; layers are kept in float until the drop is
+            within it (needs `val_data`; None turns the guard off).
         quiet: do not print the report table.
 
     Returns:
-        One `ExportReport` per format; each is also saved as ``<file>.json``.
+        One `ExportReport` per file; each is also saved as ``<file>.json``.
 
     Example:
-        >>> reports = edgepilot.export(net, torch.zeros(1, 3, 64, 64), out="runs/net", meta=meta)
+        >>> edgepilot.export(net, torch.zeros(1, 3, 64, 64), formats=["onnx", "tflite"],
+        ...                  precision=["fp32", "int8"], out="runs/net", meta=meta,
+        ...                  val_data=(images, labels))
     """
     torch = require("torch", "export", "Exporting models")
     fmts = [format_by_name(f) for f in ([formats] if isinstance(formats, str) else formats)]
+    precisions = [precision] if isinstance(precision, str) else list(precision or ["fp32"])
     for fmt in fmts:  # validate every option before doing any work
-        if precision is not None and precision not in fmt.precisions:
-            raise UnsupportedFormatError(
-                f"Precision '{precision}' is not available for {fmt.name}. "
-                f"Valid precisions: {', '.join(fmt.precisions)}"
-            )
+        for prec in precisions:
+            if prec not in fmt.precisions:
+                raise UnsupportedFormatError(
+                    f"Precision '{prec}' is not available for {fmt.name}. "
+                    f"Valid precisions: {', '.join(fmt.precisions)}"
+                )
     if not isinstance(sample_input, torch.Tensor):
         raise EdgepilotError(
             f"sample_input must be a torch.Tensor such as torch.zeros(1, 3, 64, 64), "
             f"got {type(sample_input).__name__}"
         )
+    calibration = None
+    if "int8" in precisions:
+        calibration = _calibration(calib, val_data, meta, calib_size)
     out = Path(out)
     for fmt in FORMATS:  # "runs/net.onnx" and "runs/net" mean the same stem
         if out.name.lower().endswith(fmt.suffix):
             out = out.with_name(out.name[: -len(fmt.suffix)])
     out.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
+    baseline = _torch_accuracy(module, meta, val_data)
 
     reports = []
     for fmt in fmts:
-        prec = precision or fmt.precisions[0]
-        path = out.with_name(out.name + fmt.suffix)
         exporter = importlib.import_module(f"edgepilot.export.{fmt.exporter}")
-        started = time.perf_counter()
-        # Write beside the target and rename, so a failed export never destroys a good file.
-        fd, tmp = tempfile.mkstemp(suffix=fmt.suffix, dir=path.parent, prefix=".partial-")
-        os.close(fd)
-        try:
-            exporter.export(module, sample_input, Path(tmp), meta=meta, precision=prec)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        seconds = time.perf_counter() - started
-        report = _check(module, sample_input, path, fmt.name, prec, meta, val_data, seconds)
-        report.save(path.with_name(path.name + ".json"))
-        reports.append(report)
+        for prec in precisions:
+            name = out.name if prec == "fp32" else f"{out.name}_{prec}"
+            path = out.with_name(name + fmt.suffix)
+            guard = None
+            if prec == "int8" and max_drop is not None and baseline is not None:
+                guard = Guard(lambda p: _accuracy(p, val_data), baseline, max_drop)
+            started = time.perf_counter()
+            # Write beside the target and rename, so a failed export never destroys a good file.
+            fd, tmp = tempfile.mkstemp(suffix=fmt.suffix, dir=path.parent, prefix=".partial-")
+            os.close(fd)
+            try:
+                with torch.no_grad():
+                    notes = exporter.export(
+                        module, sample_input, Path(tmp), meta=meta, precision=prec,
+                        calibration=None if calibration is None else calibration.images,
+                        method=calib_method, guard=guard)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; exports are ordinary files
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            if calibration is not None and "calibration" in notes:
+                notes["calibration"].update(source=calibration.source,
+                                            skipped=calibration.skipped)
+            seconds = time.perf_counter() - started
+            report = _check(exporter.reference(module, meta), sample_input, path, fmt.name, prec,
+                            meta, val_data, seconds)
+            report.notes = notes
+            fp32_bytes = notes.pop("fp32_bytes", None)
+            if fp32_bytes:
+                report.size_ratio = round(report.size_bytes / fp32_bytes, 4)
+            report.save(path.with_name(path.name + ".json"))
+            reports.append(report)
     if not quiet:
         print_reports(reports)
     return reports
 
 
-def _check(module, sample_input, path, fmt, precision, meta, val_data, seconds) -> ExportReport:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _calibration(calib, val_data, meta, calib_size) -> Calibration:
+    if meta is None:
+        raise EdgepilotError("int8 export needs meta= (the input size and normalisation) to "
+                             "preprocess calibration images")
+    if calib is None:
+        if val_data is None:
+            raise EdgepilotError("int8 export needs calibration images: pass calib= (a folder, "
+                                 ".npy file or array) or val_data=")
+        calibration = load_calibration(val_data[0], meta.input_size, calib_size)
+        calibration.source = "validation images"
+        return calibration
+    return load_calibration(calib, meta.input_size, calib_size)
+
+
+def _torch_accuracy(module, meta, val_data) -> float | None:
+    if val_data is None or meta is None:
+        return None
+    import torch
+
+    from edgepilot.runtime import preprocess
+
+    images, labels = val_data
+    x = np.concatenate([preprocess(img, meta) for img in images])
+    with torch.no_grad():
+        logits = np.concatenate([module(torch.from_numpy(b)).numpy()
+                                 for b in np.array_split(x, max(1, len(x) // 256))])
+    return float((logits.argmax(1) == np.asarray(labels)).mean())
+
+
+def _accuracy(path: Path, val_data) -> float:
+    """Accuracy of a model file through the runtime, preprocessing as at inference."""
+    from edgepilot.runtime import load, preprocess
+
+    model = load(path)
+    images, labels = val_data
+    x = np.concatenate([preprocess(img, model.meta) for img in images])
+    return float((np.asarray(model(x)).argmax(1) == np.asarray(labels)).mean())
+
+
+def _check(reference, sample_input, path, fmt, precision, meta, val_data,
+           seconds) -> ExportReport:
     """Load the exported file with edgepilot's runtime and compare it with PyTorch."""
     import torch
 
@@ -117,17 +200,21 @@ def _check(module, sample_input, path, fmt, precision, meta, val_data, seconds) 
         generator = np.random.default_rng(0)
         shape = (16, *sample_input.shape[1:])
         theirs = np.concatenate([sample_input.numpy(), generator.normal(size=shape)])
-        ours = theirs = theirs.astype(np.float32)
+        theirs = theirs.astype(np.float32)
+        ours = theirs
+        if model.inputs[0].shape != tuple(theirs.shape[1:]) and theirs.ndim == 4 and \
+                len(model.inputs[0].shape) == 4 and model.inputs[0].shape[-1] == theirs.shape[1]:
+            ours = theirs.transpose(0, 2, 3, 1).copy()  # channels-last file, same values
     with torch.no_grad():
-        reference = np.concatenate(
-            [module(torch.from_numpy(b)).numpy() for b in np.array_split(theirs, max(1, len(theirs) // 256))]
-        )
+        expected = np.concatenate([reference(torch.from_numpy(b)).numpy()
+                                   for b in np.array_split(theirs, max(1, len(theirs) // 256))])
     exported = np.concatenate(
         [np.asarray(model(b)) for b in np.array_split(ours, max(1, len(ours) // 256))]
     )
     return ExportReport(
         format=fmt, precision=precision, path=str(path), size_bytes=path.stat().st_size,
-        seconds=round(seconds, 3), backend=model.backend, **compare(reference, exported, labels),
+        seconds=round(seconds, 3), backend=model.backend,
+        **compare(expected, exported, labels),
     )
 
 

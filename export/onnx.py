@@ -1,15 +1,23 @@
-"""ONNX exporter: torch.onnx (dynamo) -> one self-contained, checked .onnx file with metadata."""
+"""ONNX exporter: torch.onnx (dynamo) -> one self-contained, checked .onnx file with metadata;
+fp16 by onnxruntime's float16 converter, int8 by onnxruntime's static QDQ quantizer
+(per-channel weights, calibrated), guarded by per-tensor SQNR from its QDQ debugger."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
-from edgepilot.errors import EdgepilotError, require
+import numpy as np
+
+from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
+from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
 from edgepilot.meta import META_KEY, ModelMeta
+from edgepilot.runtime.image import preprocess
 
 #: The lowest opset we write: 17 brings LayerNormalization; 18 is what torch's exporter targets.
 OPSET = 18
@@ -17,17 +25,49 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 
-def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str) -> Path:
-    """Write `module` as ONNX to `path` and return the path.
+#: onnxruntime calibration methods by the names users type.
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
+
+
+def reference(module, meta: ModelMeta | None):
+    """What the .onnx computes from the original input: the module itself (logits)."""
+    return module
+
+
+def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
+           calibration: np.ndarray | None = None, method: str = "minmax",
+           guard: Guard | None = None) -> dict:
+    """Write `module` as ONNX to `path`; returns notes for the report.
 
     The batch dimension is dynamic so one file serves single frames and batched evaluation.
     Weights are stored inside the file (no external-data side file).
     """
+    if method not in CALIBRATION_METHODS:
+        raise UnsupportedFormatError(f"Calibration method '{method}' is not available for "
+                                     f"onnx. Valid: {', '.join(CALIBRATION_METHODS)}")
+    _export_float(module, sample_input, path, meta)
+    notes: dict = {"fp32_bytes": path.stat().st_size}
+    if precision == "fp16":
+        _to_fp16(path)
+    elif precision == "int8":
+        if calibration is None or not len(calibration):
+            raise EdgepilotError("Full int8 needs calibration images: pass --calib PATH or a "
+                                 "model whose dataset edgepilot can generate")
+        if meta is None:
+            raise EdgepilotError("int8 calibration of images needs the model's ModelMeta")
+        inputs = [preprocess(img, meta) for img in calibration]
+        notes["calibration"] = {"method": method, "images": len(inputs)}
+        _to_int8(path, inputs, method, guard)
+        if guard is not None:
+            notes["kept_float"] = guard.kept
+            notes["guard_attempts"] = guard.attempts
+    return notes
+
+
+def _export_float(module, sample_input, path: Path, meta: ModelMeta | None) -> None:
     torch = require("torch", "export", "Exporting to ONNX")
     onnx = require("onnx", "export", "Exporting to ONNX")
     require("onnxscript", "export", "Exporting to ONNX")
-    if precision != "fp32":
-        raise EdgepilotError(f"ONNX precision '{precision}' is not supported yet; use fp32")
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = ({0: batch},)
     module = module.eval()
@@ -71,4 +111,103 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
     model.producer_name = "edgepilot"
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
-    return path
+
+
+def _to_fp16(path: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path))
+    # Inputs and outputs stay float32: callers pass the same arrays to every precision.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(half, str(path))
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of (1, ...) arrays."""
+
+    def __init__(self, inputs: list[np.ndarray]):
+        self.inputs, self.position = inputs, 0
+
+    def get_next(self):
+        if self.position >= len(self.inputs):
+            return None
+        self.position += 1
+        return {INPUT_NAME: self.inputs[self.position - 1]}
+
+    def rewind(self):
+        self.position = 0
+
+
+def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | None) -> None:
+    import onnx
+    from onnxruntime import quantization as q
+
+    float_path = path.with_name(path.name + ".float")
+    os.replace(path, float_path)
+    metadata = {p.key: p.value for p in onnx.load(str(float_path)).metadata_props}
+    calibrate = {m.lower(): m for m in ("MinMax", "Entropy", "Percentile", "Distribution")}
+
+    def quantize(keep: list[str]) -> Path:
+        trial = path.with_name(f"{path.stem}.try{len(keep)}{path.suffix}")
+        exclude = _nodes_touching(float_path, keep)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs at root level
+            q.quantize_static(
+                str(float_path), str(trial), _Reader(inputs), quant_format=q.QuantFormat.QDQ,
+                per_channel=True, activation_type=q.QuantType.QInt8,
+                weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude,
+                calibrate_method=getattr(q.CalibrationMethod, calibrate[method]),
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        return trial
+
+    def rank(trial: Path) -> list[LayerError]:
+        return _rank_tensors(float_path, trial, inputs[:32])
+
+    try:
+        trial = quantize([]) if guard is None else guard.run(quantize, rank, "onnx")
+        model = onnx.load(str(trial))
+        del model.metadata_props[:]
+        for key, value in metadata.items():
+            model.metadata_props.add(key=key, value=value)
+        onnx.save(model, str(path))
+    finally:
+        for leftover in [float_path, *path.parent.glob(f"{path.stem}.try*{path.suffix}")]:
+            if leftover.exists():
+                leftover.unlink()
+
+
+def _nodes_touching(model_path: Path, tensors: list[str]) -> list[str]:
+    """Nodes producing or consuming the tensors: a tensor stays float only if both do."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    wanted = set(tensors)
+    return [n.name for n in graph.node if wanted & (set(n.input) | set(n.output))]
+
+
+def _rank_tensors(float_path: Path, qdq_path: Path, inputs) -> list[LayerError]:
+    """Activations ranked by the SQNR their layer loses in the QDQ model (see guard)."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    with tempfile.TemporaryDirectory() as tmp:
+        float_aug, qdq_aug = Path(tmp, "float.onnx"), Path(tmp, "qdq.onnx")
+        debug.modify_model_output_intermediate_tensors(str(float_path), str(float_aug))
+        debug.modify_model_output_intermediate_tensors(str(qdq_path), str(qdq_aug))
+        float_acts = debug.collect_activations(str(float_aug), _Reader(inputs))
+        qdq_acts = debug.collect_activations(str(qdq_aug), _Reader(inputs))
+    matched = debug.create_activation_matching(qdq_acts, float_acts)
+    sqnr = {name: channel_sqnr(np.concatenate(m["float"]), np.concatenate(m["post_qdq"]), 1)
+            for name, m in matched.items() if "float" in m and "post_qdq" in m}
+    graph = onnx.load(str(float_path)).graph
+    constants = {i.name for i in graph.initializer}
+    order, inputs_of = [], {}
+    for node in graph.node:
+        for out in node.output:
+            order.append(out)
+            inputs_of[out] = [i for i in node.input if i and i not in constants]
+    return [e for e in rank_by_sqnr_loss(order, inputs_of, sqnr) if e.layer != OUTPUT_NAME]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ class ExportReport:
     top1_agreement: float
     accuracy_torch: float | None = None
     accuracy_export: float | None = None
+    size_ratio: float | None = None  # to the fp32 file of the same format, when exported too
+    notes: dict = field(default_factory=dict)  # calibration, layers kept in float, ...
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,13 +66,19 @@ def print_reports(reports: list[ExportReport], console=None) -> None:
     from rich.table import Table
 
     table = Table(title="edgepilot export")
-    for column in ("file", "format", "precision", "size", "max |diff|", "top-1 agree",
-                   "acc torch", "acc export", "time"):
+    for column in ("file", "format", "precision", "size", "vs fp32", "max |diff|",
+                   "top-1 agree", "acc torch", "acc export", "kept float", "time"):
         table.add_column(column, justify="left" if column == "file" else "right")
     for r in reports:
         table.add_row(
             Path(r.path).name, r.format, r.precision, f"{r.size_bytes / 1024:.1f} KiB",
+            "-" if r.size_ratio is None else f"{100 * r.size_ratio:.0f}%",
             f"{r.max_abs_diff:.2e}", _pct(r.top1_agreement), _pct(r.accuracy_torch),
-            _pct(r.accuracy_export), f"{r.seconds:.1f} s",
+            _pct(r.accuracy_export), str(len(r.notes.get("kept_float", [])) or "-"),
+            f"{r.seconds:.1f} s",
         )
-    (console or Console(stderr=True)).print(table)
+    if console is None:
+        console = Console(stderr=True)
+        if not console.is_terminal:  # logs and CI: do not squeeze the table into 80 columns
+            console = Console(stderr=True, width=150)
+    console.print(table)

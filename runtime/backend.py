@@ -6,12 +6,16 @@ imports onnxruntime or an interpreter until a file of that format is loaded.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Backend", "TensorInfo"]
+__all__ = ["Backend", "TensorInfo", "quiet_native_stderr"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +52,23 @@ class Backend:
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run one inference; arrays already have the dtype and shape of `inputs`."""
         raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hold back what native code writes to stderr (absl, oneDNN and XNNPACK notices);
+    replay it if the block fails, since then it may explain why."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -7,6 +7,7 @@ The wrapper owns what all formats share: input checks, preprocessing from the me
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from edgepilot.runtime.image import preprocess, read_image
 __all__ = ["load", "Model", "Prediction"]
 
 # Backend module name -> class name. The module is imported only when a file needs it.
-_BACKEND_CLASSES = {"onnx": "OnnxBackend"}
+_BACKEND_CLASSES = {"onnx": "OnnxBackend", "litert": "LiteRTBackend"}
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Model:
         self.format = format
         self.inputs: list[TensorInfo] = backend.inputs
         self.outputs: list[TensorInfo] = backend.outputs
+        # Interpreters are not re-entrant; one lock makes a Model safe to share across threads.
+        self._lock = threading.Lock()
 
     @property
     def backend(self) -> str:
@@ -104,8 +107,18 @@ class Model:
                 f"{self.path.name} takes {len(self.inputs)} input(s) "
                 f"({', '.join(i.name for i in self.inputs)}), got {len(arrays)}"
             )
-        feeds = [_to_input(np.asarray(a), info) for a, info in zip(arrays, self.inputs)]
-        outputs = [_from_output(y, info) for y, info in zip(self._backend.run(feeds), self.outputs)]
+        arrays = [np.asarray(a) for a in arrays]
+        first = self.inputs[0].shape
+        if first and first[0] == 1 and arrays[0].ndim == len(first) and len(arrays[0]) > 1:
+            # The file has a fixed batch of one (TFLite): run a batch row by row.
+            rows = [self(*(a[i:i + 1] for a in arrays)) for i in range(len(arrays[0]))]
+            if isinstance(rows[0], tuple):
+                return tuple(np.concatenate(parts) for parts in zip(*rows))
+            return np.concatenate(rows)
+        feeds = [_to_input(a, info) for a, info in zip(arrays, self.inputs)]
+        with self._lock:
+            raw = self._backend.run(feeds)
+        outputs = [_from_output(y, info) for y, info in zip(raw, self.outputs)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def predict(self, image: np.ndarray | str | Path) -> Prediction:

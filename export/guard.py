@@ -1,0 +1,125 @@
+"""The int8 accuracy guard: keep the layers that quantize worst in float until the accuracy
+drop is within budget.
+
+Silent accuracy collapse is the failure users hit most with int8. After each int8 export the
+guard measures accuracy on validation images; while the drop exceeds `max_drop` points it asks
+the format's exporter which layer has the worst signal-to-quantization-noise ratio (SQNR, float
+vs quantized activations on calibration images), keeps that layer in float and quantizes again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgepilot.errors import EdgepilotError
+
+__all__ = ["Guard", "LayerError", "channel_sqnr", "rank_by_sqnr_loss"]
+
+#: SQNR given to exact tensors (the graph input) and the ceiling of any one channel, in dB.
+EXACT_DB = 60.0
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """One tensor's quantization error: its SQNR in dB (higher is better) and how many dB
+    the layer producing it lost against its inputs (higher is worse)."""
+
+    layer: str
+    sqnr_db: float
+    loss_db: float = 0.0
+
+
+def channel_sqnr(reference: np.ndarray, quantized: np.ndarray, channel_axis: int) -> float:
+    """Mean over channels of each channel's SQNR in dB.
+
+    Per channel, because the classic int8 failure is one channel with a huge range: it
+    dominates a whole-tensor SQNR (which then looks fine) while every other channel of the
+    tensor is crushed to a few quantization steps.
+    """
+    axis = channel_axis % reference.ndim
+    ref = np.moveaxis(reference.astype(np.float64), axis, 0).reshape(reference.shape[axis], -1)
+    err = ref - np.moveaxis(quantized.astype(np.float64), axis, 0).reshape(ref.shape)
+    power, noise = (ref ** 2).sum(1), (err ** 2).sum(1)
+    live = power > 1e-12 * max(power.max(), 1e-30)  # channels that are never active say nothing
+    if not live.any():
+        return EXACT_DB
+    db = 10 * np.log10(power[live] / np.maximum(noise[live], 1e-30))
+    return float(np.clip(db, -20.0, EXACT_DB).mean())
+
+
+def rank_by_sqnr_loss(order: list[str], inputs_of: dict[str, list[str]],
+                      sqnr: dict[str, float]) -> list[LayerError]:
+    """Tensors ranked by the SQNR their producing layer lost: the layer where accuracy is
+    destroyed, not the downstream layers that merely inherit the damage.
+
+    Args:
+        order: activation tensors in execution order.
+        inputs_of: tensor -> the activation tensors its producing layer reads.
+        sqnr: tensor -> SQNR in dB of the quantized model against the float one.
+    """
+    ranked = []
+    for tensor in order:
+        if tensor not in sqnr:
+            continue
+        before = [sqnr.get(t, EXACT_DB) for t in inputs_of.get(tensor, [])]
+        loss = min(before, default=EXACT_DB) - sqnr[tensor]
+        ranked.append(LayerError(tensor, sqnr[tensor], loss))
+    return sorted(ranked, key=lambda e: -e.loss_db)
+
+
+@dataclass
+class Guard:
+    """Accuracy budget for an int8 export.
+
+    Args:
+        evaluate: accuracy (0..1) of a model file on the validation images.
+        baseline: accuracy of the float PyTorch model on the same images.
+        max_drop: allowed drop in percentage points.
+        max_steps: how many layers may be moved to float before giving up.
+    """
+
+    evaluate: Callable[[Path], float]
+    baseline: float
+    max_drop: float = 1.0
+    max_steps: int = 8
+    kept: list[dict] = field(default_factory=list)
+    attempts: list[dict] = field(default_factory=list)
+
+    def run(self, quantize: Callable[[list[str]], Path],
+            rank: Callable[[Path], list[LayerError]], fmt: str) -> Path:
+        """Quantize, measure, and move the worst layer to float until within budget.
+
+        `quantize(keep_float)` writes a model keeping those layers in float and returns it;
+        `rank(model)` lists its tensors, worst first (`rank_by_sqnr_loss`).
+        """
+        keep: list[str] = []
+        while True:
+            path = quantize(keep)
+            accuracy = self.evaluate(path)
+            drop = 100 * (self.baseline - accuracy)
+            self.attempts.append({"kept_float": list(keep), "accuracy": accuracy,
+                                  "drop_points": round(drop, 3)})
+            if drop <= self.max_drop:
+                return path
+            if len(keep) >= self.max_steps:
+                break
+            candidates = [e for e in rank(path) if e.layer not in keep]
+            if not candidates:
+                break
+            worst = candidates[0]
+            keep.append(worst.layer)
+            self.kept.append({"layer": worst.layer, "sqnr_db": round(worst.sqnr_db, 2),
+                              "loss_db": round(worst.loss_db, 2),
+                              "reason": f"its layer loses the most signal ({worst.loss_db:.1f} dB "
+                                        f"SQNR, down to {worst.sqnr_db:.1f} dB) while int8 lost "
+                                        f"{drop:.2f} points (> {self.max_drop})"})
+        raise EdgepilotError(
+            f"{fmt} int8 loses {drop:.2f} accuracy points (budget {self.max_drop}) even with "
+            f"{len(keep)} layer(s) kept in float ({', '.join(keep) or 'none could be'}). Try "
+            "more or more representative calibration images (--calib), another calibration "
+            "method, a larger --max-drop, or fp16 / dynamic precision."
+        )

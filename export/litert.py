@@ -1,0 +1,294 @@
+"""TFLite (LiteRT) exporter: litert-torch converts, ai-edge-quantizer quantizes, our writer
+embeds the standard TFLite metadata and labels.
+
+Image models get an input of raw RGB pixels, channels last (1, H, W, 3): normalisation and
+the NCHW permute live inside the graph (the converter folds the permute away), and the output
+is softmax probabilities. So phones and the Edge TPU need no transposes at the boundary, a full
+int8 model's input quantization is exact (pixel - 128, scale 1), and mobile task libraries need
+nothing but the file: MediaPipe accepts only one mean/std for all channels, (0, 1) here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
+from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
+from edgepilot.meta import ModelMeta
+from edgepilot.runtime.backend import quiet_native_stderr
+from edgepilot.runtime.image import preprocess
+from edgepilot.runtime.tflite_metadata import build_metadata, write_metadata
+
+#: Calibration methods: ai-edge-quantizer algorithms for activation ranges.
+CALIBRATION_METHODS = {"minmax": "min_max_uniform_quantize", "mse": "mse", "octav": "octav"}
+
+
+def artifact_meta(meta: ModelMeta) -> ModelMeta:
+    """The metadata of the .tflite file: raw pixels in, NHWC, probabilities out."""
+    channels = meta.channels
+    return meta.replace(layout="NHWC", mean=(0.0,) * channels, std=(1 / 255,) * channels,
+                        output="probs")
+
+
+def _wrap(module, meta: ModelMeta | None, sample_input):
+    """The module as the .tflite will compute it, and its sample input."""
+    import torch
+
+    class PixelInput(torch.nn.Module):
+        """(N, H, W, C) float pixels 0..255 -> normalise -> NCHW -> module -> softmax."""
+
+        def __init__(self, inner, meta):
+            super().__init__()
+            self.inner = inner
+            scale = 255 * torch.tensor(meta.std, dtype=torch.float32)
+            self.register_buffer("mean", 255 * torch.tensor(meta.mean).view(1, 1, 1, -1))
+            self.register_buffer("scale", scale.view(1, 1, 1, -1))
+            self.softmax = meta.output == "logits"
+
+        def forward(self, x):
+            y = self.inner(((x - self.mean) / self.scale).permute(0, 3, 1, 2))
+            return torch.softmax(y, dim=-1) if self.softmax else y
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.permute(0, 3, 1, 2))
+
+    if meta is not None and meta.layout == "NCHW" and sample_input.dim() == 4:
+        height, width = meta.input_size
+        return PixelInput(module, meta).eval(), torch.zeros(1, height, width, meta.channels)
+    if sample_input.dim() == 4:  # an image model without metadata: still channels last
+        return ChannelsLast(module).eval(), sample_input.permute(0, 2, 3, 1).contiguous()
+    return module.eval(), sample_input
+
+
+def reference(module, meta: ModelMeta | None):
+    """What the .tflite computes, as a function of the original (NCHW, normalised) input."""
+    import torch
+
+    def run(x):
+        y = module(x)
+        return torch.softmax(y, -1) if meta is not None and meta.output == "logits" and \
+            x.dim() == 4 else y
+
+    return run
+
+
+def _convert(module, sample) -> bytes:
+    # The converter's C++ logging (absl, oneDNN notices) goes straight to stderr.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "3")
+    with quiet_native_stderr():
+        litert_torch = require("litert_torch", "export", "Exporting to TFLite")
+    litert_torch.config.show_progress = False
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        with quiet_native_stderr(), warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return bytes(litert_torch.convert(module, (sample,)).model_content())
+    except Exception as err:
+        raise EdgepilotError(_conversion_failure(err, module)) from err
+
+
+def _conversion_failure(err: Exception, module) -> str:
+    text = str(err)
+    match = re.search(r"(aten\.[\w.]+|'[\w.]+' op|[\w.]+\.default)", text)
+    op = f" at operator {match.group(1)}" if match else ""
+    first = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
+    return (f"litert-torch could not convert {type(module).__name__} to TFLite{op}: "
+            f"{first[:300]}. Try ONNX (--format onnx), replace that operator with a standard "
+            "one, or check the model exports with torch.export.export().")
+
+
+def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
+           calibration: np.ndarray | None = None, method: str = "minmax",
+           guard: Guard | None = None) -> dict:
+    """Write `module` as a .tflite at `precision`; returns notes for the report."""
+    if method not in CALIBRATION_METHODS:
+        raise UnsupportedFormatError(f"Calibration method '{method}' is not available for "
+                                     f"tflite. Valid: {', '.join(CALIBRATION_METHODS)}")
+    wrapped, sample = _wrap(module, meta, sample_input)
+    float_model = _convert(wrapped, sample)
+    notes: dict = {}
+    if precision == "fp32":
+        model = float_model
+    else:
+        quantizer = require("ai_edge_quantizer", "export", "Quantizing TFLite models")
+        recipes = _recipes(quantizer.recipe, precision, CALIBRATION_METHODS[method])
+        if precision == "int8":
+            if calibration is None or not len(calibration):
+                raise EdgepilotError("Full int8 needs calibration images: pass --calib PATH or "
+                                     "a model whose dataset edgepilot can generate")
+            inputs = _calibration_inputs(calibration, meta, sample)
+            notes["calibration"] = {"method": method, "images": len(calibration)}
+            stamp = (lambda m: _with_metadata(m, artifact_meta(meta), precision)) \
+                if sample.dim() == 4 else (lambda m: m)
+            model = _int8(quantizer, float_model, recipes, inputs, path, guard, stamp)
+            if guard is not None:
+                notes["kept_float"] = guard.kept
+                notes["guard_attempts"] = guard.attempts
+        else:
+            model = _quantize(quantizer, float_model, recipes, None)
+    notes["fp32_bytes"] = len(float_model)
+    if meta is not None:
+        file_meta = artifact_meta(meta) if sample.dim() == 4 else meta
+        model = _with_metadata(model, file_meta, precision)
+        notes["fp32_bytes"] = len(_with_metadata(float_model, file_meta, "fp32"))
+    path.write_bytes(model)
+    return notes
+
+
+def _recipes(recipe, precision: str, algorithm: str) -> list[dict]:
+    if precision == "fp16":
+        return [dict(regex=".*", operation="*", algorithm_key="float_casting",
+                     op_config=dict(weight_tensor_config=dict(num_bits=16, dtype="FLOAT"),
+                                    compute_precision="FLOAT", explicit_dequantize=True))]
+    if precision == "dynamic":
+        return recipe.dynamic_wi8_afp32()
+    rules = recipe.static_wi8_ai8()
+    for rule in rules:
+        rule["algorithm_key"] = algorithm
+    return rules
+
+
+def _quantize(quantizer, model: bytes, recipes: list[dict], calibration) -> bytes:
+    with quiet_native_stderr(), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        q = quantizer.Quantizer(model, recipes)
+        if calibration is not None:
+            calibration = calibration(q)
+        return bytes(q.quantize(calibration, enable_progress_report=False).quantized_model)
+
+
+def _calibration_inputs(images: np.ndarray, meta: ModelMeta | None, sample) -> list[dict]:
+    """Signature inputs exactly as the runtime will feed the .tflite."""
+    if meta is None:
+        raise EdgepilotError("int8 calibration of images needs the model's ModelMeta (meta=)")
+    fmeta = artifact_meta(meta) if sample.dim() == 4 else meta
+    return [{"args_0": preprocess(img, fmeta)} for img in images]
+
+
+def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, stamp) -> bytes:
+    def calibrate(q):
+        result = q.calibrate({"serving_default": inputs})
+        # Calibration keeps a moving average of ranges; pin the pixel input to its true range
+        # so its quantization is exact: scale 1, zero point -128.
+        for name in list(result):
+            if name.startswith("serving_default_args_0"):
+                result[name] = {"min": np.zeros((1, 1, 1, 1), np.float32),
+                                "max": np.full((1, 1, 1, 1), 255.0, np.float32)}
+        return result
+
+    def quantize(keep: list[str]) -> Path:
+        rules = recipes + [dict(regex=pattern, operation="*", algorithm_key="no_quantize")
+                           for pattern in _float_patterns(float_model, keep)]
+        trial = path.with_name(f"{path.stem}.try{len(keep)}{path.suffix}")
+        trial.write_bytes(stamp(_quantize(quantizer, float_model, rules, calibrate)))
+        return trial
+
+    def rank(trial: Path) -> list[LayerError]:
+        return _rank_layers(float_model, trial, inputs[:32])
+
+    if guard is None:
+        trial = quantize([])
+    else:
+        trial = guard.run(quantize, rank, "tflite")
+    data = trial.read_bytes()
+    for leftover in path.parent.glob(f"{path.stem}.try*{path.suffix}"):
+        leftover.unlink()
+    return data
+
+
+def _graph(model: bytes):
+    from ai_edge_litert import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    return tree.subgraphs[0]
+
+
+def _float_patterns(model: bytes, keep: list[str]) -> list[str]:
+    """Regexes (over op output names) for the ops producing and consuming each kept tensor:
+    a tensor stays float only if both sides of it run in float."""
+    graph = _graph(model)
+    names = [t.name.decode() for t in graph.tensors]
+    patterns = []
+    for tensor in keep:
+        index = names.index(tensor)
+        for op in graph.operators:
+            if index in list(op.outputs) or index in list(op.inputs):
+                patterns += [re.escape(names[o]) + "$" for o in op.outputs]
+    return patterns
+
+
+def _rank_layers(float_model: bytes, trial: Path, inputs) -> list[LayerError]:
+    """Activations ranked by the SQNR their op loses in the int8 model (see guard)."""
+    float_acts = _activations(float_model, inputs)
+    quant_acts = _activations(trial.read_bytes(), inputs)
+    sqnr = {name: channel_sqnr(ref, quant_acts[name], -1) for name, ref in float_acts.items()
+            if name in quant_acts and quant_acts[name].shape == ref.shape}
+    graph = _graph(float_model)
+    names = [t.name.decode() for t in graph.tensors]
+    produced = {o for op in graph.operators for o in op.outputs}
+    activations = produced | set(graph.inputs)
+    order, inputs_of = [], {}
+    for op in graph.operators:
+        for out in op.outputs:
+            order.append(names[out])
+            inputs_of[names[out]] = [names[i] for i in op.inputs if i in activations]
+    outputs = {names[i] for i in graph.outputs}
+    return [e for e in rank_by_sqnr_loss(order, inputs_of, sqnr) if e.layer not in outputs]
+
+
+def _activations(model: bytes, inputs) -> dict[str, np.ndarray]:
+    """Every float or dequantized tensor of `model`, stacked over the inputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    scale, zero = detail["quantization"]
+    collected: dict[str, list[np.ndarray]] = {}
+    for sample in inputs:
+        x = sample["args_0"]
+        if scale:
+            x = np.clip(np.round(x / scale + zero), -128, 127).astype(detail["dtype"])
+        interpreter.set_tensor(detail["index"], x)
+        interpreter.invoke()
+        for t in interpreter.get_tensor_details():
+            try:
+                value = interpreter.get_tensor(t["index"])
+            except ValueError:  # tensors without data (e.g. optional inputs)
+                continue
+            t_scale, t_zero = t["quantization"]
+            if t_scale and np.issubdtype(value.dtype, np.integer):
+                value = (value.astype(np.int64) - t_zero) * t_scale
+            collected.setdefault(t["name"], []).append(np.asarray(value, np.float64))
+    return {name: np.concatenate(v) if v[0].ndim else np.stack(v)
+            for name, v in collected.items()}
+
+
+def _with_metadata(model: bytes, meta: ModelMeta, precision: str) -> bytes:
+    height, width = meta.input_size
+    # Pixel units, as the standard says: input = (pixel - mean) / std.
+    mean = [255 * m for m in meta.mean[:1]]
+    std = [255 * s for s in meta.std[:1]]
+    standard = build_metadata(
+        name=meta.name, description=f"{meta.name} image classifier ({precision}), edgepilot",
+        version="1", width=width, height=height, mean=mean, std=std,
+        num_classes=len(meta.labels), output_is_probability=meta.output == "probs")
+    labels = ("\n".join(meta.labels) + "\n").encode()
+    return write_metadata(model, standard=standard, edgepilot_json=meta.to_json(),
+                          files={"labels.txt": labels})

@@ -1,0 +1,94 @@
+"""LiteRT (TFLite) backend: ai-edge-litert, or tflite-runtime where only that is installed
+(many Raspberry Pi images). Reports the interpreter and the delegate partitions that ran."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgepilot.errors import MissingDependencyError, ModelFileError
+from edgepilot.runtime.backend import Backend, TensorInfo, quiet_native_stderr
+from edgepilot.runtime.tflite_metadata import read_metadata
+
+# (module holding Interpreter, distribution name) in order of preference.
+_INTERPRETERS = (("ai_edge_litert.interpreter", "ai-edge-litert"),
+                 ("tflite_runtime.interpreter", "tflite-runtime"))
+
+
+def interpreter_module():
+    """The first importable interpreter module and its distribution name."""
+    for module, dist in _INTERPRETERS:
+        try:
+            return importlib.import_module(module), dist
+        except ImportError:
+            continue
+    raise MissingDependencyError("ai-edge-litert", "tflite", "Running .tflite models")
+
+
+def _info(detail: dict) -> TensorInfo:
+    signature = detail.get("shape_signature", detail["shape"])
+    shape = tuple(None if d < 0 else int(d) for d in signature)
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorInfo(detail["name"], shape, np.dtype(detail["dtype"]), float(scale),
+                      int(zero_point))
+
+
+class LiteRTBackend(Backend):
+    """Runs a .tflite file with the LiteRT interpreter (XNNPACK by default on CPU)."""
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        module, dist = interpreter_module()
+        data = Path(path).read_bytes()
+        try:
+            with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate" notices
+                self.interpreter = module.Interpreter(model_content=data, num_threads=threads)
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise ModelFileError(f"{dist} cannot load '{path}': {str(err).splitlines()[0]}") \
+                from err
+        self.inputs = [_info(d) for d in self.interpreter.get_input_details()]
+        self.outputs = [_info(d) for d in self.interpreter.get_output_details()]
+        self._in = [d["index"] for d in self.interpreter.get_input_details()]
+        self._out = [d["index"] for d in self.interpreter.get_output_details()]
+        self.metadata = read_metadata(data)
+        self.meta_json = self.metadata.edgepilot_json or _meta_from_standard(self.metadata,
+                                                                             self.inputs[0])
+        version = getattr(importlib.import_module(dist.replace("-", "_")), "__version__", "")
+        self.description = f"{dist} {version} ({self._delegates()}, {threads or 'default'} threads)"
+
+    def _delegates(self) -> str:
+        """What the interpreter delegated: XNNPACK partitions (more than one means ops in
+        between fell back to builtin kernels), or builtin kernels only."""
+        try:
+            ops = [op["op_name"] for op in self.interpreter._get_ops_details()]
+        except AttributeError:  # older interpreters do not expose their nodes
+            return "delegates unknown"
+        partitions = ops.count("DELEGATE")
+        if not partitions:
+            return f"builtin kernels, {len(ops)} ops"
+        return f"XNNPACK, {partitions} partition{'s' if partitions > 1 else ''}"
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        for index, x in zip(self._in, inputs):
+            self.interpreter.set_tensor(index, x)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(index).copy() for index in self._out]
+
+
+def _meta_from_standard(metadata, image: TensorInfo) -> str | None:
+    """A ModelMeta JSON from the standard TFLite metadata alone (files from other tools)."""
+    if not metadata.labels or len(image.shape) != 4:
+        return None
+    height, width = image.shape[1], image.shape[2]
+    # Standard normalisation is in pixel units: input = (pixel - mean) / std.
+    mean = [m / 255 for m in metadata.mean] or [0.0]
+    std = [s / 255 for s in metadata.std] or [1 / 255]
+    channels = image.shape[3]
+    mean = (mean * channels)[:channels] if len(mean) == 1 else mean
+    std = (std * channels)[:channels] if len(std) == 1 else std
+    return json.dumps({"name": metadata.name or "model", "labels": metadata.labels,
+                       "input_size": [height, width], "layout": "NHWC", "color": "RGB",
+                       "mean": mean, "std": std, "output": "probs"})
