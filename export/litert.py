@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -192,10 +193,12 @@ def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, sta
                                 "max": np.full((1, 1, 1, 1), 255.0, np.float32)}
         return result
 
+    counter = itertools.count()
+
     def quantize(keep: list[str]) -> Path:
         rules = recipes + [dict(regex=pattern, operation="*", algorithm_key="no_quantize")
                            for pattern in _float_patterns(float_model, keep)]
-        trial = path.with_name(f"{path.stem}.try{len(keep)}{path.suffix}")
+        trial = path.with_name(f"{path.stem}.try{next(counter)}{path.suffix}")
         trial.write_bytes(stamp(_quantize(quantizer, float_model, rules, calibrate)))
         return trial
 
@@ -229,7 +232,8 @@ def _float_patterns(model: bytes, keep: list[str]) -> list[str]:
         index = names.index(tensor)
         for op in graph.operators:
             if index in list(op.outputs) or index in list(op.inputs):
-                patterns += [re.escape(names[o]) + "$" for o in op.outputs]
+                # ai-edge-quantizer matches an op's scope: its output names, each + ";".
+                patterns += ["^" + re.escape(names[o]) + ";$" for o in op.outputs]
     return patterns
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import tempfile
@@ -140,6 +141,9 @@ class _Reader:
     def rewind(self):
         self.position = 0
 
+    def __iter__(self):  # the QDQ debugger iterates instead of calling get_next
+        return ({INPUT_NAME: x} for x in self.inputs)
+
 
 def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | None) -> None:
     import onnx
@@ -149,9 +153,10 @@ def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | N
     os.replace(path, float_path)
     metadata = {p.key: p.value for p in onnx.load(str(float_path)).metadata_props}
     calibrate = {m.lower(): m for m in ("MinMax", "Entropy", "Percentile", "Distribution")}
+    counter = itertools.count()
 
     def quantize(keep: list[str]) -> Path:
-        trial = path.with_name(f"{path.stem}.try{len(keep)}{path.suffix}")
+        trial = path.with_name(f"{path.stem}.try{next(counter)}{path.suffix}")
         exclude = _nodes_touching(float_path, keep)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

@@ -7,6 +7,7 @@ imports onnxruntime or an interpreter until a file of that format is loaded.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -60,14 +61,16 @@ def quiet_native_stderr():
     replay it if the block fails, since then it may explain why."""
     sys.stderr.flush()
     saved = os.dup(2)
+    python_side = io.StringIO()  # progress bars written through sys.stderr
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            yield
+            with contextlib.redirect_stderr(python_side):
+                yield
         except BaseException:
             os.dup2(saved, 2)
             capture.seek(0)
-            sys.stderr.write(capture.read().decode(errors="replace"))
+            sys.stderr.write(capture.read().decode(errors="replace") + python_side.getvalue())
             raise
         finally:
             os.dup2(saved, 2)

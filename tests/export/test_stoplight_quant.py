@@ -1,0 +1,66 @@
+"""The shipped stoplight model through every format and precision: the issue's targets."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("litert_torch")
+
+import edgepilot  # noqa: E402
+from edgepilot.assets import shipped_model  # noqa: E402
+from edgepilot.runtime.tflite_metadata import read_metadata  # noqa: E402
+from edgepilot.train.checkpoint import load_checkpoint  # noqa: E402
+from edgepilot.train.datasets import load_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    net, meta, _ = load_checkpoint(shipped_model("stoplight", ".pt"))
+    val = load_dataset("stoplight", "val", 1000, meta.input_size)
+    out = tmp_path_factory.mktemp("stoplight") / "stoplight"
+    result = []
+    for fmt in ("onnx", "tflite"):
+        precisions = list(edgepilot.formats.format_by_name(fmt).precisions)
+        result += edgepilot.export(net, torch.zeros(1, 3, 64, 64), formats=fmt,
+                                   precision=precisions, out=out, meta=meta, val_data=val,
+                                   quiet=True)
+    return {(r.format, r.precision): r for r in result}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_int8_targets(reports, fmt):
+    int8 = reports[fmt, "int8"]
+    assert 100 * (int8.accuracy_torch - int8.accuracy_export) <= 0.5
+    assert int8.size_ratio <= 0.30
+    assert int8.notes["calibration"] == {"method": "minmax", "images": 300,
+                                         "source": "validation images", "skipped": 0}
+    saved = json.loads(Path(int8.path + ".json").read_text())
+    assert saved["notes"]["guard_attempts"][-1]["drop_points"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,precision", [("onnx", "fp32"), ("onnx", "fp16"),
+                                           ("tflite", "fp32"), ("tflite", "fp16")])
+def test_float_exports_agree_with_pytorch(reports, fmt, precision):
+    assert reports[fmt, precision].top1_agreement >= 0.999
+
+
+@pytest.mark.slow
+def test_full_int8_tflite_has_int8_io_nhwc_and_standard_metadata(reports):
+    path = reports["tflite", "int8"].path
+    model = edgepilot.load(path)
+    [image], [scores] = model.inputs, model.outputs
+    assert image.shape == (1, 64, 64, 3) and image.dtype == np.int8
+    assert (image.scale, image.zero_point) == (1.0, -128)  # pixel - 128, exactly
+    assert scores.dtype == np.int8
+    metadata = read_metadata(Path(path).read_bytes())
+    assert metadata.labels == ["red", "yellow", "green", "none"]
+    assert metadata.mean == [0.0] and metadata.std == [1.0] and metadata.color == "RGB"
+    assert metadata.image_size == (64, 64)
+    # The runtime hides the int8 boundary: uint8 image in, probabilities out.
+    p = model.predict(np.zeros((64, 64, 3), np.uint8))
+    assert abs(sum(p.scores.values()) - 1) < 0.02
