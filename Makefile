@@ -2,13 +2,16 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# MediaPipe, the mobile client the TFLite tests check against, pins its own OpenCV: own venv.
+MPVENV ?= .venv-mediapipe
+MPSTAMP := $(MPVENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install mediapipe-env clean
 
 demo: $(STAMP)
 	$(VENV)/bin/edgepilot demo
 
-test: $(STAMP)
+test: $(STAMP) $(MPSTAMP)
 	$(PY) -m pytest
 
 install: $(STAMP)
@@ -21,5 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
 	touch $(STAMP)
 
+mediapipe-env: $(MPSTAMP)
+
+$(MPSTAMP):
+	python3 -m venv $(MPVENV)
+	$(MPVENV)/bin/python -m pip install -q --upgrade pip
+	$(MPVENV)/bin/python -m pip install -q mediapipe==1.2.3
+	touch $(MPSTAMP)
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(MPVENV) runs

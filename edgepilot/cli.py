@@ -52,7 +52,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     reports = export(model, sample, formats=args.format, out=out, meta=meta,
                      precision=args.precision, val_data=val, calib=args.calib,
                      calib_size=args.calib_size, calib_method=args.calib_method,
-                     max_drop=None if args.max_drop < 0 else args.max_drop)
+                     max_drop=None if args.max_drop < 0 else args.max_drop,
+                     io_dtype=args.io_dtype)
     for report in reports:
         print(report.path)
     return 0
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=1.0,
                    help="int8 accuracy budget in points; worst layers stay float until met "
                         "(-1: off)")
+    p.add_argument("--io-dtype", default=None, choices=["int8", "uint8", "float32"],
+                   help="boundary type of int8 files (tflite: int8 or uint8 for MediaPipe and "
+                        "mobile task libraries)")
     p.add_argument("--out", default=None, help="output path stem (default: beside checkpoint)")
     p.add_argument("--val-size", type=int, default=2_000,
                    help="validation images for the parity report (0: random inputs)")

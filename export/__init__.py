@@ -40,6 +40,7 @@ def export(
     calib_size: int = 300,
     calib_method: str = "minmax",
     max_drop: float | None = 1.0,
+    io_dtype: str | None = None,
     quiet: bool = False,
 ) -> list[ExportReport]:
     """Export `module` to each format and precision, check it against PyTorch and report.
@@ -59,6 +60,8 @@ def export(
         calib_method: e.g. ``minmax`` (both formats), ``entropy``/``percentile`` (onnx).
         max_drop: int8 accuracy budget in points; layers are kept in float until the drop is
             within it (needs `val_data`; None turns the guard off).
+        io_dtype: boundary type of int8 files: tflite ``int8`` (default) or ``uint8`` (what
+            MediaPipe and the mobile task libraries need); onnx QDQ files keep ``float32``.
         quiet: do not print the report table.
 
     Returns:
@@ -113,7 +116,7 @@ def export(
                     notes = exporter.export(
                         module, sample_input, Path(tmp), meta=meta, precision=prec,
                         calibration=None if calibration is None else calibration.images,
-                        method=calib_method, guard=guard)
+                        method=calib_method, guard=guard, io_dtype=io_dtype)
                 os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; exports are ordinary files
                 os.replace(tmp, path)
             finally:

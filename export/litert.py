@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -113,13 +114,22 @@ def _conversion_failure(err: Exception, module) -> str:
             "one, or check the model exports with torch.export.export().")
 
 
+#: Tensor types a full-int8 file can expose at its boundary. int8 is the TFLite default;
+#: uint8 is what Android/iOS task libraries and MediaPipe require of quantized image models.
+IO_DTYPES = ("int8", "uint8")
+
+
 def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
            calibration: np.ndarray | None = None, method: str = "minmax",
-           guard: Guard | None = None) -> dict:
+           guard: Guard | None = None, io_dtype: str | None = None) -> dict:
     """Write `module` as a .tflite at `precision`; returns notes for the report."""
     if method not in CALIBRATION_METHODS:
         raise UnsupportedFormatError(f"Calibration method '{method}' is not available for "
                                      f"tflite. Valid: {', '.join(CALIBRATION_METHODS)}")
+    io_dtype = io_dtype or "int8"
+    if io_dtype not in IO_DTYPES:
+        raise UnsupportedFormatError(f"io_dtype '{io_dtype}' is not available for tflite "
+                                     f"int8. Valid: {', '.join(IO_DTYPES)}")
     wrapped, sample = _wrap(module, meta, sample_input)
     float_model = _convert(wrapped, sample)
     notes: dict = {}
@@ -134,8 +144,18 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
                                      "a model whose dataset edgepilot can generate")
             inputs = _calibration_inputs(calibration, meta, sample)
             notes["calibration"] = {"method": method, "images": len(calibration)}
-            stamp = (lambda m: _with_metadata(m, artifact_meta(meta), precision)) \
-                if sample.dim() == 4 else (lambda m: m)
+            notes["io_dtype"] = io_dtype
+            if io_dtype == "uint8":  # quantize with float I/O, then swap the interface type
+                recipes = recipes + [dict(regex=".*", operation=op, algorithm_key="no_quantize")
+                                     for op in ("INPUT", "OUTPUT")]
+
+            def stamp(quantized: bytes) -> bytes:
+                if io_dtype == "uint8":
+                    quantized = _uint8_interface(quantized)
+                if sample.dim() == 4:
+                    quantized = _with_metadata(quantized, artifact_meta(meta), precision)
+                return quantized
+
             model = _int8(quantizer, float_model, recipes, inputs, path, guard, stamp)
             if guard is not None:
                 notes["kept_float"] = guard.kept
@@ -213,6 +233,24 @@ def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, sta
     for leftover in path.parent.glob(f"{path.stem}.try*{path.suffix}"):
         leftover.unlink()
     return data
+
+
+def _uint8_interface(model: bytes) -> bytes:
+    """Replace the float input/output (and their QUANTIZE/DEQUANTIZE) by uint8 tensors."""
+    interface = require("ai_edge_litert._pywrap_modify_model_interface", "tflite",
+                        "Giving int8 TFLite models a uint8 interface")
+    from ai_edge_litert import schema_py_generated as schema
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp, "in.tflite"), Path(tmp, "out.tflite")
+        source.write_bytes(model)
+        status = interface.modify_model_interface(str(source), str(target),
+                                                  schema.TensorType.UINT8,
+                                                  schema.TensorType.UINT8)
+        if status != 0:
+            raise EdgepilotError("Could not give the int8 TFLite model a uint8 interface "
+                                 f"(modify_model_interface returned {status})")
+        return target.read_bytes()
 
 
 def _graph(model: bytes):

@@ -37,7 +37,7 @@ def reference(module, meta: ModelMeta | None):
 
 def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
            calibration: np.ndarray | None = None, method: str = "minmax",
-           guard: Guard | None = None) -> dict:
+           guard: Guard | None = None, io_dtype: str | None = None) -> dict:
     """Write `module` as ONNX to `path`; returns notes for the report.
 
     The batch dimension is dynamic so one file serves single frames and batched evaluation.
@@ -46,6 +46,10 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
     if method not in CALIBRATION_METHODS:
         raise UnsupportedFormatError(f"Calibration method '{method}' is not available for "
                                      f"onnx. Valid: {', '.join(CALIBRATION_METHODS)}")
+    if io_dtype not in (None, "float32"):
+        raise UnsupportedFormatError(f"io_dtype '{io_dtype}' is not available for onnx: its int8 "
+                                     "files are QDQ graphs with float32 inputs and outputs. "
+                                     "Valid: float32 (or export tflite for int8/uint8 I/O)")
     _export_float(module, sample_input, path, meta)
     notes: dict = {"fp32_bytes": path.stat().st_size}
     if precision == "fp16":

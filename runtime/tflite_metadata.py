@@ -243,9 +243,15 @@ def write_metadata(model: bytes, *, standard: bytes, edgepilot_json: str,
     schema = require("ai_edge_litert.schema_py_generated", "tflite", "Writing TFLite metadata")
     model = _strip_zip(model)
     tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
-    if any((getattr(buf, "offset", 0) or 0) > 1 for buf in tree.buffers or []):
-        raise ModelFileError("this .tflite keeps its weights outside the flatbuffer (> 2 GB); "
-                             "metadata cannot be embedded")
+    for buffer in tree.buffers or []:
+        # Newer writers (ai-edge-quantizer on larger models) keep weights after the flatbuffer,
+        # addressed by absolute offset; bring them inline so the repacked file is whole.
+        if (getattr(buffer, "offset", 0) or 0) > 1:
+            end = buffer.offset + buffer.size
+            if end > len(model):
+                raise ModelFileError("the .tflite's weights point past the end of the file")
+            buffer.data = np.frombuffer(model[buffer.offset:end], np.uint8)
+            buffer.offset = buffer.size = 0
     tree.metadata = [m for m in tree.metadata or []]
     for name, payload in ((STANDARD_NAME, standard), (EDGEPILOT_NAME, edgepilot_json.encode())):
         data = np.frombuffer(payload, np.uint8)
