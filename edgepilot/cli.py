@@ -27,12 +27,26 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.task == "neuron":
+        from edgepilot.train.classic import train_neuron
+
+        print(json.dumps(train_neuron(args.out or "runs/neuron", seed=args.seed), indent=2))
+        return 0
+    if args.task == "digits":
+        from edgepilot.train.classic import train_digits
+
+        summary = train_digits(args.out or "runs/digits", arch=args.arch or "nielsen",
+                               optimizer=args.optimizer, seed=args.seed,
+                               progress=not args.quiet, log=_log)
+        print(json.dumps(summary, indent=2))
+        return 0
     from edgepilot.train.recipes import train_stoplight
     from edgepilot.train.trainer import TrainConfig
 
     config = TrainConfig(epochs=args.epochs, steps=args.steps, seed=args.seed,
                          batch_size=args.batch_size, progress=not args.quiet)
-    summary = train_stoplight(args.out, arch=args.arch, size=args.size, n_train=args.n_train,
+    summary = train_stoplight(args.out or "runs/stoplight", arch=args.arch or "stoplight_cnn",
+                              size=args.size, n_train=args.n_train,
                               n_val=args.n_val, n_holdout=args.n_val, config=config,
                               log=_log)
     print(json.dumps(summary, indent=2))
@@ -47,7 +61,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     val = _validation_data(meta, args.val_size)
     import torch
 
-    sample = torch.zeros(1, meta.channels, *meta.input_size)
+    sample = torch.zeros(meta.input_shape)
     out = args.out or Path(args.checkpoint).with_suffix("")
     reports = export(model, sample, formats=args.format, out=out, meta=meta,
                      precision=args.precision, val_data=val, calib=args.calib,
@@ -74,6 +88,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from edgepilot.assets import resolve_model
 
     model = edgepilot.load(resolve_model(args.model), threads=args.threads)
+    if args.inputs is not None:
+        return _predict_inputs(model, args)
+    if not args.images:
+        raise InputError("Give image files to classify (or --inputs for a model that takes "
+                         "a feature vector)")
     failures = 0
     results = []
     for image in args.images:
@@ -92,6 +111,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _predict_inputs(model, args: argparse.Namespace) -> int:
+    try:
+        values = [float(v) for v in args.inputs.split(",")]
+    except ValueError:
+        raise InputError(f"--inputs takes numbers separated by commas, e.g. 1,0,0; got "
+                         f"'{args.inputs}'") from None
+    prediction = model.predict_inputs(values)
+    if args.json:
+        print(json.dumps({"model": str(model.path), "backend": model.backend,
+                          "inputs": values, **prediction.to_dict()}, indent=2))
+    else:
+        print(f"{args.inputs}\t{prediction.label}\t{prediction.score:.3f}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgepilot.demo import run_demo
 
@@ -108,10 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (the stoplight classifier)")
-    p.add_argument("task", choices=["stoplight"], help="what to train")
-    p.add_argument("--out", default="runs/stoplight", help="output folder")
-    p.add_argument("--arch", default="stoplight_cnn", help="architecture name")
+    p = sub.add_parser("train", help="train a model: stoplight, neuron or digits")
+    p.add_argument("task", choices=["stoplight", "neuron", "digits"], help="what to train")
+    p.add_argument("--out", default=None, help="output folder (default: runs/TASK)")
+    p.add_argument("--arch", default=None,
+                   help="architecture (stoplight: stoplight_cnn, mobilenet; digits: nielsen, "
+                        "digit_cnn)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                   help="digits: plain SGD as in Nielsen's book, or AdamW")
     p.add_argument("--size", type=_positive_int, default=64, help="input size in pixels")
     p.add_argument("--epochs", type=_positive_int, default=8)
     p.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
@@ -131,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 calibration images: a folder or .npy (default: validation images)")
     p.add_argument("--calib-size", type=_positive_int, default=300)
     p.add_argument("--calib-method", default="minmax",
-                   help="minmax, entropy, percentile, distribution (onnx); minmax, mse, octav "
+                   help="minmax, entropy, percentile, distribution (onnx); minmax, moving_average "
                         "(tflite)")
     p.add_argument("--max-drop", type=float, default=1.0,
                    help="int8 accuracy budget in points; worst layers stay float until met "
@@ -146,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify images with a model file")
     p.add_argument("model", help="model file, or 'stoplight' for the shipped model")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="*", help="image files")
+    p.add_argument("--inputs", default=None,
+                   help="a feature vector instead of images, e.g. 1,0,0 (green,yellow,red)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_predict)

@@ -40,7 +40,7 @@ def run_demo(out: Path, *, train: bool = False, n_images: int = 8, n_eval: int =
     from edgepilot.train.datasets import load_dataset
 
     val = load_dataset("stoplight", "val", 2000, meta.input_size)
-    sample = torch.zeros(1, meta.channels, *meta.input_size)
+    sample = torch.zeros(meta.input_shape)
     [report] = edgepilot.export(net, sample, formats="onnx", out=out / "stoplight", meta=meta,
                                 val_data=val)
 

@@ -20,7 +20,10 @@ META_KEY = "edgepilot"
 TASKS = ("classify",)
 LAYOUTS = ("NCHW", "NHWC", "NC")
 COLORS = ("RGB", "BGR", "GRAY")
-OUTPUTS = ("logits", "probs")
+OUTPUTS = ("logits", "probs", "sigmoid")
+#: How an input reaches the model: "resize" an image; "mnist" normalise a digit image as MNIST
+#: did (grey, ink bright on dark, fitted in 20x20, centred by mass in 28x28); "none" raw values.
+PREPROCESS = ("resize", "mnist", "none")
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,11 @@ class ModelMeta:
         color: channel order the model expects: ``"RGB"``, ``"BGR"`` or ``"GRAY"``.
         mean: per-channel mean subtracted after scaling pixels to 0..1.
         std: per-channel standard deviation divided after the mean.
-        output: ``"logits"`` (softmax applied by the runtime) or ``"probs"``.
+        output: ``"logits"`` (softmax applied by the runtime), ``"probs"``, or ``"sigmoid"``
+            (one probability of the second label, e.g. the "go" of a single neuron).
         task: what the outputs mean; ``"classify"`` for now.
+        preprocess: ``"resize"`` (images), ``"mnist"`` (digit images) or ``"none"`` (a raw
+            feature vector; then input_size is (1, features) and layout ``"NC"``).
 
     Example:
         >>> meta = ModelMeta(name="stoplight", labels=("red", "green"), input_size=(64, 64))
@@ -53,6 +59,7 @@ class ModelMeta:
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     output: str = "logits"
     task: str = "classify"
+    preprocess: str = "resize"
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +73,7 @@ class ModelMeta:
             ("color", self.color, COLORS),
             ("output", self.output, OUTPUTS),
             ("task", self.task, TASKS),
+            ("preprocess", self.preprocess, PREPROCESS),
         ):
             if value not in valid:
                 raise ValueError(f"ModelMeta.{name}={value!r} is not one of {', '.join(valid)}")
@@ -79,6 +87,21 @@ class ModelMeta:
     @property
     def channels(self) -> int:
         return 1 if self.color == "GRAY" else 3
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input with batch 1, in this layout (e.g. (1, 3, 64, 64))."""
+        height, width = self.input_size
+        if self.layout == "NCHW":
+            return (1, self.channels, height, width)
+        if self.layout == "NHWC":
+            return (1, height, width, self.channels)
+        return (1, self.channels * height * width)
+
+    @property
+    def is_image(self) -> bool:
+        """False for models fed raw feature vectors (``preprocess="none"``)."""
+        return self.preprocess != "none"
 
     def replace(self, **changes) -> ModelMeta:
         """A copy with some fields changed (e.g. ``layout="NHWC"`` for a TFLite file)."""

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
-from edgepilot.export.calibration import Calibration, load_calibration
+from edgepilot.export.calibration import Calibration, as_inputs, load_calibration
 from edgepilot.export.guard import Guard
-from edgepilot.export.report import ExportReport, compare, print_reports
+from edgepilot.export.report import ExportReport, compare, decisions, print_reports
 from edgepilot.formats import FORMATS, format_by_name
 from edgepilot.meta import ModelMeta
 
@@ -153,10 +153,10 @@ def _calibration(calib, val_data, meta, calib_size) -> Calibration:
         if val_data is None:
             raise EdgepilotError("int8 export needs calibration images: pass calib= (a folder, "
                                  ".npy file or array) or val_data=")
-        calibration = load_calibration(val_data[0], meta.input_size, calib_size)
+        calibration = load_calibration(val_data[0], meta.input_size, calib_size, meta)
         calibration.source = "validation images"
         return calibration
-    return load_calibration(calib, meta.input_size, calib_size)
+    return load_calibration(calib, meta.input_size, calib_size, meta)
 
 
 def _torch_accuracy(module, meta, val_data) -> float | None:
@@ -164,24 +164,22 @@ def _torch_accuracy(module, meta, val_data) -> float | None:
         return None
     import torch
 
-    from edgepilot.runtime import preprocess
-
     images, labels = val_data
-    x = np.concatenate([preprocess(img, meta) for img in images])
+    x = np.concatenate(as_inputs(images, meta))
     with torch.no_grad():
         logits = np.concatenate([module(torch.from_numpy(b)).numpy()
                                  for b in np.array_split(x, max(1, len(x) // 256))])
-    return float((logits.argmax(1) == np.asarray(labels)).mean())
+    return float((decisions(logits) == np.asarray(labels)).mean())
 
 
 def _accuracy(path: Path, val_data) -> float:
     """Accuracy of a model file through the runtime, preprocessing as at inference."""
-    from edgepilot.runtime import load, preprocess
+    from edgepilot.runtime import load
 
     model = load(path)
     images, labels = val_data
-    x = np.concatenate([preprocess(img, model.meta) for img in images])
-    return float((np.asarray(model(x)).argmax(1) == np.asarray(labels)).mean())
+    x = np.concatenate(as_inputs(images, model.meta))
+    return float((decisions(np.asarray(model(x))) == np.asarray(labels)).mean())
 
 
 def _check(reference, sample_input, path, fmt, precision, meta, val_data,
@@ -189,15 +187,15 @@ def _check(reference, sample_input, path, fmt, precision, meta, val_data,
     """Load the exported file with edgepilot's runtime and compare it with PyTorch."""
     import torch
 
-    from edgepilot.runtime import load, preprocess
+    from edgepilot.runtime import load
 
     model = load(path)
     labels = None
     if val_data is not None and meta is not None:
         images, labels = val_data
         # Each artifact is fed exactly what the runtime would feed it at inference.
-        ours = np.concatenate([preprocess(img, model.meta or meta) for img in images])
-        theirs = np.concatenate([preprocess(img, meta) for img in images])
+        ours = np.concatenate(as_inputs(images, model.meta or meta))
+        theirs = np.concatenate(as_inputs(images, meta))
         labels = np.asarray(labels)
     else:
         generator = np.random.default_rng(0)

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError
-from edgepilot.runtime.image import IMAGE_SUFFIXES, check_image, read_image, resize
+from edgepilot.meta import ModelMeta
+from edgepilot.runtime.image import IMAGE_SUFFIXES, check_image, preprocess, read_image, resize
 
-__all__ = ["Calibration", "load_calibration"]
+__all__ = ["Calibration", "load_calibration", "as_inputs"]
 
 
 @dataclass
@@ -25,9 +26,25 @@ class Calibration:
     skipped: int = 0
 
 
+def as_inputs(samples: np.ndarray, meta: ModelMeta) -> list[np.ndarray]:
+    """Model inputs of batch one, exactly as the runtime makes them: images are preprocessed
+    as `meta` says; feature vectors (``preprocess="none"``) go in as they are."""
+    if not meta.is_image:
+        return [np.asarray(s, np.float32).reshape(1, -1) for s in samples]
+    return [preprocess(image, meta) for image in samples]
+
+
 def load_calibration(source: str | Path | np.ndarray, size: tuple[int, int],
-                     limit: int = 300) -> Calibration:
-    """Up to `limit` images from a folder (recursively), an .npy file or an array."""
+                     limit: int = 300, meta: ModelMeta | None = None) -> Calibration:
+    """Up to `limit` images from a folder (recursively), an .npy file or an array.
+
+    For models fed feature vectors, `source` is an (N, features) array used as it is."""
+    if meta is not None and not meta.is_image:
+        array = np.load(source) if isinstance(source, (str, Path)) else np.asarray(source)
+        if array.ndim != 2 or not len(array):
+            raise EdgepilotError(f"Calibration for {meta.name} takes an (N, features) array, "
+                                 f"got shape {array.shape}")
+        return Calibration(array[:limit].astype(np.float32), "array")
     if isinstance(source, np.ndarray):
         return Calibration(_from_array(source, size, limit, "array"), "array")
     path = Path(source)

@@ -26,11 +26,13 @@ from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
 from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import quiet_native_stderr
-from edgepilot.runtime.image import preprocess
+from edgepilot.export.calibration import as_inputs
 from edgepilot.runtime.tflite_metadata import build_metadata, write_metadata
 
-#: Calibration methods: ai-edge-quantizer algorithms for activation ranges.
-CALIBRATION_METHODS = {"minmax": "min_max_uniform_quantize", "mse": "mse", "octav": "octav"}
+#: Calibration methods: how activation ranges are gathered over the calibration images.
+#: "minmax" is the absolute range (as onnxruntime's MinMax); "moving_average" is
+#: ai-edge-quantizer's default, which under-reaches on small or skewed calibration sets.
+CALIBRATION_METHODS = ("minmax", "moving_average")
 
 
 def artifact_meta(meta: ModelMeta) -> ModelMeta:
@@ -38,6 +40,15 @@ def artifact_meta(meta: ModelMeta) -> ModelMeta:
     channels = meta.channels
     return meta.replace(layout="NHWC", mean=(0.0,) * channels, std=(1 / 255,) * channels,
                         output="probs")
+
+
+def _pixel_input(meta: ModelMeta | None, sample_input) -> bool:
+    """Whether the file takes raw pixels channels-last (image models with metadata)."""
+    return meta is not None and meta.layout == "NCHW" and sample_input.dim() == 4
+
+
+def _file_meta(meta: ModelMeta | None, sample_input) -> ModelMeta | None:
+    return artifact_meta(meta) if _pixel_input(meta, sample_input) else meta
 
 
 def _wrap(module, meta: ModelMeta | None, sample_input):
@@ -67,7 +78,7 @@ def _wrap(module, meta: ModelMeta | None, sample_input):
         def forward(self, x):
             return self.inner(x.permute(0, 3, 1, 2))
 
-    if meta is not None and meta.layout == "NCHW" and sample_input.dim() == 4:
+    if _pixel_input(meta, sample_input):
         height, width = meta.input_size
         return PixelInput(module, meta).eval(), torch.zeros(1, height, width, meta.channels)
     if sample_input.dim() == 4:  # an image model without metadata: still channels last
@@ -137,7 +148,7 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
         model = float_model
     else:
         quantizer = require("ai_edge_quantizer", "export", "Quantizing TFLite models")
-        recipes = _recipes(quantizer.recipe, precision, CALIBRATION_METHODS[method])
+        recipes = _recipes(quantizer.recipe, precision)
         if precision == "int8":
             if calibration is None or not len(calibration):
                 raise EdgepilotError("Full int8 needs calibration images: pass --calib PATH or "
@@ -152,11 +163,12 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
             def stamp(quantized: bytes) -> bytes:
                 if io_dtype == "uint8":
                     quantized = _uint8_interface(quantized)
-                if sample.dim() == 4:
-                    quantized = _with_metadata(quantized, artifact_meta(meta), precision)
-                return quantized
+                if meta is None:
+                    return quantized
+                return _with_metadata(quantized, _file_meta(meta, sample_input), precision)
 
-            model = _int8(quantizer, float_model, recipes, inputs, path, guard, stamp)
+            model = _int8(quantizer, float_model, recipes, inputs, path, guard, stamp,
+                          pixels=_pixel_input(meta, sample_input), method=method)
             if guard is not None:
                 notes["kept_float"] = guard.kept
                 notes["guard_attempts"] = guard.attempts
@@ -164,24 +176,22 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
             model = _quantize(quantizer, float_model, recipes, None)
     notes["fp32_bytes"] = len(float_model)
     if meta is not None:
-        file_meta = artifact_meta(meta) if sample.dim() == 4 else meta
-        model = _with_metadata(model, file_meta, precision)
+        file_meta = _file_meta(meta, sample_input)
+        if precision != "int8":  # int8 files were stamped while the guard tried them
+            model = _with_metadata(model, file_meta, precision)
         notes["fp32_bytes"] = len(_with_metadata(float_model, file_meta, "fp32"))
     path.write_bytes(model)
     return notes
 
 
-def _recipes(recipe, precision: str, algorithm: str) -> list[dict]:
+def _recipes(recipe, precision: str) -> list[dict]:
     if precision == "fp16":
         return [dict(regex=".*", operation="*", algorithm_key="float_casting",
                      op_config=dict(weight_tensor_config=dict(num_bits=16, dtype="FLOAT"),
                                     compute_precision="FLOAT", explicit_dequantize=True))]
     if precision == "dynamic":
         return recipe.dynamic_wi8_afp32()
-    rules = recipe.static_wi8_ai8()
-    for rule in rules:
-        rule["algorithm_key"] = algorithm
-    return rules
+    return recipe.static_wi8_ai8()
 
 
 def _quantize(quantizer, model: bytes, recipes: list[dict], calibration) -> bytes:
@@ -198,19 +208,38 @@ def _calibration_inputs(images: np.ndarray, meta: ModelMeta | None, sample) -> l
     """Signature inputs exactly as the runtime will feed the .tflite."""
     if meta is None:
         raise EdgepilotError("int8 calibration of images needs the model's ModelMeta (meta=)")
-    fmeta = artifact_meta(meta) if sample.dim() == 4 else meta
-    return [{"args_0": preprocess(img, fmeta)} for img in images]
+    return [{"args_0": x} for x in as_inputs(images, _file_meta(meta, sample))]
 
 
-def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, stamp) -> bytes:
+def _calibrate(q, float_model: bytes, inputs: list[dict], method: str) -> dict:
+    """Activation ranges over the calibration inputs, by `method`."""
+    if method == "moving_average":
+        return q.calibrate({"serving_default": inputs})
+    from ai_edge_quantizer import calibrator
+    from ai_edge_quantizer.utils import qsv_utils
+
+    # Quantizer.calibrate() offers only the moving average; the Calibrator it wraps takes
+    # the update rule, so build it the same way with the absolute min/max rule.
+    calib = calibrator.Calibrator(float_model, num_threads=2,
+                                  qsv_update_func=qsv_utils.min_max_update)
+    calib.calibrate({"serving_default": inputs}, q._recipe_manager)
+    return calib.get_model_qsvs()
+
+
+def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, stamp,
+          pixels: bool, method: str) -> bytes:
+    # Calibration keeps a moving average of ranges, which clips the input. Pin the input to its
+    # true range: 0..255 for pixels (exact: scale 1, zero point -128), else the data's range.
+    values = np.concatenate([x["args_0"].ravel() for x in inputs])
+    low, high = (0.0, 255.0) if pixels else (min(0.0, float(values.min())), float(values.max()))
+
     def calibrate(q):
-        result = q.calibrate({"serving_default": inputs})
-        # Calibration keeps a moving average of ranges; pin the pixel input to its true range
-        # so its quantization is exact: scale 1, zero point -128.
-        for name in list(result):
+        result = _calibrate(q, float_model, inputs, method)
+        for name, entry in result.items():
             if name.startswith("serving_default_args_0"):
-                result[name] = {"min": np.zeros((1, 1, 1, 1), np.float32),
-                                "max": np.full((1, 1, 1, 1), 255.0, np.float32)}
+                shape = np.shape(entry["min"])
+                result[name] = {"min": np.full(shape, low, np.float32),
+                                "max": np.full(shape, high, np.float32)}
         return result
 
     counter = itertools.count()
@@ -323,6 +352,11 @@ def _activations(model: bytes, inputs) -> dict[str, np.ndarray]:
 
 
 def _with_metadata(model: bytes, meta: ModelMeta, precision: str) -> bytes:
+    labels = ("\n".join(meta.labels) + "\n").encode()
+    if not meta.is_image or meta.layout != "NHWC":
+        # The standard metadata describes images; other inputs carry edgepilot's own only.
+        return write_metadata(model, standard=None, edgepilot_json=meta.to_json(),
+                              files={"labels.txt": labels})
     height, width = meta.input_size
     # Pixel units, as the standard says: input = (pixel - mean) / std.
     mean = [255 * m for m in meta.mean[:1]]
@@ -331,6 +365,5 @@ def _with_metadata(model: bytes, meta: ModelMeta, precision: str) -> bytes:
         name=meta.name, description=f"{meta.name} image classifier ({precision}), edgepilot",
         version="1", width=width, height=height, mean=mean, std=std,
         num_classes=len(meta.labels), output_is_probability=meta.output == "probs")
-    labels = ("\n".join(meta.labels) + "\n").encode()
     return write_metadata(model, standard=standard, edgepilot_json=meta.to_json(),
                           files={"labels.txt": labels})

@@ -18,7 +18,7 @@ import numpy as np
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
 from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
 from edgepilot.meta import META_KEY, ModelMeta
-from edgepilot.runtime.image import preprocess
+from edgepilot.export.calibration import as_inputs
 
 #: The lowest opset we write: 17 brings LayerNormalization; 18 is what torch's exporter targets.
 OPSET = 18
@@ -60,7 +60,7 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
                                  "model whose dataset edgepilot can generate")
         if meta is None:
             raise EdgepilotError("int8 calibration of images needs the model's ModelMeta")
-        inputs = [preprocess(img, meta) for img in calibration]
+        inputs = as_inputs(calibration, meta)
         notes["calibration"] = {"method": method, "images": len(inputs)}
         _to_int8(path, inputs, method, guard)
         if guard is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ExportReport", "compare", "print_reports"]
+__all__ = ["ExportReport", "compare", "decisions", "print_reports"]
 
 
 @dataclass
@@ -40,11 +40,20 @@ class ExportReport:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def decisions(outputs: np.ndarray) -> np.ndarray:
+    """Class indices of (N, classes) outputs; a single column is a sigmoid probability of
+    the second class (the stoplight neuron's P(go)), decided at 0.5."""
+    outputs = outputs.reshape(len(outputs), -1)
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > 0.5).astype(np.int64)
+    return outputs.argmax(1)
+
+
 def compare(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray | None) -> dict:
     """Parity of two (N, classes) outputs, and accuracy of each when labels are known."""
     reference = reference.reshape(len(reference), -1).astype(np.float64)
     exported = exported.reshape(len(exported), -1).astype(np.float64)
-    ref_top, exp_top = reference.argmax(1), exported.argmax(1)
+    ref_top, exp_top = decisions(reference), decisions(exported)
     result = {
         "n_inputs": int(len(reference)),
         "max_abs_diff": float(np.abs(reference - exported).max()),

@@ -10,7 +10,7 @@ import numpy as np
 from edgepilot.errors import InputError
 from edgepilot.meta import ModelMeta
 
-__all__ = ["read_image", "check_image", "resize", "preprocess"]
+__all__ = ["read_image", "check_image", "resize", "mnist_style", "preprocess"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -80,13 +80,53 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
+def mnist_style(image: np.ndarray) -> np.ndarray:
+    """A digit photo or scan -> (28, 28, 1) uint8 the way MNIST was made: grey, bright ink on
+    black (inverted when the paper is lighter than the ink), the ink's bounding box fitted into
+    20x20 keeping its aspect, centred by centre of mass in 28x28."""
+    grey = cv2.cvtColor(check_image(image), cv2.COLOR_RGB2GRAY)
+    if np.median(grey) > 127:  # dark ink on light paper
+        grey = 255 - grey
+    grey = np.where(grey >= max(40, 0.3 * int(grey.max())), grey, 0).astype(np.uint8)
+    ys, xs = np.nonzero(grey)
+    out = np.zeros((28, 28), np.uint8)
+    if not len(ys):
+        return out[:, :, None]
+    crop = grey[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    scale = 20 / max(crop.shape)
+    h, w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
+    digit = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else
+                       cv2.INTER_LINEAR)
+    mass = digit.astype(np.float64)
+    total = mass.sum() or 1.0
+    cy = (mass.sum(1) * np.arange(h)).sum() / total
+    cx = (mass.sum(0) * np.arange(w)).sum() / total
+    top = int(np.clip(round(14 - cy), 0, 28 - h))
+    left = int(np.clip(round(14 - cx), 0, 28 - w))
+    out[top:top + h, left:left + w] = digit
+    return out[:, :, None]
+
+
 def preprocess(image: np.ndarray, meta: ModelMeta) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> float32 model input of batch one, as `meta` describes."""
+    if not meta.is_image:
+        raise InputError(f"{meta.name} takes a feature vector, not an image: use "
+                         "Model.predict_inputs(values)")
+    if meta.preprocess == "mnist":
+        image = mnist_style(image)  # (28, 28, 1), already grey
+        if meta.input_size != (28, 28):
+            image = resize(image, meta.input_size)[:, :, None]
+        return _normalise(image, meta)
     image = resize(check_image(image), meta.input_size)
     if meta.color == "BGR":
         image = image[:, :, ::-1]
     elif meta.color == "GRAY":
         image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    return _normalise(image, meta)
+
+
+def _normalise(image: np.ndarray, meta: ModelMeta) -> np.ndarray:
+    """(h, w, c) uint8 -> (1, ...) float32 in the layout of `meta`."""
     x = image.astype(np.float32) * np.float32(1 / 255)
     x = (x - np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)  # (h, w, c)
     if meta.layout == "NCHW":

@@ -126,8 +126,24 @@ class Model:
         meta = self._require_meta()
         if isinstance(image, (str, Path)):
             image = read_image(image)
-        x = preprocess(image, meta)  # (1, ...) float32
-        scores = np.asarray(self(x)).reshape(-1).astype(np.float64)
+        return self._prediction(self(preprocess(image, meta)), meta)
+
+    def predict_inputs(self, values) -> Prediction:
+        """Classify one raw feature vector (models with ``preprocess="none"``, such as the
+        stoplight neuron's green, yellow, red)."""
+        meta = self._require_meta()
+        x = np.asarray(values, dtype=np.float32).reshape(1, -1)
+        expected = meta.input_size[0] * meta.input_size[1]
+        if x.shape[1] != expected:
+            raise InputError(f"{self.path.name} takes {expected} input values, got {x.shape[1]}")
+        if not np.isfinite(x).all():
+            raise InputError("Input values must be finite numbers")
+        return self._prediction(self(x), meta)
+
+    def _prediction(self, output, meta: ModelMeta) -> Prediction:
+        scores = np.asarray(output).reshape(-1).astype(np.float64)
+        if meta.output == "sigmoid" and scores.size == 1 and len(meta.labels) == 2:
+            scores = np.array([1 - scores[0], scores[0]])  # P(second label) -> both labels
         if scores.size != len(meta.labels):
             raise ModelFileError(
                 f"{self.path.name} outputs {scores.size} values but its metadata has "

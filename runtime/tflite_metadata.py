@@ -234,10 +234,11 @@ def build_metadata(*, name: str, description: str, version: str, width: int, hei
     return bytes(b.Output())
 
 
-def write_metadata(model: bytes, *, standard: bytes, edgepilot_json: str,
+def write_metadata(model: bytes, *, standard: bytes | None, edgepilot_json: str,
                    files: dict[str, bytes]) -> bytes:
-    """Model bytes with both metadata buffers and the associated files appended as a zip.
+    """Model bytes with the metadata buffers and the associated files appended as a zip.
 
+    `standard` None writes edgepilot's entry only (models whose input is not an image).
     Writing twice replaces the entries rather than adding more."""
     flatbuffers = require("flatbuffers", "tflite", "Writing TFLite metadata")
     schema = require("ai_edge_litert.schema_py_generated", "tflite", "Writing TFLite metadata")
@@ -253,7 +254,10 @@ def write_metadata(model: bytes, *, standard: bytes, edgepilot_json: str,
             buffer.data = np.frombuffer(model[buffer.offset:end], np.uint8)
             buffer.offset = buffer.size = 0
     tree.metadata = [m for m in tree.metadata or []]
-    for name, payload in ((STANDARD_NAME, standard), (EDGEPILOT_NAME, edgepilot_json.encode())):
+    entries = [(EDGEPILOT_NAME, edgepilot_json.encode())]
+    if standard is not None:
+        entries.insert(0, (STANDARD_NAME, standard))
+    for name, payload in entries:
         data = np.frombuffer(payload, np.uint8)
         existing = [m for m in tree.metadata if _text(m.name) == name]
         if existing:
@@ -279,7 +283,7 @@ def write_metadata(model: bytes, *, standard: bytes, edgepilot_json: str,
             self.vectorNumElems = len(data)
             return self.EndVector()
 
-    builder = AlignedBuilder(len(model) + len(standard) + 4096)
+    builder = AlignedBuilder(len(model) + len(standard or b"") + 4096)
     builder.Finish(tree.Pack(builder), file_identifier=_MODEL_ID)
     out = io.BytesIO(bytes(builder.Output()))
     out.seek(0, io.SEEK_END)

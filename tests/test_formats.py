@@ -37,3 +37,14 @@ def test_checkpoint_suffix_points_to_export():
 def test_unknown_format_name():
     with pytest.raises(UnsupportedFormatError, match="Did you mean 'onnx'"):
         format_by_name("onxx")
+
+
+def test_readme_format_table_matches_the_format_table():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for fmt in FORMATS:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| {fmt.name} |")),
+                   None)
+        assert row is not None, f"README has no row for {fmt.name}"
+        assert f"`{fmt.suffix}`" in row and ", ".join(fmt.precisions) in row

@@ -43,12 +43,35 @@ def _stoplight(split: str, n: int, size: tuple[int, int], seed: int):
     return images, labels
 
 
-DATASETS = {"stoplight": (_stoplight, stoplight.LABELS, tuple(_SPLIT_SEEDS))}
+def _digits(split: str, n: int, size: tuple[int, int], seed: int):
+    """Real digits as RGB images (what a camera gives the runtime); `n` from the start."""
+    from edgepilot.train.digits import load_digits
+
+    digits = load_digits(split)
+    images = np.repeat(digits.images[:n, :, :, None], 3, axis=3)
+    if images.shape[1:3] != tuple(size):
+        images = np.stack([resize(img, size) for img in images])
+    return images, digits.labels[:n]
+
+
+def _neuron(split: str, n: int, size: tuple[int, int], seed: int):
+    """The neuron's whole world: the 8 rows of the (green, yellow, red) truth table."""
+    from edgepilot.train.classic import TRUTH_TABLE, rule
+
+    return TRUTH_TABLE, rule(TRUTH_TABLE)
+
+
+DATASETS = {
+    "stoplight": (_stoplight, stoplight.LABELS, tuple(_SPLIT_SEEDS)),
+    "digits": (_digits, tuple("0123456789"), ("train", "val", "test")),
+    "neuron": (_neuron, ("stop", "go"), ("train", "val")),
+}
 
 
 def load_dataset(name: str, split: str, n: int, size: tuple[int, int],
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`n` images (n, H, W, 3) uint8 RGB and labels (n,) int64 of a dataset split."""
+    """`n` images (n, H, W, 3) uint8 RGB and labels (n,) int64 of a dataset split (the
+    neuron's dataset is its 8-row truth table, float features)."""
     if name not in DATASETS:
         raise EdgepilotError(f"Unknown dataset '{name}'.{did_you_mean(name, DATASETS)} "
                              f"Known datasets: {', '.join(DATASETS)}")

@@ -116,3 +116,48 @@ def stoplight_cnn(num_classes: int = 4, width: int = 32, in_channels: int = 3) -
 @register_model
 def mobilenet(num_classes: int = 1000, width: float = 1.0, in_channels: int = 3) -> nn.Module:
     return MobileNet(num_classes=num_classes, width=width, in_channels=in_channels)
+
+
+class Neuron(nn.Module):
+    """One sigmoid neuron: inputs (green, yellow, red) in {0, 1} -> P(go)."""
+
+    def __init__(self, inputs: int = 3):
+        super().__init__()
+        self.linear = nn.Linear(inputs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3) -> (N, 1)
+        return torch.sigmoid(self.linear(x))
+
+
+class Nielsen(nn.Module):
+    """The 784-15-10 network of Nielsen's "Neural Networks and Deep Learning": sigmoid
+    hidden layer; outputs are the pre-sigmoid activations (the argmax is the same)."""
+
+    def __init__(self, hidden: int = 15, num_classes: int = 10):
+        super().__init__()
+        self.hidden = nn.Linear(784, hidden)
+        self.out = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 784) -> (N, 10)
+        return self.out(torch.sigmoid(self.hidden(x)))
+
+
+@register_model
+def neuron(inputs: int = 3) -> nn.Module:
+    return Neuron(inputs)
+
+
+@register_model
+def nielsen(hidden: int = 15, num_classes: int = 10) -> nn.Module:
+    return Nielsen(hidden, num_classes)
+
+
+@register_model
+def digit_cnn(num_classes: int = 10, width: int = 16) -> nn.Module:
+    """A small CNN for 28x28 grey digits, for comparison with the fully connected network."""
+    return nn.Sequential(
+        _conv_bn(1, width), nn.MaxPool2d(2),  # 14x14
+        _conv_bn(width, 2 * width), nn.MaxPool2d(2),  # 7x7
+        _conv_bn(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(4 * width, num_classes),
+    )

@@ -27,6 +27,11 @@ class TrainConfig:
     label_smoothing: float = 0.05
     seed: int = 0
     progress: bool = True
+    #: "adamw" with a one-cycle schedule, or "sgd": plain mini-batch SGD at a constant rate.
+    optimizer: str = "adamw"
+    #: "cross_entropy", or "quadratic": mean squared error of sigmoid outputs against one-hot
+    #: targets, the cost Nielsen's book starts with.
+    loss: str = "cross_entropy"
 
 
 def to_tensor(images: np.ndarray, meta: ModelMeta) -> torch.Tensor:
@@ -38,6 +43,8 @@ def to_tensor(images: np.ndarray, meta: ModelMeta) -> torch.Tensor:
     mean = torch.tensor(meta.mean, dtype=torch.float32)
     std = torch.tensor(meta.std, dtype=torch.float32)
     x = (x - mean) / std  # (N, H, W, C)
+    if meta.layout == "NC":
+        return x.reshape(len(x), -1)
     return x.permute(0, 3, 1, 2).contiguous() if meta.layout == "NCHW" else x
 
 
@@ -72,11 +79,17 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray],
     n = len(images)
     steps_per_epoch = max(1, n // config.batch_size)
     total = config.steps or config.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=total,
-                                                   pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+        schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                      weight_decay=config.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=total,
+                                                       pct_start=0.15)
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
+    loss_fn = _loss(config)
     order = np.random.default_rng(config.seed)
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     history: dict = {"epochs": []}
@@ -118,6 +131,18 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray],
     history["images_per_second"] = round(total * config.batch_size / seconds, 1)
     model.eval()
     return history
+
+
+def _loss(config: TrainConfig):
+    if config.loss == "quadratic":
+        def quadratic(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            target = nn.functional.one_hot(y, logits.shape[1]).float()
+            # Nielsen's C = 1/2n sum ||y - a||^2, summed over outputs, averaged over the batch.
+            return 0.5 * ((torch.sigmoid(logits) - target) ** 2).sum(1).mean()
+        return quadratic
+    if config.loss == "cross_entropy":
+        return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    raise ValueError(f"loss must be 'cross_entropy' or 'quadratic', got {config.loss!r}")
 
 
 def _progress(enabled: bool):
