@@ -126,6 +126,18 @@ def _predict_inputs(model, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from edgepilot.assets import resolve_model
+    from edgepilot.info import inspect_model, print_info
+
+    info = inspect_model(resolve_model(args.model))
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2, default=str))
+    else:
+        print_info(info)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgepilot.demo import run_demo
 
@@ -190,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("info", help="inputs, outputs, metadata, layers, parameters, MACs")
+    p.add_argument("model", help="a model file (.onnx, .tflite) or checkpoint (.pt)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="the end-to-end stoplight demo")
     p.add_argument("--train", action="store_true", help="train instead of reusing the shipped model")

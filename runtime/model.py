@@ -19,7 +19,7 @@ from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import Backend, TensorInfo
 from edgepilot.runtime.image import preprocess, read_image
 
-__all__ = ["load", "Model", "Prediction"]
+__all__ = ["load", "Model", "Prediction", "to_prediction"]
 
 # Backend module name -> class name. The module is imported only when a file needs it.
 _BACKEND_CLASSES = {"onnx": "OnnxBackend", "litert": "LiteRTBackend"}
@@ -126,7 +126,7 @@ class Model:
         meta = self._require_meta()
         if isinstance(image, (str, Path)):
             image = read_image(image)
-        return self._prediction(self(preprocess(image, meta)), meta)
+        return to_prediction(self(preprocess(image, meta)), meta)
 
     def predict_inputs(self, values) -> Prediction:
         """Classify one raw feature vector (models with ``preprocess="none"``, such as the
@@ -138,27 +138,7 @@ class Model:
             raise InputError(f"{self.path.name} takes {expected} input values, got {x.shape[1]}")
         if not np.isfinite(x).all():
             raise InputError("Input values must be finite numbers")
-        return self._prediction(self(x), meta)
-
-    def _prediction(self, output, meta: ModelMeta) -> Prediction:
-        scores = np.asarray(output).reshape(-1).astype(np.float64)
-        if meta.output == "sigmoid" and scores.size == 1 and len(meta.labels) == 2:
-            scores = np.array([1 - scores[0], scores[0]])  # P(second label) -> both labels
-        if scores.size != len(meta.labels):
-            raise ModelFileError(
-                f"{self.path.name} outputs {scores.size} values but its metadata has "
-                f"{len(meta.labels)} labels"
-            )
-        if meta.output == "logits":
-            scores = np.exp(scores - scores.max())
-            scores /= scores.sum()
-        best = int(scores.argmax())
-        return Prediction(
-            label=meta.labels[best],
-            score=float(scores[best]),
-            index=best,
-            scores={label: float(s) for label, s in zip(meta.labels, scores)},
-        )
+        return to_prediction(self(x), meta)
 
     def _require_meta(self) -> ModelMeta:
         if self.meta is None:
@@ -168,6 +148,28 @@ class Model:
                 "edgepilot.load(path, meta=ModelMeta(...)), or call the model on arrays."
             )
         return self.meta
+
+
+def to_prediction(output, meta: ModelMeta) -> Prediction:
+    """A `Prediction` from a model's raw output for one input, as `meta` describes it."""
+    scores = np.asarray(output).reshape(-1).astype(np.float64)
+    if meta.output == "sigmoid" and scores.size == 1 and len(meta.labels) == 2:
+        scores = np.array([1 - scores[0], scores[0]])  # P(second label) -> both labels
+    if scores.size != len(meta.labels):
+        raise ModelFileError(
+            f"Model '{meta.name}' outputs {scores.size} values but its metadata has "
+            f"{len(meta.labels)} labels"
+        )
+    if meta.output == "logits":
+        scores = np.exp(scores - scores.max())
+        scores /= scores.sum()
+    best = int(scores.argmax())
+    return Prediction(
+        label=meta.labels[best],
+        score=float(scores[best]),
+        index=best,
+        scores={label: float(s) for label, s in zip(meta.labels, scores)},
+    )
 
 
 def _to_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:

@@ -80,3 +80,16 @@ def test_train_export_predict_round_trip(tmp_path):
     image = write_png(tmp_path / "x.png", np.full((30, 40, 3), 90, np.uint8))
     out = run("predict", tmp_path / "stoplight.onnx", image).stdout
     assert out.split("\t")[1] in ("red", "yellow", "green", "none")
+
+
+def test_info_on_the_shipped_model_and_checkpoint():
+    from edgepilot.assets import shipped_model
+
+    onnx_info = json.loads(run("info", "stoplight", "--json").stdout)
+    assert onnx_info["format"] == "onnx" and onnx_info["meta"]["labels"][0] == "red"
+    assert onnx_info["op_histogram"]["Conv"] == 6 and onnx_info["macs"] > 1_000_000
+    checkpoint = json.loads(run("info", shipped_model("stoplight", ".pt"), "--json").stdout)
+    assert checkpoint["parameters"] == 125_844  # BatchNorm included, as torch counts
+    assert checkpoint["macs"] == onnx_info["macs"]
+    table = run("info", "stoplight").stdout
+    assert "parameters" in table and "Conv" in table

@@ -42,5 +42,5 @@ def test_output_count_must_match_labels():
     backend = FakeBackend([TensorInfo("x", (1, 12), np.dtype(np.float32))],
                           [TensorInfo("y", (1, 12), np.dtype(np.float32))])
     model = Model(backend, meta=meta, path=Path("m.onnx"), format=FORMATS[0])
-    with pytest.raises(ModelFileError, match="outputs 12 values but its metadata has 3"):
+    with pytest.raises(ModelFileError, match="'m' outputs 12 values but its metadata has 3"):
         model.predict(np.zeros((2, 2, 3), np.uint8))
