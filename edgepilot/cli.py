@@ -138,6 +138,40 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgepilot.assets import resolve_model
+    from edgepilot.bench import benchmark, export_matrix, labelled_folder
+    from edgepilot.bench_report import append_csv, dump_json, plot, print_table, to_json
+
+    for target in (args.plot, args.csv, args.json_out):  # fail before measuring anything
+        if target and not Path(target).parent.is_dir():
+            raise InputError(f"Folder does not exist for '{target}': create it first")
+    models = [resolve_model(m) for m in args.models]
+    failed, data = [], None
+    if args.export:
+        files, failed, data = export_matrix(args.export, args.out)
+        models = [Path(args.export), *files, *models]
+    if args.data:
+        data = labelled_folder(args.data)
+    if not models and not failed:
+        raise InputError("Give model files to benchmark, or --export CHECKPOINT")
+    results = benchmark(models, threads=args.threads, runs=args.runs, duration=args.duration,
+                        warmup=args.warmup, rounds=args.rounds, data=data,
+                        pipeline=args.pipeline)
+    results = failed + results
+    if args.json:
+        print(json.dumps(to_json(results), indent=2))
+    else:
+        print_table(results)
+    if args.json_out:
+        dump_json(results, args.json_out)
+    if args.csv:
+        append_csv(results, args.csv)
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgepilot.demo import run_demo
 
@@ -202,6 +236,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="latency, throughput, memory and accuracy of model files")
+    p.add_argument("models", nargs="*", help="model files (.onnx, .tflite) or a .pt checkpoint")
+    p.add_argument("--threads", type=_positive_int, nargs="+", default=[None],
+                   help="thread counts to sweep, e.g. --threads 1 2")
+    p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per model")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds of timed runs per model instead of --runs")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
+    p.add_argument("--rounds", type=_positive_int, default=10, help="interleaved rounds")
+    p.add_argument("--data", default=None, help="labelled images: a folder of label sub-folders")
+    p.add_argument("--pipeline", action="store_true",
+                   help="time decode / preprocess / inference / postprocess")
+    p.add_argument("--export", default=None, metavar="CHECKPOINT",
+                   help="export every format and precision first, then benchmark them all")
+    p.add_argument("--out", default="runs/bench", help="where --export writes the files")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--json-out", default=None, help="also save the JSON here")
+    p.add_argument("--csv", default=None, help="append one row per result to this CSV")
+    p.add_argument("--plot", default=None, help="save a PNG plot here")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="inputs, outputs, metadata, layers, parameters, MACs")
     p.add_argument("model", help="a model file (.onnx, .tflite) or checkpoint (.pt)")

@@ -1,0 +1,347 @@
+"""`edgepilot.benchmark`: latency numbers users can trust.
+
+Honest timing: a monotonic clock; inputs prepared outside the timed region; warm-up runs not
+counted; every model in one process on the same input; rounds interleaved (each round runs
+every model, in a rotated order) so drift in machine load hits all alike; the backend that
+really ran and the machine (cores, CPU model) recorded with the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgepilot.errors import EdgepilotError, InputError
+
+__all__ = ["BenchResult", "benchmark", "latency_stats", "machine_info"]
+
+
+@dataclass
+class BenchResult:
+    """One model at one thread count. Latencies in milliseconds."""
+
+    model: str
+    format: str
+    threads: int | None
+    backend: str = ""
+    size_bytes: int = 0
+    runs: int = 0
+    latency_ms: dict = field(default_factory=dict)  # min p50 p90 p99 mean std
+    throughput: float = 0.0  # inferences per second, 1 / mean
+    load_ms: float = 0.0
+    first_ms: float = 0.0
+    peak_rss_mb: float = 0.0  # peak resident memory of the process after this model ran
+    accuracy: float | None = None
+    n_data: int = 0
+    skipped_data: int = 0
+    pipeline_ms: dict | None = None  # stage -> p50 ms
+    error: str | None = None
+    samples_ms: list = field(default_factory=list, repr=False)  # every timed run, for plots
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        del data["samples_ms"]
+        return data
+
+
+def latency_stats(seconds: Sequence[float]) -> dict:
+    """min / p50 / p90 / p99 / mean / std of latencies given in seconds, in milliseconds."""
+    ms = np.asarray(seconds, np.float64) * 1000
+    if not ms.size:
+        raise ValueError("no latencies to summarise")
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"min": float(ms.min()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "mean": float(ms.mean()), "std": float(ms.std())}
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+
+
+class _Candidate:
+    """A model file, or a PyTorch checkpoint run eagerly as the baseline."""
+
+    def __init__(self, spec, threads: int | None):
+        self.spec, self.threads = spec, threads
+        self.name = Path(str(getattr(spec, "path", spec))).name
+        self.path = Path(str(getattr(spec, "path", spec)))
+
+    def load(self):
+        if not isinstance(self.spec, (str, Path)):
+            return self.spec  # an already loaded Model (tests, Python users)
+        if self.path.suffix.lower() in (".pt", ".pth"):
+            return _TorchModel(self.path, self.threads)
+        import edgepilot
+
+        return edgepilot.load(self.path, threads=self.threads)
+
+
+class _TorchModel:
+    """A checkpoint as a Model-like callable: numpy in, numpy out, eager PyTorch."""
+
+    def __init__(self, path: Path, threads: int | None):
+        import torch
+
+        from edgepilot.train.checkpoint import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.module, self.meta, _ = load_checkpoint(path)
+        self.path = path
+        self.backend = f"torch {torch.__version__} eager ({torch.get_num_threads()} threads)"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            return self.module(self._torch.from_numpy(x)).numpy()
+
+    def predict(self, image):
+        from edgepilot.runtime import preprocess
+        from edgepilot.runtime.model import to_prediction
+
+        return to_prediction(self(preprocess(image, self.meta)), self.meta)
+
+
+def benchmark(models: Sequence, *, threads: Sequence[int | None] = (None,), runs: int = 100,
+              duration: float | None = None, warmup: int = 10, rounds: int = 10,
+              data: tuple[list, np.ndarray] | None = None, pipeline: bool = False,
+              clock: Callable[[], float] = time.perf_counter) -> list[BenchResult]:
+    """Benchmark model files (any format `edgepilot.load` reads, or a .pt checkpoint).
+
+    Args:
+        models: paths (or loaded `Model` objects).
+        threads: thread counts to sweep; None is the backend's default.
+        runs: timed inferences per model (ignored when `duration` is set).
+        duration: seconds of timed inferences per model instead of a run count.
+        warmup: untimed inferences before timing.
+        rounds: the timed runs are split into this many interleaved rounds.
+        data: ``(images, labels)`` for an accuracy column; images are arrays or paths.
+        pipeline: also time the full image path by stage (decode, preprocess, inference,
+            postprocess), on the first data image or a generated one.
+        clock: the monotonic clock (injectable for tests).
+
+    Example:
+        >>> results = edgepilot.benchmark(["m.onnx", "m_int8.tflite"], threads=[1, 2])
+    """
+    if runs < 1 or rounds < 1 or warmup < 0:
+        raise InputError("runs and rounds must be 1 or more, warmup 0 or more")
+    for count in threads:
+        if count is not None and count < 1:
+            raise InputError(f"threads must be 1 or more, got {count}")
+    results = []
+    for count in threads:
+        results += _bench_threads(models, count, runs, duration, warmup, rounds, data,
+                                  pipeline, clock)
+    return results
+
+
+def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeline,
+                   clock) -> list[BenchResult]:
+    loaded, rows = [], []
+    for spec in models:
+        candidate = _Candidate(spec, threads)
+        row = BenchResult(model=candidate.name, format=_format_name(candidate.path),
+                          threads=threads)
+        rows.append(row)
+        try:
+            if isinstance(spec, (str, Path)) and not candidate.path.is_file():
+                raise EdgepilotError(f"Model file not found: '{candidate.path}'")
+            row.size_bytes = candidate.path.stat().st_size if candidate.path.is_file() else 0
+            started = clock()
+            model = candidate.load()
+            row.load_ms = (clock() - started) * 1000
+            x = _sample_input(model)  # prepared outside every timed region
+            started = clock()
+            model(x)
+            row.first_ms = (clock() - started) * 1000
+            for _ in range(warmup):
+                model(x)
+            row.backend = model.backend
+            loaded.append((row, model, x))
+        except Exception as err:  # one bad file is reported in its row, not fatal
+            row.error = str(err).splitlines()[0] if str(err) else type(err).__name__
+    _time_interleaved(loaded, runs, duration, rounds, clock)
+    for row, model, x in loaded:
+        if data is not None:
+            _accuracy(row, model, data)
+        if pipeline:
+            row.pipeline_ms = _pipeline(model, data, clock)
+        row.peak_rss_mb = round(_peak_rss_mb(), 1)
+    return rows
+
+
+def _format_name(path: Path) -> str:
+    if path.suffix.lower() in (".pt", ".pth"):
+        return "pytorch"
+    from edgepilot.formats import format_for_path
+
+    try:
+        return format_for_path(path).name
+    except EdgepilotError:
+        return "?"
+
+
+def _sample_input(model) -> np.ndarray:
+    meta = model.meta
+    if meta is None:
+        shape = tuple(1 if d is None else d for d in model.inputs[0].shape)
+        return np.zeros(shape, np.float32)
+    if not meta.is_image:
+        return np.zeros(meta.input_shape, np.float32)
+    from edgepilot.runtime import preprocess
+
+    image = np.random.default_rng(0).integers(0, 256, (*meta.input_size, 3), np.uint8)
+    return preprocess(image, meta)
+
+
+def _time_interleaved(loaded, runs, duration, rounds, clock) -> None:
+    samples: dict[int, list[float]] = {i: [] for i in range(len(loaded))}
+    per_round = max(1, runs // rounds)
+    deadline_per_model = None if duration is None else duration / rounds
+    for r in range(rounds):
+        order = list(range(len(loaded)))
+        order = order[r % len(order):] + order[:r % len(order)] if order else order
+        for i in order:
+            _, model, x = loaded[i]
+            spent, done = 0.0, 0
+            while (done < per_round) if deadline_per_model is None else \
+                    (spent < deadline_per_model - 1e-9 or done == 0):
+                started = clock()
+                model(x)
+                elapsed = clock() - started
+                samples[i].append(elapsed)
+                spent += elapsed
+                done += 1
+    for i, (row, _, _) in enumerate(loaded):
+        row.runs = len(samples[i])
+        row.samples_ms = [1000 * t for t in samples[i]]
+        row.latency_ms = latency_stats(samples[i])
+        row.throughput = 1000 / row.latency_ms["mean"]
+
+
+def _accuracy(row: BenchResult, model, data) -> None:
+    from edgepilot.runtime import read_image
+
+    images, labels = data
+    correct = total = 0
+    for image, label in zip(images, labels):
+        try:
+            array = read_image(image) if isinstance(image, (str, Path)) else image
+            predicted = model.predict(array).label
+        except InputError:  # a non-image in --data is counted, not fatal
+            row.skipped_data += 1
+            continue
+        total += 1
+        correct += predicted == label
+    row.n_data = total
+    row.accuracy = correct / total if total else None
+
+
+def _pipeline(model, data, clock, repeats: int = 30) -> dict:
+    """p50 per stage of the full image path: decode, preprocess, inference, postprocess."""
+    import cv2
+
+    from edgepilot.runtime import preprocess
+    from edgepilot.runtime.model import to_prediction
+
+    if model.meta is None or not model.meta.is_image:
+        return {}
+    image = None
+    if data is not None:
+        first = data[0][0]
+        image = first if not isinstance(first, (str, Path)) else None
+    if image is None:
+        image = np.random.default_rng(1).integers(0, 256, (480, 640, 3), np.uint8)
+    encoded = cv2.imencode(".jpg", image)[1].tobytes()
+    stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "inference": [],
+                                      "postprocess": []}
+    for _ in range(repeats):
+        t0 = clock()
+        decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR),
+                               cv2.COLOR_BGR2RGB)
+        t1 = clock()
+        x = preprocess(decoded, model.meta)
+        t2 = clock()
+        y = model(x)
+        t3 = clock()
+        to_prediction(y, model.meta)
+        t4 = clock()
+        for stage, (a, b) in zip(stages, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
+            stages[stage].append(b - a)
+    return {stage: latency_stats(values)["p50"] for stage, values in stages.items()}
+
+
+def labelled_folder(path: str | Path) -> tuple[list[Path], list[str]]:
+    """Images in class sub-folders (``data/red/1.jpg``): files and their labels."""
+    root = Path(path)
+    if not root.is_dir():
+        raise EdgepilotError(f"--data takes a folder with one sub-folder per label, got '{root}'")
+    files, labels = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            files.append(file)
+            labels.append(folder.name)
+    if not files:
+        raise EdgepilotError(f"'{root}' has no files in label sub-folders (e.g. {root}/red/1.jpg)")
+    return files, labels
+
+
+def export_matrix(checkpoint: str | Path, out: str | Path) -> tuple[list[Path], list[BenchResult],
+                                                                    tuple | None]:
+    """Export a checkpoint to every format and precision of the format table.
+
+    Returns the files written, a failed row for each combination that could not be exported
+    (with the reason), and the validation data used (images, label names) for accuracy.
+    """
+    import torch
+
+    from edgepilot.export import export
+    from edgepilot.formats import FORMATS
+    from edgepilot.train.checkpoint import load_checkpoint
+    from edgepilot.train.datasets import load_dataset
+
+    net, meta, _ = load_checkpoint(checkpoint)
+    val = None
+    if meta.extra.get("dataset"):
+        val = load_dataset(meta.extra["dataset"], "val", 500, meta.input_size)
+    out = Path(out)
+    stem = out / Path(checkpoint).stem
+    files, failed = [], []
+    for fmt in FORMATS:
+        for precision in fmt.precisions:
+            try:
+                [report] = export(net, torch.zeros(meta.input_shape), formats=fmt.name,
+                                  precision=precision, out=stem, meta=meta, val_data=val,
+                                  quiet=True)
+                files.append(Path(report.path))
+            except Exception as err:  # a format that fails says why in its row
+                name = stem.name + ("" if precision == "fp32" else f"_{precision}") + fmt.suffix
+                failed.append(BenchResult(model=name, format=fmt.name, threads=None,
+                                          error=f"export failed: {str(err).splitlines()[0]}"))
+    data = None
+    if val is not None and meta.is_image:
+        data = (list(val[0]), [meta.labels[i] for i in val[1]])
+    return files, failed, data

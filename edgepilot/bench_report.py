@@ -1,0 +1,145 @@
+"""Benchmark output: a rich table, JSON, one CSV row per result, and a plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgepilot.bench import BenchResult, machine_info
+from edgepilot.errors import EdgepilotError, MissingDependencyError
+
+__all__ = ["print_table", "to_json", "dump_json", "append_csv", "plot"]
+
+SCHEMA_VERSION = 1
+CSV_FIELDS = ("model", "format", "threads", "backend", "size_bytes", "runs", "min_ms", "p50_ms",
+              "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput", "load_ms", "first_ms",
+              "peak_rss_mb", "accuracy", "error", "cores", "cpu")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_table(results: Sequence[BenchResult], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    info = machine_info()
+    table = Table(title=f"edgepilot bench — {info['cores']} cores, {info['cpu']}")
+    for column in ("model", "format", "threads", "p50 ms", "p90 ms", "p99 ms", "mean±std",
+                   "inf/s", "load ms", "first ms", "size", "RSS MB", "accuracy", "backend"):
+        table.add_column(column, justify="left" if column in ("model", "backend") else "right",
+                         overflow="fold")
+    for r in results:
+        if r.error:
+            table.add_row(r.model, r.format, str(r.threads or "default"),
+                          f"[red]failed: {r.error}[/red]", *[""] * 10)
+            continue
+        lat = r.latency_ms
+        accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}% ({r.n_data})"
+        table.add_row(r.model, r.format, str(r.threads or "default"), _ms(lat["p50"]),
+                      _ms(lat["p90"]), _ms(lat["p99"]), f"{lat['mean']:.3f}±{lat['std']:.3f}",
+                      f"{r.throughput:.0f}", f"{r.load_ms:.1f}", f"{r.first_ms:.2f}",
+                      f"{r.size_bytes / 1024:.0f} KiB", f"{r.peak_rss_mb:.0f}", accuracy,
+                      r.backend)
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+    console.print(table)
+    for r in results:
+        if r.pipeline_ms:
+            stages = ", ".join(f"{k} {v:.3f} ms" for k, v in r.pipeline_ms.items())
+            console.print(f"pipeline {r.model} (threads {r.threads or 'default'}): {stages}")
+        if r.skipped_data:
+            console.print(f"{r.model}: skipped {r.skipped_data} file(s) in --data that are "
+                          "not images")
+
+
+def to_json(results: Sequence[BenchResult]) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "machine": machine_info(),
+            "results": [r.to_dict() for r in results]}
+
+
+def append_csv(results: Sequence[BenchResult], path: str | Path) -> Path:
+    """Append one row per result (writing the header when the file is new)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise EdgepilotError(f"Folder for the results file does not exist: '{path.parent}'")
+    info = machine_info()
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        for r in results:
+            lat = {f"{k}_ms": round(v, 4) for k, v in r.latency_ms.items()}
+            writer.writerow({"model": r.model, "format": r.format, "threads": r.threads,
+                             "backend": r.backend, "size_bytes": r.size_bytes, "runs": r.runs,
+                             **lat, "throughput": round(r.throughput, 1),
+                             "load_ms": round(r.load_ms, 2), "first_ms": round(r.first_ms, 3),
+                             "peak_rss_mb": r.peak_rss_mb, "accuracy": r.accuracy,
+                             "error": r.error, "cores": info["cores"], "cpu": info["cpu"]})
+    return path
+
+
+def plot(results: Sequence[BenchResult], path: str | Path) -> Path:
+    """Latency distribution per model (left) and p50 bars with p90 whiskers (right)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise EdgepilotError(f"Folder for the plot does not exist: '{path.parent}'")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise MissingDependencyError("matplotlib", "plot", "Plotting benchmarks") from err
+    ok = [r for r in results if not r.error]
+    if not ok:
+        raise EdgepilotError("Nothing to plot: every model failed")
+    labels = [f"{r.model}\n{r.threads or 'default'} thr" for r in ok]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.55 * len(ok) + 2.2),
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    samples = all(r.samples_ms for r in ok)
+    if samples:
+        data = [r.samples_ms for r in ok]
+        left.boxplot(data, vert=False, whis=(1, 99), showfliers=False, widths=0.6)
+        left.set_yticks(range(1, len(ok) + 1), labels, fontsize=8)
+        left.set_xscale("log")
+        left.set_xlabel("latency per inference, ms (box: p25-p75, whiskers: p1-p99; log)")
+        left.invert_yaxis()
+        left.grid(axis="x", alpha=0.3)
+        left.set_title("latency distribution")
+    p50 = [r.latency_ms["p50"] for r in ok]
+    p90 = [r.latency_ms["p90"] for r in ok]
+    palette = {"onnx": "#4C72B0", "tflite": "#DD8452", "pytorch": "#55A868"}
+    colours = [palette.get(r.format, "#8172B2") for r in ok]
+    right.barh(range(len(ok)), p50, xerr=[[0] * len(ok), [b - a for a, b in zip(p50, p90)]],
+               color=colours, capsize=3)
+    right.set_yticks(range(len(ok)), [] if samples else labels, fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("p50 ms (whisker to p90)")
+    right.set_title("median latency")
+    for i, (value, whisker) in enumerate(zip(p50, p90)):
+        right.text(whisker, i, f"  {value:.3f}", va="center", fontsize=7)
+    right.set_xlim(0, max(p90) * 1.3)
+    from matplotlib.patches import Patch
+
+    shown = dict.fromkeys(r.format for r in ok)
+    right.legend(handles=[Patch(color=palette.get(f, "#8172B2"), label=f) for f in shown],
+                 fontsize=8, loc="lower right")
+    info = machine_info()
+    fig.suptitle(f"edgepilot bench on {info['cores']} cores, {info['cpu']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def dump_json(results: Sequence[BenchResult], path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(to_json(results), indent=2) + "\n")
+    return path

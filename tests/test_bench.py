@@ -1,0 +1,178 @@
+"""edgepilot bench: statistics on a fake backend with known latencies, the JSON schema,
+failures reported in their row, and bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepilot.bench import BenchResult, benchmark, latency_stats, machine_info
+from edgepilot.bench_report import append_csv, plot, to_json
+from edgepilot.errors import InputError
+from edgepilot.formats import FORMATS
+from edgepilot.meta import ModelMeta
+from edgepilot.runtime.backend import Backend, TensorInfo
+from edgepilot.runtime.model import Model
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class SleepyBackend(Backend):
+    """Each run 'takes' the next latency from a list, on the fake clock."""
+
+    meta_json = None
+
+    def __init__(self, clock, latencies):
+        self.clock, self.latencies, self.calls = clock, list(latencies), 0
+        self.description = "fake backend"
+        self.inputs = [TensorInfo("x", (1, 4), np.dtype(np.float32))]
+        self.outputs = [TensorInfo("y", (1, 2), np.dtype(np.float32))]
+
+    def run(self, inputs):
+        self.clock.now += self.latencies[self.calls % len(self.latencies)]
+        self.calls += 1
+        return [np.array([[0.0, 1.0]], np.float32)]
+
+
+def fake_model(clock, latencies, name="fake.onnx"):
+    meta = ModelMeta(name="fake", labels=("a", "b"), input_size=(1, 4), layout="NC",
+                     color="GRAY", mean=(0.0,), std=(1.0,), preprocess="none")
+    return Model(SleepyBackend(clock, latencies), meta=meta, path=Path(name), format=FORMATS[0])
+
+
+def test_statistics_of_known_latencies():
+    clock = FakeClock()
+    # 1 ms warm-up and first run (excluded), then 1..100 ms: known percentiles.
+    latencies = [0.5, 0.5, 0.5] + [i / 1000 for i in range(1, 101)]
+    model = fake_model(clock, latencies)
+    [result] = benchmark([model], runs=100, warmup=2, rounds=4, clock=clock)
+    assert result.runs == 100 and result.first_ms == 500.0
+    lat = result.latency_ms
+    assert lat["min"] == pytest.approx(1.0) and lat["p50"] == pytest.approx(50.5)
+    assert lat["p90"] == pytest.approx(90.1) and lat["p99"] == pytest.approx(99.01)
+    assert lat["mean"] == pytest.approx(50.5) and lat["std"] == pytest.approx(28.866, rel=1e-4)
+    assert result.throughput == pytest.approx(1000 / 50.5)
+    assert result.backend == "fake backend"
+
+
+def test_rounds_are_interleaved_between_models():
+    clock = FakeClock()
+    order = []
+    a, b = fake_model(clock, [0.001], "a.onnx"), fake_model(clock, [0.002], "b.onnx")
+    for model, tag in ((a, "a"), (b, "b")):
+        run = model._backend.run
+        model._backend.run = lambda inputs, run=run, tag=tag: (order.append(tag), run(inputs))[1]
+    results = benchmark([a, b], runs=4, warmup=0, rounds=4, clock=clock)
+    timed = "".join(order[2:])  # after the two first-inference runs
+    assert timed == "abbaabba"  # every round runs both, in a rotated order
+    assert [r.latency_ms["p50"] for r in results] == pytest.approx([1.0, 2.0])
+
+
+def test_duration_mode_runs_until_the_time_is_spent():
+    clock = FakeClock()
+    [result] = benchmark([fake_model(clock, [0.01])], duration=0.5, warmup=0, rounds=5,
+                         clock=clock)
+    assert result.runs == 50
+
+
+def test_latency_stats_rejects_nothing():
+    with pytest.raises(ValueError):
+        latency_stats([])
+
+
+def test_json_schema(tmp_path):
+    clock = FakeClock()
+    results = benchmark([fake_model(clock, [0.002]), tmp_path / "missing.onnx"], runs=10,
+                        warmup=0, rounds=2, clock=clock)
+    data = json.loads(json.dumps(to_json(results)))
+    assert data["schema_version"] == 1
+    assert set(data["machine"]) >= {"cores", "cpu", "platform", "python"}
+    assert data["machine"]["cores"] >= 1 and data["machine"] == machine_info()
+    good, bad = data["results"]
+    assert set(good) == set(BenchResult("m", "onnx", 1).to_dict())
+    assert set(good["latency_ms"]) == {"min", "p50", "p90", "p99", "mean", "std"}
+    assert "samples_ms" not in good
+    assert bad["error"].startswith("Model file not found") and bad["latency_ms"] == {}
+
+
+def test_a_file_that_cannot_load_is_reported_in_its_row(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    clock = FakeClock()
+    good, bad = benchmark([fake_model(clock, [0.001]), tmp_path / "junk.onnx"], runs=4,
+                          warmup=0, rounds=2, clock=clock)
+    assert good.error is None and good.runs == 4
+    assert "onnxruntime cannot load" in bad.error
+
+
+def test_threads_must_be_positive():
+    with pytest.raises(InputError, match="threads must be 1 or more"):
+        benchmark(["x.onnx"], threads=[0])
+
+
+def test_csv_rows_are_appended_with_one_header(tmp_path):
+    clock = FakeClock()
+    results = benchmark([fake_model(clock, [0.001])], runs=4, warmup=0, rounds=1, clock=clock)
+    path = tmp_path / "results.csv"
+    append_csv(results, path)
+    append_csv(results, path)
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 2 and rows[0]["p50_ms"] == "1.0" and rows[0]["cores"]
+
+
+def test_plot_is_a_png(tmp_path):
+    clock = FakeClock()
+    results = benchmark([fake_model(clock, [0.001, 0.003]), fake_model(clock, [0.002], "b")],
+                        runs=20, warmup=0, rounds=2, clock=clock)
+    path = plot(results, tmp_path / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    with pytest.raises(Exception, match="does not exist"):
+        plot(results, tmp_path / "no" / "such" / "bench.png")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgepilot.cli", "bench", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_bad_input(tmp_path):
+    result = run_cli("stoplight", "--threads", "0")
+    assert result.returncode == 2 and "must be 1 or more" in result.stderr
+    result = run_cli("stoplight", "--plot", tmp_path / "missing" / "p.png")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: Folder does not exist")
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_with_data_pipeline_and_outputs(tmp_path):
+    import cv2
+
+    from edgepilot.train import stoplight
+
+    images, labels = stoplight.generate(12, seed=3)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "data" / stoplight.LABELS[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    (tmp_path / "data" / "red" / "notes.txt").write_text("not an image")
+    result = run_cli("stoplight", "--runs", "20", "--threads", "1", "2", "--data",
+                     tmp_path / "data", "--pipeline", "--json", "--csv", tmp_path / "r.csv",
+                     "--plot", tmp_path / "p.png")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [r["threads"] for r in data["results"]] == [1, 2]
+    first = data["results"][0]
+    assert first["accuracy"] == 1.0 and first["n_data"] == 12 and first["skipped_data"] == 1
+    assert set(first["pipeline_ms"]) == {"decode", "preprocess", "inference", "postprocess"}
+    assert "CPUExecutionProvider" in first["backend"] and first["peak_rss_mb"] > 10
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == 2
