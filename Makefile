@@ -6,13 +6,19 @@ STAMP := $(VENV)/.installed
 MPVENV ?= .venv-mediapipe
 MPSTAMP := $(MPVENV)/.installed
 
-.PHONY: demo test install mediapipe-env clean
+.PHONY: demo test install mediapipe-env browser clean
 
 demo: $(STAMP)
 	$(VENV)/bin/edgepilot demo
 
-test: $(STAMP) $(MPSTAMP)
+test: $(STAMP) $(MPSTAMP) browser
 	$(PY) -m pytest
+
+# Headless Chromium for the live web page test (Debian package; needs root, as CI is).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium is not installed (needs root): the browser test will be skipped"
 
 install: $(STAMP)
 

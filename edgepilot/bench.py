@@ -309,12 +309,14 @@ def labelled_folder(path: str | Path) -> tuple[list[Path], list[str]]:
     return files, labels
 
 
-def export_matrix(checkpoint: str | Path, out: str | Path) -> tuple[list[Path], list[BenchResult],
-                                                                    tuple | None]:
+def export_matrix(checkpoint: str | Path, out: str | Path, *, validate: bool = True
+                  ) -> tuple[list[Path], list[BenchResult], tuple | None]:
     """Export a checkpoint to every format and precision of the format table.
 
     Returns the files written, a failed row for each combination that could not be exported
     (with the reason), and the validation data used (images, label names) for accuracy.
+    With `validate` False (a model whose accuracy means nothing, e.g. untrained, benchmarked
+    for speed) the dataset's images only calibrate int8, and no accuracy is measured.
     """
     import torch
 
@@ -334,14 +336,15 @@ def export_matrix(checkpoint: str | Path, out: str | Path) -> tuple[list[Path], 
         for precision in fmt.precisions:
             try:
                 [report] = export(net, torch.zeros(meta.input_shape), formats=fmt.name,
-                                  precision=precision, out=stem, meta=meta, val_data=val,
-                                  quiet=True)
+                                  precision=precision, out=stem, meta=meta,
+                                  val_data=val if validate else None,
+                                  calib=None if val is None else val[0], quiet=True)
                 files.append(Path(report.path))
             except Exception as err:  # a format that fails says why in its row
                 name = stem.name + ("" if precision == "fp32" else f"_{precision}") + fmt.suffix
                 failed.append(BenchResult(model=name, format=fmt.name, threads=None,
                                           error=f"export failed: {str(err).splitlines()[0]}"))
     data = None
-    if val is not None and meta.is_image:
+    if val is not None and meta.is_image and validate:
         data = (list(val[0]), [meta.labels[i] for i in val[1]])
     return files, failed, data

@@ -172,6 +172,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webcam(args: argparse.Namespace) -> int:
+    from edgepilot.webcam import run_webcam
+
+    run_webcam(args.model, source=args.source, roi=args.roi, smooth=args.smooth,
+               serve=args.serve, headless=args.headless, frames=args.frames, save=args.save,
+               threads=args.threads, log=_log)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgepilot.demo import run_demo
 
@@ -257,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="append one row per result to this CSV")
     p.add_argument("--plot", default=None, help="save a PNG plot here")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("webcam", help="live demo: camera, video, stream or synthetic scene")
+    p.add_argument("model", nargs="?", default="stoplight",
+                   help="model file (default: the shipped stoplight model)")
+    p.add_argument("--source", default="synthetic",
+                   help="camera index, video file, rtsp:// or http:// URL, or synthetic")
+    p.add_argument("--roi", default=None, help="x,y,w,h: classify only this part of the frame")
+    p.add_argument("--smooth", type=_positive_int, default=5,
+                   help="average scores over the last K frames so the label does not flicker")
+    p.add_argument("--serve", default=None, metavar="HOST:PORT",
+                   help="serve a web page with the live stream (default host 127.0.0.1; "
+                        "0.0.0.0 to open it to the network)")
+    p.add_argument("--headless", action="store_true", help="no window: use with --frames/--save")
+    p.add_argument("--frames", type=_positive_int, default=None, help="stop after N frames")
+    p.add_argument("--save", default=None, help="record the annotated video (.mp4)")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.set_defaults(func=cmd_webcam)
 
     p = sub.add_parser("info", help="inputs, outputs, metadata, layers, parameters, MACs")
     p.add_argument("model", help="a model file (.onnx, .tflite) or checkpoint (.pt)")
