@@ -4,11 +4,13 @@
     >>> model = edgepilot.load("stoplight.onnx")      # torch-free runtime
     >>> model.predict("photo.jpg").label
     >>> edgepilot.export(net, torch.zeros(1, 3, 64, 64), out="runs/net", meta=meta)
+    >>> edgepilot.benchmark(["runs/net.onnx", "runs/net_int8.tflite"], threads=[1, 2])
 
 Importing edgepilot imports no torch, onnx or TensorFlow; exporters import them when called.
 """
 
 from edgepilot import export
+from edgepilot.bench import benchmark
 from edgepilot.errors import (
     EdgepilotError,
     InputError,
@@ -36,6 +38,7 @@ __all__ = [
     "UnknownArchitectureError",
     "UnsupportedFormatError",
     "__version__",
+    "benchmark",
     "export",
     "load",
 ]

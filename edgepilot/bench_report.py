@@ -100,32 +100,31 @@ def plot(results: Sequence[BenchResult], path: str | Path) -> Path:
     ok = [r for r in results if not r.error]
     if not ok:
         raise EdgepilotError("Nothing to plot: every model failed")
-    labels = [f"{r.model}\n{r.threads or 'default'} thr" for r in ok]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.55 * len(ok) + 2.2),
+    labels = [f"{r.model}  ({r.threads or 'default'} thr)" for r in ok]
+    rows = list(range(len(ok)))
+    fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(13, 0.32 * len(ok) + 2.0),
                                       gridspec_kw={"width_ratios": [3, 2]})
-    samples = all(r.samples_ms for r in ok)
-    if samples:
-        data = [r.samples_ms for r in ok]
-        left.boxplot(data, vert=False, whis=(1, 99), showfliers=False, widths=0.6)
-        left.set_yticks(range(1, len(ok) + 1), labels, fontsize=8)
-        left.set_xscale("log")
-        left.set_xlabel("latency per inference, ms (box: p25-p75, whiskers: p1-p99; log)")
-        left.invert_yaxis()
-        left.grid(axis="x", alpha=0.3)
+    if all(r.samples_ms for r in ok):
+        left.boxplot([r.samples_ms for r in ok], positions=rows, vert=False, whis=(1, 99),
+                     showfliers=False, widths=0.6)
+        left.set_xlabel("latency per inference, ms (box p25-p75, whiskers p1-p99)")
         left.set_title("latency distribution")
+    left.set_xscale("log")
+    left.set_yticks(rows, labels, fontsize=8)
+    left.set_ylim(len(ok) - 0.5, -0.5)  # first result on top
+    left.grid(axis="x", which="both", alpha=0.3)
     p50 = [r.latency_ms["p50"] for r in ok]
     p90 = [r.latency_ms["p90"] for r in ok]
     palette = {"onnx": "#4C72B0", "tflite": "#DD8452", "pytorch": "#55A868"}
-    colours = [palette.get(r.format, "#8172B2") for r in ok]
-    right.barh(range(len(ok)), p50, xerr=[[0] * len(ok), [b - a for a, b in zip(p50, p90)]],
-               color=colours, capsize=3)
-    right.set_yticks(range(len(ok)), [] if samples else labels, fontsize=8)
-    right.invert_yaxis()
-    right.set_xlabel("p50 ms (whisker to p90)")
+    right.barh(rows, p50, xerr=[[0] * len(ok), [b - a for a, b in zip(p50, p90)]],
+               color=[palette.get(r.format, "#8172B2") for r in ok], capsize=3, height=0.7)
+    right.set_xscale("log")  # sub-millisecond and 20 ms models in one chart
+    for row, (value, whisker) in enumerate(zip(p50, p90)):
+        right.text(whisker * 1.05, row, f"{value:.3f}", va="center", fontsize=7)
+    right.set_xlim(min(p50) * 0.5, max(p90) * 4)
+    right.set_xlabel("p50 ms, whisker to p90 (log)")
     right.set_title("median latency")
-    for i, (value, whisker) in enumerate(zip(p50, p90)):
-        right.text(whisker, i, f"  {value:.3f}", va="center", fontsize=7)
-    right.set_xlim(0, max(p90) * 1.3)
+    right.grid(axis="x", which="both", alpha=0.3)
     from matplotlib.patches import Patch
 
     shown = dict.fromkeys(r.format for r in ok)
@@ -133,7 +132,7 @@ def plot(results: Sequence[BenchResult], path: str | Path) -> Path:
                  fontsize=8, loc="lower right")
     info = machine_info()
     fig.suptitle(f"edgepilot bench on {info['cores']} cores, {info['cpu']}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

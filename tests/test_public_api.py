@@ -12,7 +12,7 @@ def test_public_api_is_pinned():
     assert sorted(edgepilot.__all__) == sorted([
         "FORMATS", "EdgepilotError", "Format", "InputError", "MissingDependencyError", "Model",
         "ModelFileError", "ModelMeta", "Prediction", "UnknownArchitectureError",
-        "UnsupportedFormatError", "__version__", "export", "load",
+        "UnsupportedFormatError", "__version__", "benchmark", "export", "load",
     ])
     for name in edgepilot.__all__:
         assert hasattr(edgepilot, name), name
@@ -33,7 +33,8 @@ def _imported_after(statement: str) -> list[str]:
 
 def test_importing_edgepilot_and_runtime_imports_no_heavy_framework():
     for statement in ("import edgepilot", "import edgepilot.runtime",
-                      "import edgepilot.devices", "import edgepilot.cli"):
+                      "import edgepilot.devices", "import edgepilot.cli",
+                      "import edgepilot.info", "import edgepilot.webcam"):
         modules = _imported_after(statement)
         assert "edgepilot" in modules  # the probe itself works
         loaded = [m for m in HEAVY if m in modules]
