@@ -192,10 +192,18 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit 1, like every other edgepilot error."""
+
+    def error(self, message: str):
+        self.exit(1, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgepilot", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="edgepilot", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model: stoplight, neuron or digits")
     p.add_argument("task", choices=["stoplight", "neuron", "digits"], help="what to train")

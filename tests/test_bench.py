@@ -146,7 +146,8 @@ def run_cli(*args):
 
 def test_cli_bad_input(tmp_path):
     result = run_cli("stoplight", "--threads", "0")
-    assert result.returncode == 2 and "must be 1 or more" in result.stderr
+    assert result.returncode == 1 and "must be 1 or more" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     result = run_cli("stoplight", "--plot", tmp_path / "missing" / "p.png")
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: Folder does not exist")
