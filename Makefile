@@ -12,6 +12,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgepilot demo
 
 test: $(STAMP) $(MPSTAMP) browser
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 # Headless Chromium for the live web page test (Debian package; needs root, as CI is).

@@ -187,7 +187,7 @@ def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeli
         except Exception as err:  # one bad file is reported in its row, not fatal
             row.error = str(err).splitlines()[0] if str(err) else type(err).__name__
     _time_interleaved(loaded, runs, duration, rounds, clock)
-    for row, model, x in loaded:
+    for row, model, _ in loaded:
         if data is not None:
             _accuracy(row, model, data)
         if pipeline:

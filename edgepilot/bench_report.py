@@ -105,8 +105,8 @@ def plot(results: Sequence[BenchResult], path: str | Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(13, 0.32 * len(ok) + 2.0),
                                       gridspec_kw={"width_ratios": [3, 2]})
     if all(r.samples_ms for r in ok):
-        left.boxplot([r.samples_ms for r in ok], positions=rows, vert=False, whis=(1, 99),
-                     showfliers=False, widths=0.6)
+        left.boxplot([r.samples_ms for r in ok], positions=rows, orientation="horizontal",
+                     whis=(1, 99), showfliers=False, widths=0.6)
         left.set_xlabel("latency per inference, ms (box p25-p75, whiskers p1-p99)")
         left.set_title("latency distribution")
     left.set_xscale("log")

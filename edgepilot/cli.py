@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="the end-to-end stoplight demo")
-    p.add_argument("--train", action="store_true", help="train instead of reusing the shipped model")
+    p.add_argument("--train", action="store_true",
+                   help="train instead of reusing the shipped model")
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--images", type=_positive_int, default=8, help="sample images to save")
     p.set_defaults(func=cmd_demo)

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
+from edgepilot.export.calibration import as_inputs
 from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import quiet_native_stderr
-from edgepilot.export.calibration import as_inputs
 from edgepilot.runtime.tflite_metadata import build_metadata, write_metadata
 
 #: Calibration methods: how activation ranges are gathered over the calibration images.

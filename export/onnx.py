@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
+from edgepilot.export.calibration import as_inputs
 from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
 from edgepilot.meta import META_KEY, ModelMeta
-from edgepilot.export.calibration import as_inputs
 
 #: The lowest opset we write: 17 brings LayerNormalization; 18 is what torch's exporter targets.
 OPSET = 18

@@ -50,7 +50,8 @@ def check_image(image: np.ndarray) -> np.ndarray:
             if np.issubdtype(image.dtype, np.floating)
             else " Convert it with image.astype(np.uint8) if its values are 0..255."
         )
-        raise InputError(f"Expected a uint8 image with values 0..255, got dtype {image.dtype}.{hint}")
+        raise InputError(
+            f"Expected a uint8 image with values 0..255, got dtype {image.dtype}.{hint}")
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
@@ -70,7 +71,7 @@ def check_image(image: np.ndarray) -> np.ndarray:
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize (H, W, C) to `size` = (height, width) the way the runtime does (training uses it too)."""
+    """Resize (H, W, C) to `size` = (height, width), the runtime's way (training uses it too)."""
     height, width = size
     if image.shape[:2] == (height, width):
         return image

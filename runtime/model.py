@@ -35,7 +35,8 @@ class Prediction:
     scores: dict[str, float]
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "score": self.score, "index": self.index, "scores": self.scores}
+        return {"label": self.label, "score": self.score, "index": self.index,
+                "scores": self.scores}
 
 
 def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | None = None,

@@ -87,7 +87,8 @@ class LiveServer:
             self.httpd = ThreadingHTTPServer((host, port), self._handler())
         except OSError as err:
             raise EdgepilotError(f"Cannot serve on {host}:{port}: {err.strerror or err}. "
-                                 "Is the port in use? Choose another with --serve HOST:PORT")
+                                 "Is the port in use? Choose another with --serve HOST:PORT") \
+                from err
         self.httpd.daemon_threads = True
         self.address = self.httpd.server_address[:2]
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,

@@ -37,10 +37,10 @@ def colour_data():
 def trained_tiny(tiny_meta, colour_data):
     """A stoplight_cnn at width 8 trained for a few steps on `colour_data`."""
     pytest.importorskip("torch")
+    import torch
+
     from edgepilot.train.models import create_model
     from edgepilot.train.trainer import TrainConfig, fit
-
-    import torch
 
     torch.manual_seed(0)
     net = create_model("stoplight_cnn", num_classes=4, width=8)

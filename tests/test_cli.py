@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 
-
 def run(*args, check_code=0):
     result = subprocess.run([sys.executable, "-m", "edgepilot.cli", *map(str, args)],
                             capture_output=True, text=True, timeout=600)

@@ -30,11 +30,12 @@ def stoplight_meta(size: int = 64) -> ModelMeta:
 def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stoplight_cnn",
                     size: int = 64, n_train: int = 60_000, n_val: int = 2_000,
                     n_holdout: int = 2_000, arch_config: dict | None = None,
-                    config: TrainConfig = TrainConfig(), log=print) -> dict:
+                    config: TrainConfig | None = None, log=print) -> dict:
     """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.
 
     Returns a summary: parameters, accuracies on the validation and held-out sets, time.
     """
+    config = config or TrainConfig()
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     meta = stoplight_meta(size)

@@ -64,7 +64,7 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, meta: Mod
 
 def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray],
         val: tuple[np.ndarray, np.ndarray], meta: ModelMeta,
-        config: TrainConfig = TrainConfig()) -> dict:
+        config: TrainConfig | None = None) -> dict:
     """Train `model` on uint8 images with AdamW and a one-cycle schedule.
 
     Args:
@@ -74,6 +74,7 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray],
     Returns:
         history: per-epoch loss, accuracies, images/s, and the final ``val_accuracy``.
     """
+    config = config or TrainConfig()
     torch.manual_seed(config.seed)
     images, labels = train
     n = len(images)

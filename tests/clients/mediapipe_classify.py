@@ -30,14 +30,16 @@ def official_metadata(raw: bytes) -> dict:
     scores = meta.subgraphMetadata[0].outputTensorMetadata[0]
     labels_file = scores.associatedFiles[0]
     archive = zipfile.ZipFile(io.BytesIO(raw))
+    rgb = md_schema.ColorSpaceType.RGB
+    axis_labels = md_schema.AssociatedFileType.TENSOR_AXIS_LABELS
     return {
         "image_properties": image.content.contentPropertiesType
         == md_schema.ContentProperties.ImageProperties,
-        "color_space_rgb": image.content.contentProperties.colorSpace == md_schema.ColorSpaceType.RGB,
+        "color_space_rgb": image.content.contentProperties.colorSpace == rgb,
         "mean": [float(v) for v in image.processUnits[0].options.mean],
         "std": [float(v) for v in image.processUnits[0].options.std],
         "labels_file": labels_file.name.decode(),
-        "labels_are_axis_labels": labels_file.type == md_schema.AssociatedFileType.TENSOR_AXIS_LABELS,
+        "labels_are_axis_labels": labels_file.type == axis_labels,
         "labels": archive.read(labels_file.name.decode()).decode().split(),
     }
 

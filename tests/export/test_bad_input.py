@@ -25,7 +25,8 @@ def test_undecodable_calibration_images_are_skipped_and_counted(tmp_path):
     (tmp_path / "sub" / "empty.png").write_bytes(b"")
     calibration = load_calibration(tmp_path, (32, 32))
     assert calibration.images.shape == (3, 32, 32, 3) and calibration.skipped == 2
-    (tmp_path / "ok0.png").unlink(), (tmp_path / "ok1.png").unlink(), (tmp_path / "ok2.png").unlink()
+    for i in range(3):
+        (tmp_path / f"ok{i}.png").unlink()
     with pytest.raises(EdgepilotError, match="2 image file\\(s\\), none decodable"):
         load_calibration(tmp_path, (32, 32))
 

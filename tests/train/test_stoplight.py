@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from edgepilot.train import stoplight
 
 RED, YELLOW, GREEN, NONE = (stoplight.LABELS.index(n) for n in ("red", "yellow", "green", "none"))
