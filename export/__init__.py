@@ -96,7 +96,7 @@ def export(
             out = out.with_name(out.name[: -len(fmt.suffix)])
     out.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
-    baseline = _torch_accuracy(module, meta, val_data)
+    probe = _Probe(module, sample_input, meta, val_data)
 
     reports = []
     for fmt in fmts:
@@ -105,8 +105,8 @@ def export(
             name = out.name if prec == "fp32" else f"{out.name}_{prec}"
             path = out.with_name(name + fmt.suffix)
             guard = None
-            if prec == "int8" and max_drop is not None and baseline is not None:
-                guard = Guard(lambda p: _accuracy(p, val_data), baseline, max_drop)
+            if prec == "int8" and max_drop is not None and probe.baseline is not None:
+                guard = Guard(probe.accuracy, probe.baseline, max_drop)
             started = time.perf_counter()
             # Write beside the target and rename, so a failed export never destroys a good file.
             fd, tmp = tempfile.mkstemp(suffix=fmt.suffix, dir=path.parent, prefix=".partial-")
@@ -126,8 +126,7 @@ def export(
                 notes["calibration"].update(source=calibration.source,
                                             skipped=calibration.skipped)
             seconds = time.perf_counter() - started
-            report = _check(exporter.reference(module, meta), sample_input, path, fmt.name, prec,
-                            meta, val_data, seconds)
+            report = probe.check(path, exporter.reference, fmt.name, prec, seconds)
             report.notes = notes
             fp32_bytes = notes.pop("fp32_bytes", None)
             if fp32_bytes:
@@ -159,64 +158,73 @@ def _calibration(calib, val_data, meta, calib_size) -> Calibration:
     return load_calibration(calib, meta.input_size, calib_size, meta)
 
 
-def _torch_accuracy(module, meta, val_data) -> float | None:
-    if val_data is None or meta is None:
-        return None
-    import torch
+class _Probe:
+    """The PyTorch side of every comparison, computed once per export call: the module's
+    outputs on the validation inputs (or random inputs), its accuracy, and each file format's
+    view of the same images (preprocessed as the runtime will for that file)."""
 
-    images, labels = val_data
-    x = np.concatenate(as_inputs(images, meta))
-    with torch.no_grad():
-        logits = np.concatenate([module(torch.from_numpy(b)).numpy()
-                                 for b in np.array_split(x, max(1, len(x) // 256))])
-    return float((decisions(logits) == np.asarray(labels)).mean())
+    def __init__(self, module, sample_input, meta, val_data):
+        import torch
+
+        self.meta, self.sample_input = meta, sample_input
+        self.labels = None
+        self._views: dict[str, np.ndarray] = {}
+        if val_data is not None and meta is not None:
+            self.images, labels = val_data
+            self.labels = np.asarray(labels)
+            x = self.inputs_for(meta)
+        else:
+            generator = np.random.default_rng(0)
+            shape = (16, *sample_input.shape[1:])
+            x = np.concatenate([sample_input.numpy(), generator.normal(size=shape)])
+            x = x.astype(np.float32)
+        self.inputs = x
+        with torch.no_grad():
+            self.outputs = np.concatenate([module(torch.from_numpy(b)).numpy()
+                                           for b in np.array_split(x, max(1, len(x) // 256))])
+        self.baseline = None if self.labels is None else \
+            float((decisions(self.outputs) == self.labels).mean())
+
+    def inputs_for(self, meta) -> np.ndarray:
+        """The validation images as the runtime feeds a file with this metadata."""
+        key = meta.to_json()
+        if key not in self._views:
+            self._views[key] = np.concatenate(as_inputs(self.images, meta))
+        return self._views[key]
+
+    def _file_inputs(self, model) -> np.ndarray:
+        if self.labels is not None:
+            return self.inputs_for(model.meta or self.meta)
+        x, shape = self.inputs, model.inputs[0].shape
+        if x.ndim == 4 and len(shape) == 4 and shape[1:] != x.shape[1:] and \
+                shape[-1] == x.shape[1]:
+            return x.transpose(0, 2, 3, 1).copy()  # a channels-last file, same values
+        return x
+
+    def accuracy(self, path: Path) -> float:
+        """Accuracy of a model file through the runtime (the guard's measure)."""
+        from edgepilot.runtime import load
+
+        model = load(path)
+        return float((decisions(_run(model, self._file_inputs(model))) == self.labels).mean())
+
+    def check(self, path: Path, reference, fmt: str, precision: str,
+              seconds: float) -> ExportReport:
+        """Load the exported file with edgepilot's runtime and compare it with PyTorch."""
+        from edgepilot.runtime import load
+
+        model = load(path)
+        expected = reference(self.outputs, self.meta, self.sample_input)
+        exported = _run(model, self._file_inputs(model))
+        return ExportReport(
+            format=fmt, precision=precision, path=str(path), size_bytes=path.stat().st_size,
+            seconds=round(seconds, 3), backend=model.backend,
+            **compare(expected, exported, self.labels),
+        )
 
 
-def _accuracy(path: Path, val_data) -> float:
-    """Accuracy of a model file through the runtime, preprocessing as at inference."""
-    from edgepilot.runtime import load
-
-    model = load(path)
-    images, labels = val_data
-    x = np.concatenate(as_inputs(images, model.meta))
-    return float((decisions(np.asarray(model(x))) == np.asarray(labels)).mean())
-
-
-def _check(reference, sample_input, path, fmt, precision, meta, val_data,
-           seconds) -> ExportReport:
-    """Load the exported file with edgepilot's runtime and compare it with PyTorch."""
-    import torch
-
-    from edgepilot.runtime import load
-
-    model = load(path)
-    labels = None
-    if val_data is not None and meta is not None:
-        images, labels = val_data
-        # Each artifact is fed exactly what the runtime would feed it at inference.
-        ours = np.concatenate(as_inputs(images, model.meta or meta))
-        theirs = np.concatenate(as_inputs(images, meta))
-        labels = np.asarray(labels)
-    else:
-        generator = np.random.default_rng(0)
-        shape = (16, *sample_input.shape[1:])
-        theirs = np.concatenate([sample_input.numpy(), generator.normal(size=shape)])
-        theirs = theirs.astype(np.float32)
-        ours = theirs
-        if model.inputs[0].shape != tuple(theirs.shape[1:]) and theirs.ndim == 4 and \
-                len(model.inputs[0].shape) == 4 and model.inputs[0].shape[-1] == theirs.shape[1]:
-            ours = theirs.transpose(0, 2, 3, 1).copy()  # channels-last file, same values
-    with torch.no_grad():
-        expected = np.concatenate([reference(torch.from_numpy(b)).numpy()
-                                   for b in np.array_split(theirs, max(1, len(theirs) // 256))])
-    exported = np.concatenate(
-        [np.asarray(model(b)) for b in np.array_split(ours, max(1, len(ours) // 256))]
-    )
-    return ExportReport(
-        format=fmt, precision=precision, path=str(path), size_bytes=path.stat().st_size,
-        seconds=round(seconds, 3), backend=model.backend,
-        **compare(expected, exported, labels),
-    )
+def _run(model, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(model(b)) for b in np.array_split(x, max(1, len(x) // 256))])
 
 
 class _CallableModule(types.ModuleType):

@@ -30,9 +30,9 @@ OUTPUT_NAME = "output"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 
 
-def reference(module, meta: ModelMeta | None):
-    """What the .onnx computes from the original input: the module itself (logits)."""
-    return module
+def reference(outputs: np.ndarray, meta: ModelMeta | None, sample_input) -> np.ndarray:
+    """What the .onnx outputs, given the module's outputs: the same (logits)."""
+    return outputs
 
 
 def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
