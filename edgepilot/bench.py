@@ -106,9 +106,10 @@ class _TorchModel:
     """A checkpoint as a Model-like callable: numpy in, numpy out, eager PyTorch."""
 
     def __init__(self, path: Path, threads: int | None):
-        import torch
-
+        from edgepilot.errors import require
         from edgepilot.train.checkpoint import load_checkpoint
+
+        torch = require("torch", "export", "Benchmarking a PyTorch checkpoint")
 
         if threads:
             torch.set_num_threads(threads)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from edgepilot.errors import ModelFileError, UnknownArchitectureError
+from edgepilot.errors import ModelFileError, UnknownArchitectureError, require
 from edgepilot.meta import ModelMeta
 from edgepilot.train.models import create_model
+
+# torch comes with the export extra; say so instead of a bare ModuleNotFoundError.
+torch = require("torch", "export", "Loading and saving checkpoints")
+nn = torch.nn
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 

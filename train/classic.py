@@ -14,14 +14,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from edgepilot.errors import require
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.image import mnist_style
 from edgepilot.train.checkpoint import save_checkpoint
 from edgepilot.train.digits import load_digits
 from edgepilot.train.models import count_parameters, create_model
 from edgepilot.train.trainer import TrainConfig, accuracy, fit
+
+# torch comes with the export extra; say so instead of a bare ModuleNotFoundError.
+torch = require("torch", "export", "Training the classic models")
 
 __all__ = ["TRUTH_TABLE", "rule", "neuron_meta", "train_neuron", "digits_meta", "train_digits"]
 

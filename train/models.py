@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-from torch import nn
+from edgepilot.errors import UnknownArchitectureError, did_you_mean, require
 
-from edgepilot.errors import UnknownArchitectureError, did_you_mean
+# torch comes with the export extra; say so instead of a bare ModuleNotFoundError.
+torch = require("torch", "export", "Building models")
+nn = torch.nn
 
 __all__ = ["register_model", "create_model", "list_models", "count_parameters"]
 

@@ -9,14 +9,16 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
+from edgepilot.errors import require
 from edgepilot.meta import ModelMeta
 from edgepilot.train.checkpoint import save_checkpoint
 from edgepilot.train.datasets import HOLDOUT, load_dataset
 from edgepilot.train.models import count_parameters, create_model
 from edgepilot.train.stoplight import LABELS
 from edgepilot.train.trainer import TrainConfig, accuracy, fit
+
+# torch comes with the export extra; say so instead of a bare ModuleNotFoundError.
+torch = require("torch", "export", "Training")
 
 __all__ = ["stoplight_meta", "train_stoplight"]
 

@@ -7,10 +7,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
 
+from edgepilot.errors import require
 from edgepilot.meta import ModelMeta
+
+# torch comes with the export extra; say so instead of a bare ModuleNotFoundError.
+torch = require("torch", "export", "Training")
+nn = torch.nn
 
 __all__ = ["TrainConfig", "fit", "to_tensor", "predict_logits", "accuracy"]
 
