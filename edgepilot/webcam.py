@@ -99,6 +99,7 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
         log(f"processed {state.processed} frames, {state.fps:.1f} FPS")
         return state
     finally:
+        src.close()  # the grabber closes it too; this covers failures before it started
         if writer is not None:
             writer.release()  # finalises the file whatever happened
         if server is not None:
