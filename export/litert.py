@@ -324,25 +324,25 @@ def _activations(model: bytes, inputs) -> dict[str, np.ndarray]:
     """Every float or dequantized tensor of `model`, stacked over the inputs."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from edgepilot.runtime.litert import tensor_info
+
     interpreter = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
-    scale, zero = detail["quantization"]
+    image = tensor_info(detail)
     collected: dict[str, list[np.ndarray]] = {}
     for sample in inputs:
         x = sample["args_0"]
-        if scale:
-            x = np.clip(np.round(x / scale + zero), -128, 127).astype(detail["dtype"])
-        interpreter.set_tensor(detail["index"], x)
+        interpreter.set_tensor(detail["index"], image.quantize(x) if image.quantized else x)
         interpreter.invoke()
         for t in interpreter.get_tensor_details():
             try:
                 value = interpreter.get_tensor(t["index"])
             except ValueError:  # tensors without data (e.g. optional inputs)
                 continue
-            t_scale, t_zero = t["quantization"]
-            if t_scale and np.issubdtype(value.dtype, np.integer):
-                value = (value.astype(np.int64) - t_zero) * t_scale
+            info = tensor_info(t)
+            if info.quantized:
+                value = info.dequantize(value)
             collected.setdefault(t["name"], []).append(np.asarray(value, np.float64))
     return {name: np.concatenate(v) if v[0].ndim else np.stack(v)
             for name, v in collected.items()}

@@ -36,6 +36,17 @@ class TensorInfo:
     def quantized(self) -> bool:
         return self.scale > 0 and np.issubdtype(self.dtype, np.integer)
 
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Real values -> this tensor's integers, rounded and clipped to its dtype's range."""
+        limits = np.iinfo(self.dtype)
+        q = np.round(x / self.scale + self.zero_point)
+        return np.clip(q, limits.min, limits.max).astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """This tensor's integers -> real values (float32)."""
+        # int64 first: int8/uint8 minus zero point would overflow in the tensor's own type.
+        return (q.astype(np.int64) - self.zero_point).astype(np.float32) * np.float32(self.scale)
+
 
 class Backend:
     """Base class of runtime backends. Subclasses set the attributes and implement `run`."""

@@ -28,7 +28,8 @@ def interpreter_module():
     raise MissingDependencyError("ai-edge-litert", "tflite", "Running .tflite models")
 
 
-def _info(detail: dict) -> TensorInfo:
+def tensor_info(detail: dict) -> TensorInfo:
+    """A TensorInfo from an interpreter's tensor details."""
     signature = detail.get("shape_signature", detail["shape"])
     shape = tuple(None if d < 0 else int(d) for d in signature)
     scale, zero_point = detail.get("quantization", (0.0, 0))
@@ -49,8 +50,8 @@ class LiteRTBackend(Backend):
         except (ValueError, RuntimeError) as err:
             raise ModelFileError(f"{dist} cannot load '{path}': {str(err).splitlines()[0]}") \
                 from err
-        self.inputs = [_info(d) for d in self.interpreter.get_input_details()]
-        self.outputs = [_info(d) for d in self.interpreter.get_output_details()]
+        self.inputs = [tensor_info(d) for d in self.interpreter.get_input_details()]
+        self.outputs = [tensor_info(d) for d in self.interpreter.get_output_details()]
         self._in = [d["index"] for d in self.interpreter.get_input_details()]
         self._out = [d["index"] for d in self.interpreter.get_output_details()]
         self.metadata = read_metadata(data)

@@ -182,10 +182,7 @@ def _to_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:
             f"Input '{info.name}' expects shape {want}, got {'x'.join(map(str, x.shape))}"
         )
     if info.quantized and not np.issubdtype(x.dtype, np.integer):
-        # Quantize at the boundary: the user always passes real values.
-        limits = np.iinfo(info.dtype)
-        q = np.round(x / info.scale + info.zero_point)
-        return np.clip(q, limits.min, limits.max).astype(info.dtype)
+        return info.quantize(x)  # at the boundary: the user always passes real values
     if x.dtype != info.dtype:
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
             raise InputError(f"Input '{info.name}' expects numbers, got dtype {x.dtype}")
@@ -194,7 +191,4 @@ def _to_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:
 
 
 def _from_output(y: np.ndarray, info: TensorInfo) -> np.ndarray:
-    if info.quantized:
-        # int64 first: int8/uint8 minus zero point would overflow in the tensor's own type.
-        return (y.astype(np.int64) - info.zero_point).astype(np.float32) * np.float32(info.scale)
-    return y
+    return info.dequantize(y) if info.quantized else y
