@@ -3,27 +3,35 @@ street scene, plus a capture thread that keeps only the newest frame.
 
     source = open_source("synthetic")          # or "0", "clip.mp4", "rtsp://host/stream"
     with FrameGrabber(source) as grabber:
-        frame_id, frame, captured_at = grabber.latest()
+        captured = grabber.latest()    # .frame_id, .frame (RGB), .captured_at, .input
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.runtime.newest import Newest
 
-__all__ = ["open_source", "OpenCVSource", "SyntheticSource", "FrameGrabber", "SourceError"]
+__all__ = ["open_source", "OpenCVSource", "SyntheticSource", "FrameGrabber", "Captured",
+           "SourceError", "FrameTimeout"]
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
 class SourceError(EdgepilotError):
     """A camera, file or stream that cannot be opened or stopped delivering frames."""
+
+
+class FrameTimeout(SourceError):
+    """The source delivered no new frame in time."""
 
 
 class OpenCVSource:
@@ -129,26 +137,44 @@ def open_source(spec: str, **synthetic_options):
     return source
 
 
+@dataclass(frozen=True)
+class Captured:
+    """One frame as the capture thread delivers it."""
+
+    frame_id: int
+    frame: np.ndarray  # (H, W, 3) uint8 RGB; belongs to the consumer (drawing on it is fine)
+    captured_at: float  # time.perf_counter() when the source returned it
+    input: np.ndarray | None = None  # the model input, if a `prepare` hook made it
+    prepare_s: float = 0.0  # what making `input` cost, in the capture thread
+
+
 class FrameGrabber:
     """Reads a source in its own thread and keeps only the newest frame, so a slow consumer
-    never builds up lag. Streams and cameras that stop are retried before giving up."""
+    never builds up lag. Streams and cameras that stop are retried before giving up.
+
+    `prepare(frame) -> input`, if set, runs in the capture thread too: the consumer gets the
+    model input ready-made, as a camera's low-resolution stream gives it on a Raspberry Pi,
+    and the second core does the resizing while the first runs the model."""
 
     def __init__(self, source, *, pace: bool = True, rate: float | None = None,
-                 retries: int = 3, retry_delay: float = 0.5):
+                 retries: int = 3, retry_delay: float = 0.5,
+                 prepare: Callable[[np.ndarray], np.ndarray] | None = None):
         """`pace`: deliver at `rate` frames/s (default: the source's fps), as a camera does;
         without it, read as fast as the source allows."""
-        self.source, self.pace = source, pace
+        self.source, self.pace, self.prepare = source, pace, prepare
         self.rate = rate or getattr(source, "fps", 30.0)
         self.retries, self.retry_delay = retries, retry_delay
-        self._cond = threading.Condition()
-        self._frame: np.ndarray | None = None
-        self._frame_id = 0
-        self._captured_at = 0.0
+        self._box = Newest()
         self._stop = threading.Event()
-        self.ended: str | None = None  # why capture ended, once it has
+        self.error: BaseException | None = None  # what `prepare` raised, if it did
         self.finished_normally = False
         self._thread = threading.Thread(target=self._run, name="edgepilot-capture",
                                         daemon=True)
+
+    @property
+    def ended(self) -> str | None:
+        """Why capture ended, once it has."""
+        return self._box.closed
 
     def __enter__(self) -> FrameGrabber:
         self.start()
@@ -168,18 +194,18 @@ class FrameGrabber:
     def _run(self) -> None:
         interval = 1.0 / self.rate
         next_due = time.perf_counter()
-        failures = 0
+        failures = frame_id = 0
         while not self._stop.is_set():
             frame = self.source.read()
             if frame is None:
                 if self.source.is_file or isinstance(self.source, SyntheticSource):
                     self.finished_normally = True
-                    self._finish("end of video")
+                    self._box.close("end of video")
                     return
                 failures += 1
                 if failures > self.retries:
-                    self._finish(f"the stream stopped delivering frames ({self.retries} "
-                                 "retries failed)")
+                    self._box.close(f"the stream stopped delivering frames ({self.retries} "
+                                    "retries failed)")
                     return
                 time.sleep(self.retry_delay)
                 try:
@@ -188,29 +214,30 @@ class FrameGrabber:
                     pass
                 continue
             failures = 0
-            with self._cond:
-                self._frame, self._captured_at = frame, time.perf_counter()
-                self._frame_id += 1
-                self._cond.notify_all()
+            captured_at = time.perf_counter()
+            prepare, model_input = self.prepare, None
+            if prepare is not None:
+                try:
+                    model_input = prepare(frame)
+                except Exception as err:  # handed to the consumer, which raises it
+                    self.error = err
+                    self._box.close(f"preparing a frame failed: {err}")
+                    return
+            frame_id += 1
+            self._box.put(Captured(frame_id, frame, captured_at, model_input,
+                                   time.perf_counter() - captured_at))
             if self.pace:
                 next_due += interval
                 time.sleep(max(0.0, next_due - time.perf_counter()))
 
-    def _finish(self, reason: str) -> None:
-        with self._cond:
-            self.ended = reason
-            self._cond.notify_all()
-
-    def latest(self, after: int = 0, timeout: float = 5.0):
-        """The newest frame newer than `after`: (frame_id, frame, captured_at), or None when
-        capture has ended and no newer frame will come."""
-        deadline = time.perf_counter() + timeout
-        with self._cond:
-            while self._frame_id <= after and self.ended is None:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    raise SourceError(f"No frame from the source in {timeout:.0f} s")
-                self._cond.wait(remaining)
-            if self._frame_id <= after:
-                return None
-            return self._frame_id, self._frame, self._captured_at
+    def latest(self, after: int = 0, timeout: float = 5.0) -> Captured | None:
+        """The newest frame newer than `after`, or None when capture has ended and no newer
+        frame will come. Raises what `prepare` raised, and FrameTimeout if the source is
+        silent for `timeout` s."""
+        try:
+            got = self._box.get(after, timeout)
+        except TimeoutError:
+            raise FrameTimeout(f"No frame from the source in {timeout:g} s") from None
+        if got is None and self.error is not None:
+            raise self.error
+        return None if got is None else got[1]

@@ -1,8 +1,16 @@
-"""Live inference on the newest camera frame: smoothing, the GO/STOP decision, an overlay,
-and the timing that shows where a frame's time goes."""
+"""Live inference on the newest camera frame, as a pipeline of three stages on their own
+threads, each handing the newest item to the next (nothing queues up, nothing lags):
+
+    capture thread      read a frame, crop the ROI, resize to the model input
+    inference thread    run the model, smooth the scores, decide GO/STOP
+    caller's thread     draw the overlay, then show / serve / record it
+
+With two or more cores the model runs while the next frame is being prepared and the last
+one drawn, so the inference thread spends its time in the model, not around it."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -12,14 +20,32 @@ import cv2
 import numpy as np
 
 from edgepilot.errors import InputError
-from edgepilot.runtime.camera import FrameGrabber
+from edgepilot.meta import ModelMeta
+from edgepilot.runtime.camera import FrameGrabber, FrameTimeout
+from edgepilot.runtime.newest import Newest
 
-__all__ = ["LiveState", "Smoother", "parse_roi", "decide", "annotate", "run_live"]
+__all__ = ["LiveState", "Reading", "Smoother", "parse_roi", "decide", "model_input", "annotate",
+           "run_live"]
+
+TIMINGS = ("prepare", "inference", "stage", "overlay", "output", "latency")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the inference stage concluded about one frame."""
+
+    frame_id: int
+    label: str
+    score: float
+    decision: str
+    inference_ms: float
+    fps: float  # frames inferred per second, over the last 30
+    captured_at: float
 
 
 @dataclass
 class LiveState:
-    """What the overlay, the web page and the benchmark read after each processed frame."""
+    """What the overlay, the web page and the benchmark read after each frame is drawn."""
 
     frame_id: int = 0
     label: str = ""
@@ -28,12 +54,20 @@ class LiveState:
     fps: float = 0.0
     inference_ms: float = 0.0
     latency_ms: float = 0.0  # capture -> overlay done
-    processed: int = 0
-    timings: dict = field(default_factory=lambda: {"inference": [], "frame": [], "latency": []})
+    processed: int = 0  # frames the model ran on
+    shown: int = 0  # frames drawn and handed to the output (the newest wins if it lags)
+    # Seconds per frame: prepare (capture thread), inference (the model call), stage (the
+    # inference thread's whole work on a frame), overlay and output (caller's thread),
+    # latency (capture -> overlay done); "wall" is added at the end.
+    timings: dict = field(default_factory=lambda: {name: [] for name in TIMINGS})
 
     def public(self) -> dict:
         return {k: getattr(self, k) for k in ("frame_id", "label", "score", "decision", "fps",
                                              "inference_ms", "latency_ms", "processed")}
+
+    def show(self, reading: Reading) -> None:
+        for name in ("frame_id", "label", "score", "decision", "fps", "inference_ms"):
+            setattr(self, name, getattr(reading, name))
 
 
 class Smoother:
@@ -44,9 +78,10 @@ class Smoother:
             raise InputError(f"--smooth takes 1 or more frames, got {k}")
         self.window: deque = deque(maxlen=k)
 
-    def __call__(self, scores: np.ndarray) -> np.ndarray:
+    def __call__(self, scores: list[float]) -> list[float]:
         self.window.append(scores)
-        return np.mean(self.window, axis=0)
+        n = len(self.window)
+        return [sum(column) / n for column in zip(*self.window)]
 
 
 def parse_roi(text: str | None, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -68,66 +103,144 @@ def decide(label: str) -> str:
     return "GO" if label == "green" else "STOP"
 
 
+def model_input(meta: ModelMeta, roi=None) -> Callable[[np.ndarray], np.ndarray]:
+    """The capture thread's `prepare` hook: RGB frame -> model input (ROI crop + resize +
+    normalisation, as the model's metadata says)."""
+    from edgepilot.runtime.image import preprocess
+
+    if meta is None or not meta.is_image:
+        raise InputError("The live demo needs an image model with edgepilot metadata")
+
+    def prepare(frame: np.ndarray) -> np.ndarray:
+        if roi is not None:
+            x, y, w, h = roi
+            frame = frame[y:y + h, x:x + w]
+        return preprocess(frame, meta)
+
+    return prepare
+
+
 def annotate(frame: np.ndarray, state: LiveState, roi=None) -> np.ndarray:
-    """Draw label, score, decision, FPS and latency (and the ROI box) on an RGB frame."""
-    out = frame.copy()
+    """Draw label, score, decision, FPS and latency (and the ROI box) onto an RGB frame, in
+    place: the pipeline hands each frame to the overlay once, so no copy is needed."""
     if roi is not None:
         x, y, w, h = roi
-        cv2.rectangle(out, (x, y), (x + w, y + h), (255, 255, 0), 2)
+        cv2.rectangle(frame, (x, y), (x + w, y + h), (255, 255, 0), 2)
     go = state.decision == "GO"
     colour = (40, 200, 60) if go else (220, 40, 40)
-    cv2.rectangle(out, (0, 0), (out.shape[1], 64), (0, 0, 0), -1)
-    cv2.putText(out, f"{state.decision}  {state.label} {state.score:.2f}", (10, 28),
+    cv2.rectangle(frame, (0, 0), (frame.shape[1], 64), (0, 0, 0), -1)
+    cv2.putText(frame, f"{state.decision}  {state.label} {state.score:.2f}", (10, 28),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.9, colour, 2, cv2.LINE_AA)
-    cv2.putText(out, f"{state.fps:5.1f} FPS  inference {state.inference_ms:.2f} ms  "
+    cv2.putText(frame, f"{state.fps:5.1f} FPS  inference {state.inference_ms:.2f} ms  "
                 f"latency {state.latency_ms:.1f} ms", (10, 54), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                 (230, 230, 230), 1, cv2.LINE_AA)
-    return out
+    return frame
+
+
+class _InferenceStage(threading.Thread):
+    """Runs the model on the newest captured frame and posts a Reading per frame."""
+
+    def __init__(self, model, grabber: FrameGrabber, prepare, smoother: Smoother,
+                 frames: int | None, state: LiveState, timeout: float = 5.0):
+        super().__init__(name="edgepilot-inference", daemon=True)
+        self.model, self.grabber, self.prepare, self.smoother = model, grabber, prepare, smoother
+        self.frames, self.state, self.timeout = frames, state, timeout
+        self.results = Newest()  # (Reading, frame) for the caller's thread
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as err:  # re-raised in the caller's thread
+            self.error = err
+        finally:
+            self.results.close("inference ended")
+
+    def _next(self, after: int):
+        """The newest captured frame; waits in short slices so stop() is seen promptly."""
+        silent_since = time.perf_counter()
+        while not self._halt.is_set():
+            try:
+                return self.grabber.latest(after=after, timeout=0.1)
+            except FrameTimeout:
+                if time.perf_counter() - silent_since > self.timeout:
+                    raise FrameTimeout(f"No frame from the source in {self.timeout:g} s") \
+                        from None
+        return None
+
+    def _loop(self) -> None:
+        from edgepilot.runtime.model import output_scores
+
+        model, meta, state, timings = self.model, self.model.meta, self.state, self.state.timings
+        last_id, recent = 0, deque(maxlen=30)
+        while self.frames is None or state.processed < self.frames:
+            got = self._next(last_id)
+            if got is None:
+                return
+            last_id = got.frame_id
+            t0 = time.perf_counter()
+            x = got.input if got.input is not None else self.prepare(got.frame)
+            t1 = time.perf_counter()
+            raw = model(x)
+            t2 = time.perf_counter()
+            scores = self.smoother(output_scores(raw, meta))
+            best = max(range(len(scores)), key=scores.__getitem__)
+            recent.append(t2)
+            fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
+            label = meta.labels[best]
+            self.results.put((Reading(got.frame_id, label, scores[best], decide(label),
+                                      (t2 - t1) * 1000, fps, got.captured_at), got.frame))
+            state.processed += 1
+            timings["prepare"].append(got.prepare_s if got.input is not None else t1 - t0)
+            timings["inference"].append(t2 - t1)
+            timings["stage"].append(time.perf_counter() - t0)
 
 
 def run_live(model, grabber: FrameGrabber, *, roi=None, smooth: int = 1,
              frames: int | None = None, on_frame: Callable | None = None,
              stop: Callable[[], bool] = lambda: False) -> LiveState:
-    """Process the newest frame until `frames` are done, capture ends or `stop()` is true.
+    """Infer on the newest frame until `frames` are done, capture ends or `stop()` is true.
 
-    `on_frame(annotated_rgb, state)` is called after each frame (display, recording, web)."""
-    meta = model.meta
-    if meta is None or not meta.is_image:
-        raise InputError("The live demo needs an image model with edgepilot metadata")
-    from edgepilot.runtime.image import preprocess
-    from edgepilot.runtime.model import to_prediction
-
+    The grabber's capture thread is given the `prepare` hook (ROI + preprocessing); the model
+    runs on a thread of its own; overlay and `on_frame(annotated_rgb, state)` (display,
+    recording, web) run here, on the caller's thread, which a window needs. Errors from any
+    stage are raised here; Ctrl-C stops the other threads before it propagates."""
+    prepare = model_input(model.meta, roi)
     smoother = Smoother(smooth)
+    grabber.prepare = prepare
     state = LiveState()
-    last_id, started, recent = 0, time.perf_counter(), deque(maxlen=30)
-    while (frames is None or state.processed < frames) and not stop():
-        got = grabber.latest(after=last_id)
-        if got is None:
-            break
-        last_id, frame, captured_at = got
-        t0 = time.perf_counter()
-        view = frame if roi is None else frame[roi[1]:roi[1] + roi[3], roi[0]:roi[0] + roi[2]]
-        x = preprocess(view, meta)
-        t1 = time.perf_counter()
-        raw = model(x)
-        t2 = time.perf_counter()
-        prediction = to_prediction(raw, meta)
-        scores = smoother(np.array([prediction.scores[label] for label in meta.labels]))
-        best = int(scores.argmax())
-        state.frame_id, state.label, state.score = last_id, meta.labels[best], float(scores[best])
-        state.decision = decide(state.label)
-        state.inference_ms = (t2 - t1) * 1000
-        recent.append(t2)
-        if len(recent) > 1:
-            state.fps = (len(recent) - 1) / (recent[-1] - recent[0])
-        annotated = annotate(frame, state, roi)
-        done = time.perf_counter()
-        state.latency_ms = (done - captured_at) * 1000
-        state.processed += 1
-        state.timings["inference"].append(t2 - t1)
-        state.timings["frame"].append(done - t0)
-        state.timings["latency"].append(done - captured_at)
-        if on_frame is not None:
-            on_frame(annotated, state)
-    state.timings["wall"] = time.perf_counter() - started
+    stage = _InferenceStage(model, grabber, prepare, smoother, frames, state)
+    started = time.perf_counter()
+    stage.start()
+    last, timings = 0, state.timings
+    try:
+        while not stop():
+            try:
+                got = stage.results.get(after=last, timeout=0.1)
+            except TimeoutError:
+                continue
+            if got is None:
+                break
+            last, (reading, frame) = got
+            t0 = time.perf_counter()
+            state.show(reading)
+            annotated = annotate(frame, state, roi)
+            t1 = time.perf_counter()
+            state.latency_ms = (t1 - reading.captured_at) * 1000
+            if on_frame is not None:
+                on_frame(annotated, state)
+            state.shown += 1
+            timings["overlay"].append(t1 - t0)
+            timings["output"].append(time.perf_counter() - t1)
+            timings["latency"].append(t1 - reading.captured_at)
+    finally:
+        stage.stop()
+        stage.join(timeout=10)
+    if stage.error is not None:
+        raise stage.error
+    timings["wall"] = time.perf_counter() - started
     return state

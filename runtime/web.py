@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.runtime.newest import Newest
 
 __all__ = ["LiveServer", "parse_address"]
 
@@ -77,12 +78,10 @@ class LiveServer:
     """Serves the latest annotated frame and state; `publish` is called by the live loop."""
 
     def __init__(self, host: str, port: int, quality: int = 80):
-        self._cond = threading.Condition()
-        self._jpeg: bytes | None = None
-        self._state: dict = {}
-        self._serial = 0
+        self._frames = Newest()  # (annotated RGB frame, state dict) from the live loop
+        self._jpeg_lock = threading.Lock()
+        self._jpeg: tuple[int, bytes] = (0, b"")  # (serial, JPEG) most recently encoded
         self.quality = quality
-        self.closed = False
         try:
             self.httpd = ThreadingHTTPServer((host, port), self._handler())
         except OSError as err:
@@ -102,25 +101,43 @@ class LiveServer:
         self._thread.start()
         return self
 
+    @property
+    def closed(self) -> bool:
+        return self._frames.closed is not None
+
     def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
+        self._frames.close()
         self.httpd.shutdown()
         self.httpd.server_close()
 
     def publish(self, frame_rgb: np.ndarray, state: dict) -> None:
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        with self._cond:
-            self._jpeg, self._state = jpeg.tobytes(), dict(state)
-            self._serial += 1
-            self._cond.notify_all()
+        """Hand over an annotated frame (not copied: the caller must not draw on it again)."""
+        self._frames.put((frame_rgb, dict(state)))
 
-    def _next(self, after: int, timeout: float = 5.0):
-        with self._cond:
-            self._cond.wait_for(lambda: self._serial > after or self.closed, timeout)
-            return self._serial, self._jpeg
+    def state(self) -> dict:
+        """The state published with the newest frame ({} before the first)."""
+        try:
+            got = self._frames.get(timeout=0)
+        except TimeoutError:
+            return {}
+        return got[1][1] if got else {}
+
+    def _next_jpeg(self, after: int, timeout: float = 5.0) -> tuple[int, bytes | None]:
+        """The newest frame as JPEG, encoded here, in the viewer's thread, and only once per
+        frame however many viewers there are: the live loop never waits for an encoder."""
+        try:
+            got = self._frames.get(after, timeout)
+        except TimeoutError:
+            return after, None
+        if got is None:
+            return after, None
+        serial, (frame, _) = got
+        with self._jpeg_lock:
+            if self._jpeg[0] < serial:  # a viewer may already have encoded a newer one
+                ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                                        [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+                self._jpeg = (serial, jpeg.tobytes())
+            return self._jpeg
 
     def _handler(self):
         server = self
@@ -142,9 +159,7 @@ class LiveServer:
                 if path == "/":
                     self._send(PAGE.encode(), "text/html; charset=utf-8")
                 elif path == "/state.json":
-                    with server._cond:
-                        body = json.dumps(server._state).encode()
-                    self._send(body, "application/json")
+                    self._send(json.dumps(server.state()).encode(), "application/json")
                 elif path == "/stream.mjpg":
                     self._stream()
                 else:
@@ -158,7 +173,7 @@ class LiveServer:
                 serial = 0
                 try:
                     while not server.closed:
-                        serial, jpeg = server._next(serial)
+                        serial, jpeg = server._next_jpeg(serial)
                         if jpeg is None:
                             continue
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"

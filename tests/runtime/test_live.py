@@ -17,9 +17,11 @@ import pytest
 
 import edgepilot
 from edgepilot.assets import shipped_model
-from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.errors import EdgepilotError, InputError, ModelFileError
 from edgepilot.runtime.camera import FrameGrabber, SourceError, SyntheticSource, open_source
-from edgepilot.runtime.live import Smoother, decide, parse_roi, run_live
+from edgepilot.runtime.image import preprocess
+from edgepilot.runtime.live import Smoother, decide, model_input, parse_roi, run_live
+from edgepilot.runtime.newest import Newest
 from edgepilot.runtime.web import LiveServer, parse_address
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,17 +46,62 @@ def test_grabber_keeps_only_the_newest_frame():
     source = SyntheticSource(fps=1000, frames=50)
     with FrameGrabber(source, pace=False) as grabber:
         time.sleep(0.5)  # a slow consumer: the grabber has raced ahead
-        frame_id, _, _ = grabber.latest()
+        frame_id = grabber.latest().frame_id
         assert frame_id == 50  # the newest, not the first
         assert grabber.latest(after=frame_id) is None and grabber.finished_normally
 
 
+def test_newest_mailbox_hands_over_only_the_newest_item():
+    box = Newest()
+    with pytest.raises(TimeoutError):
+        box.get(timeout=0.01)
+    box.put("a")
+    box.put("b")
+    assert box.get() == (2, "b")  # "a" was replaced, not queued
+    with pytest.raises(TimeoutError):
+        box.get(after=2, timeout=0.01)
+    box.close("done")
+    assert box.get(after=2) is None and box.closed == "done"
+
+
+def test_the_capture_thread_prepares_the_model_input():
+    model = edgepilot.load(shipped_model(), threads=1)
+    prepare = model_input(model.meta, roi=(100, 50, 200, 300))
+    source = SyntheticSource(frames=5)
+    with FrameGrabber(source, pace=False, prepare=prepare) as grabber:
+        got = grabber.latest()
+        assert got.input.shape == model.meta.input_shape and got.prepare_s > 0
+        crop = got.frame[50:350, 100:300]
+        np.testing.assert_array_equal(got.input, preprocess(crop, model.meta))
+
+
+def test_a_failing_prepare_is_raised_to_the_consumer():
+    def prepare(frame):
+        raise InputError("this frame cannot be prepared")
+
+    with FrameGrabber(SyntheticSource(frames=5), pace=False, prepare=prepare) as grabber:
+        with pytest.raises(InputError, match="cannot be prepared"):
+            grabber.latest()
+        assert grabber.ended.startswith("preparing a frame failed")
+
+
+def test_a_slow_display_does_not_slow_inference():
+    # The output stage takes 50 ms a frame; the model keeps up with a 100 frames/s source.
+    model = edgepilot.load(shipped_model(), threads=1)
+    with FrameGrabber(SyntheticSource(frames=100), pace=True, rate=100) as grabber:
+        state = run_live(model, grabber, on_frame=lambda f, s: time.sleep(0.05))
+    assert state.processed >= 90, state.processed
+    assert state.shown <= state.processed / 2  # it showed the newest, it did not queue
+    assert len(state.timings["inference"]) == state.processed
+
+
 def test_smoothing_needs_k_frames_to_flip():
     smooth = Smoother(3)
-    red, green = np.array([1.0, 0.0]), np.array([0.0, 1.0])
-    assert smooth(red).argmax() == 0
-    assert smooth(green).argmax() == 0  # one odd frame does not flip it
-    assert smooth(green).argmax() == 1
+    red, green = [1.0, 0.0], [0.0, 1.0]
+    assert smooth(red) == [1.0, 0.0]
+    assert smooth(green) == [0.5, 0.5]  # one odd frame does not flip it
+    assert smooth(green) == [1 / 3, 2 / 3]
+    assert smooth(green) == [0.0, 1.0]  # the window holds the last 3 only
     with pytest.raises(InputError):
         Smoother(0)
     assert decide("green") == "GO" and decide("yellow") == decide("red") == "STOP"
@@ -75,7 +122,42 @@ def test_smoothed_decision_is_right_after_each_change_settles():
                                            for j in range(k))]
     correct = np.mean([decisions[i] == decide(truth.truth(i - 1)) for i in settled])
     assert len(settled) > 60 and correct >= 0.98, f"{correct:.3f} over {len(settled)} frames"
-    assert state.processed == len(decisions)
+    assert state.shown == len(decisions) and len(decisions) >= 0.9 * state.processed
+
+
+def test_an_error_in_the_inference_thread_is_raised_to_the_caller():
+    shipped = edgepilot.load(shipped_model(), threads=1)
+
+    class Broken:  # a model whose every run fails
+        meta = shipped.meta
+
+        def __call__(self, x):
+            raise ModelFileError("the model file is damaged")
+
+    with FrameGrabber(SyntheticSource(frames=50), pace=False) as grabber:
+        with pytest.raises(ModelFileError, match="damaged"):
+            run_live(Broken(), grabber)
+
+
+def test_the_server_streams_the_newest_published_frame_as_jpeg():
+    server = LiveServer("127.0.0.1", 0).start()
+    try:
+        blue = np.zeros((48, 64, 3), np.uint8)
+        blue[..., 2] = 200
+        server.publish(np.zeros_like(blue), {"label": "red"})
+        server.publish(blue, {"label": "green"})  # replaces the first: viewers get this one
+        state = json.loads(urllib.request.urlopen(server.url + "state.json").read())
+        assert state == {"label": "green"}
+        with urllib.request.urlopen(server.url + "stream.mjpg", timeout=5) as stream:
+            chunk = b""
+            while b"\xff\xd9" not in chunk:
+                chunk += stream.read1(1024)
+        jpeg = chunk[chunk.index(b"\xff\xd8"):chunk.index(b"\xff\xd9") + 2]
+        frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR),
+                             cv2.COLOR_BGR2RGB)
+        assert frame.shape == blue.shape and np.abs(frame.astype(int) - blue).max() < 8
+    finally:
+        server.close()
 
 
 def test_roi_and_address_parsing():
