@@ -1,8 +1,16 @@
-"""The live loop on the synthetic 640x480 source: FPS, share of loop time outside inference,
-and capture-to-overlay latency, for the shipped model as fp32 ONNX, int8 ONNX and int8 TFLite.
+"""The live demo on the synthetic 640x480 source, for the shipped model as fp32 ONNX, int8
+ONNX and int8 TFLite: FPS, the share of the inference thread's time spent outside the model,
+capture-to-overlay latency, and what every other stage costs per frame.
 
-Two modes per model: `camera` paces the source at 30 frames/s as a webcam does (latency is
-what a user sees); `flat-out` reads as fast as the source renders (the loop's ceiling).
+Each model runs in two pipelines, interleaved in one run so they share the machine's state:
+
+    pipeline    edgepilot's live loop: capture+prepare | inference | overlay+output threads
+    one-thread  the same steps in one loop (newest frame -> prepare -> model -> overlay)
+
+and two paces: `camera` delivers 30 frames/s as a webcam does (what a user sees); `flat-out`
+delivers as fast as the scene renders (the ceiling). The output is the --serve web page with
+one viewer connected, as on a headless Raspberry Pi; JPEG encoding happens in the viewer's
+thread and is not counted in any column.
 
     python benchmarks/webcam_speed.py [--frames 300] [--threads 1]
 """
@@ -11,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +30,9 @@ import torch
 import edgepilot
 from edgepilot.assets import shipped_model
 from edgepilot.runtime.camera import FrameGrabber, SyntheticSource
-from edgepilot.runtime.live import run_live
+from edgepilot.runtime.live import LiveState, annotate, decide, model_input, run_live
+from edgepilot.runtime.model import output_scores
+from edgepilot.runtime.web import LiveServer
 from edgepilot.train.checkpoint import load_checkpoint
 from edgepilot.train.datasets import load_dataset
 
@@ -35,38 +48,104 @@ def models(folder: Path) -> dict[str, str]:
     return files
 
 
-def measure(path: str, frames: int, threads: int, paced: bool) -> dict:
+class Viewer:
+    """A browser stand-in: reads the MJPEG stream so the server encodes every frame."""
+
+    def __init__(self, url: str):
+        self.frames, self.stopped = 0, False
+        self.thread = threading.Thread(target=self._read, args=(url,), daemon=True)
+        self.thread.start()
+
+    def _read(self, url: str) -> None:
+        with urllib.request.urlopen(url + "stream.mjpg", timeout=10) as stream:
+            while not self.stopped:
+                self.frames += stream.read(65536).count(b"--frame")
+
+
+def one_thread(model, grabber: FrameGrabber, frames: int, on_frame) -> LiveState:
+    """The baseline: every step in one loop, as the live demo did before it was pipelined."""
+    prepare, state = model_input(model.meta), LiveState()
+    timings, last, started = state.timings, 0, time.perf_counter()
+    while state.processed < frames:
+        got = grabber.latest(after=last)
+        if got is None:
+            break
+        last = got.frame_id
+        t0 = time.perf_counter()
+        x = prepare(got.frame)
+        t1 = time.perf_counter()
+        raw = model(x)
+        t2 = time.perf_counter()
+        scores = output_scores(raw, model.meta)
+        state.label = model.meta.labels[scores.index(max(scores))]
+        state.decision = decide(state.label)
+        annotate(got.frame, state)
+        t3 = time.perf_counter()
+        on_frame(got.frame, state)
+        state.processed += 1
+        timings["prepare"].append(t1 - t0)
+        timings["inference"].append(t2 - t1)
+        timings["stage"].append(t3 - t0)  # the one thread's whole work on the frame
+        timings["latency"].append(t3 - got.captured_at)
+    timings["wall"] = time.perf_counter() - started
+    return state
+
+
+def measure(path: str, design: str, paced: bool, frames: int, threads: int) -> dict:
     model = edgepilot.load(path, threads=threads)
-    source = SyntheticSource(fps=30.0)
-    with FrameGrabber(source, pace=paced) as grabber:
-        state = run_live(model, grabber, smooth=5, frames=frames)
-    inference = np.asarray(state.timings["inference"])
-    loop = np.asarray(state.timings["frame"])
-    latency = np.asarray(state.timings["latency"]) * 1000
+    server = LiveServer("127.0.0.1", 0).start()
+    viewer = Viewer(server.url)
+
+    def publish(frame, state):
+        server.publish(frame, state.public())
+
+    try:
+        with FrameGrabber(SyntheticSource(fps=30.0), pace=paced) as grabber:
+            if design == "pipeline":
+                state = run_live(model, grabber, smooth=5, frames=frames, on_frame=publish)
+            else:
+                state = one_thread(model, grabber, frames, publish)
+    finally:
+        viewer.stopped = True
+        server.close()
+    t = {k: np.asarray(v) for k, v in state.timings.items() if k != "wall"}
+    work = sum(t[k].sum() for k in ("stage", "overlay", "output") if t[k].size)
+    if design == "pipeline":
+        work += t["prepare"].sum()  # in the capture thread, not in "stage"
+    p50 = {k: float(np.median(v) * 1000) if v.size else 0.0 for k, v in t.items()}
     return {"fps": state.processed / state.timings["wall"],
-            "outside": 1 - inference.sum() / loop.sum(),
-            "inference_ms": float(np.median(inference) * 1000),
-            "loop_ms": float(np.median(loop) * 1000),
-            "p50": float(np.percentile(latency, 50)), "p90": float(np.percentile(latency, 90))}
+            "outside": 1 - t["inference"].sum() / t["stage"].sum(),
+            "share_all": t["inference"].sum() / work, **p50,
+            "lat50": float(np.percentile(t["latency"], 50) * 1000),
+            "lat90": float(np.percentile(t["latency"], 90) * 1000),
+            "viewer": viewer.frames}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="model threads")
     args = parser.parse_args()
+    print(__doc__.split("\n\n")[0].replace("\n", " "))
+    print(f"\n{args.frames} frames per row, model threads {args.threads}, smooth 5. Columns: "
+          "FPS; outside = inference thread's time outside the model call; inf/stage/prep/"
+          "overlay = p50 ms per frame; inf/all = model time / all pipeline work (camera "
+          "rendering and JPEG encoding excluded); latency capture->overlay p50/p90 ms.\n")
     with tempfile.TemporaryDirectory() as tmp:
         files = models(Path(tmp))
-        print(f"synthetic 640x480, {args.frames} frames, smooth 5, threads {args.threads}")
-        print(f"{'model':<22}{'mode':<10}{'FPS':>7}{'outside inf.':>14}{'inf ms':>8}"
-              f"{'loop ms':>9}{'lat p50':>9}{'lat p90':>9}")
+        header = (f"{'model':<20}{'design':<12}{'pace':<10}{'FPS':>7}{'outside':>9}{'inf':>7}"
+                  f"{'stage':>7}{'prep':>7}{'overlay':>8}{'inf/all':>8}{'lat p50':>8}"
+                  f"{'p90':>7}")
+        print(header)
+        print("-" * len(header))
         for name, path in files.items():
             for paced in (True, False):
-                r = measure(path, args.frames, args.threads, paced)
-                mode = "camera" if paced else "flat-out"
-                print(f"{name:<22}{mode:<10}{r['fps']:>7.1f}{100 * r['outside']:>13.1f}%"
-                      f"{r['inference_ms']:>8.3f}{r['loop_ms']:>9.3f}{r['p50']:>9.2f}"
-                      f"{r['p90']:>9.2f}")
+                for design in ("pipeline", "one-thread"):
+                    r = measure(path, design, paced, args.frames, args.threads)
+                    print(f"{name:<20}{design:<12}{'camera' if paced else 'flat-out':<10}"
+                          f"{r['fps']:>7.1f}{100 * r['outside']:>8.1f}%{r['inference']:>7.3f}"
+                          f"{r['stage']:>7.3f}{r['prepare']:>7.3f}{r['overlay']:>8.3f}"
+                          f"{100 * r['share_all']:>7.1f}%{r['lat50']:>8.2f}{r['lat90']:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -289,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window: use with --frames/--save")
     p.add_argument("--frames", type=_positive_int, default=None, help="stop after N frames")
     p.add_argument("--save", default=None, help="record the annotated video (.mp4)")
-    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="model threads (default: one fewer than the cores, leaving one for "
+                        "capture and overlay)")
     p.set_defaults(func=cmd_webcam)
 
     p = sub.add_parser("info", help="inputs, outputs, metadata, layers, parameters, MACs")

@@ -1,5 +1,6 @@
-"""`edgepilot webcam`: the live demo. A capture thread keeps the newest frame, the model runs
-on it, and the annotated frame goes to a window, a web page (--serve) or a video file."""
+"""`edgepilot webcam`: the live demo. A capture thread keeps the newest frame and prepares the
+model input, an inference thread runs the model on it, and this thread draws the overlay and
+sends it to a window, a web page (--serve) or a video file (see runtime/live.py)."""
 
 from __future__ import annotations
 
@@ -54,13 +55,19 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                roi: str | None = None, smooth: int = 5, serve: str | None = None,
                headless: bool = False, frames: int | None = None, save: str | None = None,
                threads: int | None = None, log: Callable[[str], None] = print) -> LiveState:
-    """Run the live demo; returns the final state (with timings) when it ends."""
+    """Run the live demo; returns the final state (with timings) when it ends.
+
+    `threads` (model threads) defaults to one fewer than the cores: the capture thread
+    prepares the next frame while the model runs, and a model thread pool that spins on every
+    core would take its core away."""
     import edgepilot
     from edgepilot.assets import resolve_model
     from edgepilot.runtime.web import LiveServer, parse_address
 
     if headless and frames is None and save is None:
         raise InputError("--headless needs --frames N or --save FILE (or both)")
+    if threads is None:  # the capture and overlay threads need a core too
+        threads = max(1, (os.cpu_count() or 2) - 1)
     model = edgepilot.load(resolve_model(model_spec), threads=threads)
     address = parse_address(serve) if serve else None
     src = open_source(source)
@@ -84,7 +91,8 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
             if show is not None and show(frame, state):
                 quit_requested.append(True)
 
-        log(f"{model.path.name} on {source} ({size[0]}x{size[1]}), {model.backend}")
+        log(f"{model.path.name} on {source} ({size[0]}x{size[1]}), {model.backend}, "
+            f"{threads} model thread{'s' if threads > 1 else ''}")
         with FrameGrabber(src) as grabber:
             try:
                 state = run_live(model, grabber, roi=region, smooth=smooth, frames=frames,
