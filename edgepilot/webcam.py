@@ -101,7 +101,7 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                 log("stopped (Ctrl-C)")
                 return LiveState()
             if grabber.ended and not grabber.finished_normally:
-                saved = f"; the {state.processed} frames processed are saved in {save}" \
+                saved = f"; the {state.shown} frames recorded are saved in {save}" \
                     if save else ""
                 raise SourceError(f"{source}: {grabber.ended}{saved}")
         log(f"processed {state.processed} frames, {state.fps:.1f} FPS")
