@@ -322,13 +322,13 @@ def export_matrix(checkpoint: str | Path, out: str | Path, *, validate: bool = T
     With `validate` False (a model whose accuracy means nothing, e.g. untrained, benchmarked
     for speed) the dataset's images only calibrate int8, and no accuracy is measured.
     """
-    import torch
-
+    from edgepilot.errors import require
     from edgepilot.export import export
     from edgepilot.formats import FORMATS
     from edgepilot.train.checkpoint import load_checkpoint
     from edgepilot.train.datasets import load_dataset
 
+    torch = require("torch", "export", "Exporting models")
     net, meta, _ = load_checkpoint(checkpoint)
     val = None
     if meta.extra.get("dataset"):

@@ -24,6 +24,7 @@ def _ms(value: float | None) -> str:
 
 def print_table(results: Sequence[BenchResult], console=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     info = machine_info()
@@ -35,7 +36,7 @@ def print_table(results: Sequence[BenchResult], console=None) -> None:
     for r in results:
         if r.error:
             table.add_row(r.model, r.format, str(r.threads or "default"),
-                          f"[red]failed: {r.error}[/red]", *[""] * 10)
+                          f"[red]failed: {escape(r.error)}[/red]", *[""] * 10)
             continue
         lat = r.latency_ms
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}% ({r.n_data})"

@@ -18,14 +18,15 @@ __all__ = ["run_demo"]
 def run_demo(out: Path, *, train: bool = False, n_images: int = 8, n_eval: int = 1000,
              log: Callable[[str], None] = print) -> dict:
     """Run the demo into `out` and return its summary (also saved as ``summary.json``)."""
-    import torch
-
     import edgepilot
     from edgepilot.assets import shipped_model
+    from edgepilot.errors import require
     from edgepilot.train import stoplight
     from edgepilot.train.checkpoint import load_checkpoint
     from edgepilot.train.datasets import HOLDOUT, RENDER_SIZE, scene_config
     from edgepilot.train.recipes import train_stoplight
+
+    torch = require("torch", "export", "The end-to-end demo")
 
     out.mkdir(parents=True, exist_ok=True)
     if train:

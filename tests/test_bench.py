@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgepilot.bench import BenchResult, benchmark, latency_stats, machine_info
-from edgepilot.bench_report import append_csv, plot, to_json
+from edgepilot.bench_report import append_csv, plot, print_table, to_json
 from edgepilot.errors import InputError
 from edgepilot.formats import FORMATS
 from edgepilot.meta import ModelMeta
@@ -112,6 +112,16 @@ def test_a_file_that_cannot_load_is_reported_in_its_row(tmp_path):
                           warmup=0, rounds=2, clock=clock)
     assert good.error is None and good.runs == 4
     assert "onnxruntime cannot load" in bad.error
+
+
+def test_the_table_shows_an_error_with_brackets_as_written():
+    from rich.console import Console
+
+    row = BenchResult(model="m.pt", format="pytorch", threads=None,
+                      error="Install it with: pip install 'edgepilot[export]'")
+    console = Console(record=True, width=300)
+    print_table([row], console=console)
+    assert "pip install 'edgepilot[export]'" in console.export_text()
 
 
 def test_threads_must_be_positive():

@@ -97,7 +97,8 @@ def test_info_on_the_shipped_model_and_checkpoint():
 def test_commands_that_need_torch_name_the_extra_when_it_is_missing(tmp_path):
     code = ("import sys; sys.modules['torch'] = None  # as in a runtime-only install\n"
             "from edgepilot.cli import main; sys.exit(main(sys.argv[1:]))")
-    for args in (["export", "model.pt"], ["train", "neuron", "--out", str(tmp_path)]):
+    for args in (["export", "model.pt"], ["train", "neuron", "--out", str(tmp_path)],
+                 ["bench", "--export", "model.pt"], ["demo", "--out", str(tmp_path)]):
         result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 1
