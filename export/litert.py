@@ -225,8 +225,8 @@ def _calibrate(q, float_model: bytes, inputs: list[dict], method: str) -> dict:
 
 def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, stamp,
           pixels: bool, method: str) -> bytes:
-    # Calibration keeps a moving average of ranges, which clips the input. Pin the input to its
-    # true range: 0..255 for pixels (exact: scale 1, zero point -128), else the data's range.
+    # Calibrated ranges can clip the input (a moving average does). Pin the input to its true
+    # range: 0..255 for pixels (exact: scale 1, zero point -128), else the data's range.
     values = np.concatenate([x["args_0"].ravel() for x in inputs])
     low, high = (0.0, 255.0) if pixels else (min(0.0, float(values.min())), float(values.max()))
 
@@ -251,14 +251,12 @@ def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, sta
     def rank(trial: Path) -> list[LayerError]:
         return _rank_layers(float_model, trial, inputs[:32])
 
-    if guard is None:
-        trial = quantize([])
-    else:
-        trial = guard.run(quantize, rank, "tflite")
-    data = trial.read_bytes()
-    for leftover in path.parent.glob(f"{path.stem}.try*{path.suffix}"):
-        leftover.unlink()
-    return data
+    try:
+        trial = quantize([]) if guard is None else guard.run(quantize, rank, "tflite")
+        return trial.read_bytes()
+    finally:  # also when a trial fails: no half-made files left beside the user's
+        for leftover in path.parent.glob(f"{path.stem}.try*{path.suffix}"):
+            leftover.unlink()
 
 
 def _uint8_interface(model: bytes) -> bytes:

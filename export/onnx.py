@@ -162,15 +162,20 @@ def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | N
     def quantize(keep: list[str]) -> Path:
         trial = path.with_name(f"{path.stem}.try{next(counter)}{path.suffix}")
         exclude = _nodes_touching(float_path, keep)
+        root = logging.getLogger()  # the quantizer logs at root level; quiet it meanwhile
+        level = root.level
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs at root level
-            q.quantize_static(
-                str(float_path), str(trial), _Reader(inputs), quant_format=q.QuantFormat.QDQ,
-                per_channel=True, activation_type=q.QuantType.QInt8,
-                weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude,
-                calibrate_method=getattr(q.CalibrationMethod, calibrate[method]),
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            root.setLevel(logging.ERROR)
+            try:
+                q.quantize_static(
+                    str(float_path), str(trial), _Reader(inputs), quant_format=q.QuantFormat.QDQ,
+                    per_channel=True, activation_type=q.QuantType.QInt8,
+                    weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude,
+                    calibrate_method=getattr(q.CalibrationMethod, calibrate[method]),
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            finally:
+                root.setLevel(level)
         return trial
 
     def rank(trial: Path) -> list[LayerError]:
