@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.errors import require
+from edgepilot.errors import InputError, require
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.image import mnist_style
 from edgepilot.train.checkpoint import save_checkpoint
@@ -100,8 +100,9 @@ def train_digits(out: str | Path = "runs/digits", *, arch: str = "nielsen",
                  log=print) -> dict:
     """Train a digit classifier on MNIST (or the offline sample); save ``<out>/digits.pt``."""
     if (arch, optimizer) not in DIGIT_RECIPES:
-        raise ValueError(f"No digits recipe for {arch} with {optimizer}; choose from "
-                         f"{sorted(DIGIT_RECIPES)}")
+        archs = sorted({a for a, _ in DIGIT_RECIPES})
+        raise InputError(f"No digits recipe for --arch {arch} with --optimizer {optimizer}. "
+                         f"Digits architectures: {', '.join(archs)}")
     torch.manual_seed(seed)
     started = time.perf_counter()
     train, val = load_digits("train"), load_digits("val")
