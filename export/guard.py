@@ -3,8 +3,9 @@ drop is within budget.
 
 Silent accuracy collapse is the failure users hit most with int8. After each int8 export the
 guard measures accuracy on validation images; while the drop exceeds `max_drop` points it asks
-the format's exporter which layer has the worst signal-to-quantization-noise ratio (SQNR, float
-vs quantized activations on calibration images), keeps that layer in float and quantizes again.
+the format's exporter which layers lose the most signal-to-quantization-noise ratio (SQNR,
+float vs quantized activations on calibration images), tries the worst few in float, and keeps
+the one that recovers the most accuracy.
 """
 
 from __future__ import annotations
