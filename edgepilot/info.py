@@ -380,7 +380,7 @@ def _read_checkpoint(path: Path):
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
     hooks = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
              if isinstance(m, kinds)]
-    x = torch.zeros(_input_shape(meta))
+    x = torch.zeros(meta.input_shape)
     try:
         with torch.no_grad():
             y = model(x)
@@ -403,15 +403,6 @@ def _read_checkpoint(path: Path):
     outputs = [TensorSummary(f"output{i or ''}", tuple(t.shape), str(t.dtype).split(".")[-1])
                for i, t in enumerate(y if isinstance(y, (tuple, list)) else [y])]
     return inputs, outputs, meta.to_dict(), layers, ops
-
-
-def _input_shape(meta) -> tuple[int, ...]:
-    """The batch-one input the metadata describes."""
-    height, width = meta.input_size
-    channels = meta.channels if getattr(meta, "is_image", True) else 1  # raw features: no colour
-    if meta.layout == "NC":
-        return (1, height * width * channels)
-    return (1, height, width, channels) if meta.layout == "NHWC" else (1, channels, height, width)
 
 
 def print_info(info: ModelInfo, console=None) -> None:
