@@ -22,7 +22,6 @@ every format:
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -31,7 +30,8 @@ from typing import NamedTuple
 
 from edgepilot.errors import MissingDependencyError, ModelFileError, UnsupportedFormatError, require
 from edgepilot.formats import format_for_path
-from edgepilot.meta import META_KEY
+from edgepilot.meta import META_KEY, ModelMeta
+from edgepilot.runtime.backend import file_errors, meta_entry
 
 __all__ = ["TensorSummary", "LayerSummary", "ModelInfo", "inspect_model", "print_info"]
 
@@ -142,7 +142,16 @@ def inspect_model(path: str | Path) -> ModelInfo:
     name, reader = _reader_for(path)  # an unknown suffix fails before the file is touched
     if not path.is_file():
         raise ModelFileError(f"Model file not found: '{path}'")
-    inputs, outputs, meta, layers, ops = reader(path)
+    # The one place where what a parser raises on a corrupt or hostile file (IndexError,
+    # KeyError, UnicodeDecodeError, struct.error, RecursionError...) becomes ModelFileError.
+    with file_errors("edgepilot info", path):
+        inputs, outputs, meta, layers, ops = reader(path)
+    # onnx hands back names that are not UTF-8 as bytes rather than failing: they would
+    # break the JSON output and the tables later.
+    names = [x.name for x in (*inputs, *outputs, *layers)] + [x.op for x in layers] + ops
+    if not all(isinstance(name, str) for name in names):
+        raise ModelFileError(f"'{path}' holds tensor, layer or op names that are not UTF-8 "
+                             "text: a corrupt or hostile file")
     return ModelInfo(
         path=str(path), format=name, size_bytes=path.stat().st_size, inputs=inputs,
         outputs=outputs, meta=meta,
@@ -229,11 +238,12 @@ def _macs(kind: str, out, operand) -> int:
 
 
 def _parse_meta(text: str | None, path: Path) -> dict | None:
-    if not text:
+    """The file's ModelMeta as a dict, validated as `edgepilot.load` validates it."""
+    if not meta_entry(text):
         return None
     try:
-        return json.loads(text)
-    except ValueError as err:
+        return ModelMeta.from_json(text).to_dict()
+    except (ValueError, TypeError) as err:
         raise ModelFileError(f"'{path}' carries malformed edgepilot metadata: {err}") from err
 
 
@@ -320,7 +330,7 @@ def _read_tflite(path: Path):
         dtype = dtypes.get(tensor.type, str(tensor.type))
         return TensorSummary(_text(tensor.name), shape, dtype, _quantization(tensor, dtype))
 
-    meta = _parse_meta(read_metadata(data).edgepilot_json, path)
+    meta = _parse_meta(read_metadata(data, path).edgepilot_json, path)
     return [summary(i) for i in main.inputs], [summary(i) for i in main.outputs], meta, \
         layers, ops
 
@@ -380,7 +390,10 @@ def _read_checkpoint(path: Path):
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
     hooks = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
              if isinstance(m, kinds)]
-    x = torch.zeros(meta.input_shape)
+    # Shapes are all that counting needs: torch's "meta" device runs the model on the
+    # metadata's input without allocating activations (a 4096x4096 input would take GBs).
+    model = model.to("meta")
+    x = torch.zeros(meta.input_shape, device="meta")
     try:
         with torch.no_grad():
             y = model(x)

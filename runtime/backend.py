@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Backend", "TensorInfo", "quiet_native_stderr"]
+from edgepilot.errors import EdgepilotError, ModelFileError
+
+__all__ = ["Backend", "TensorInfo", "quiet_native_stderr", "file_errors", "describe",
+           "meta_entry"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,45 @@ def quiet_native_stderr():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def describe(err: BaseException, limit: int = 200) -> str:
+    """One short line about an exception: its first line of text, or its type's name.
+    Native messages can hold the hostile file's own bytes, so the line is clipped."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    if isinstance(err, (UnicodeDecodeError, RecursionError, TypeError, IndexError,
+                        AttributeError, KeyError)) or type(err).__module__ == "struct":
+        # Parser failures whose text alone ("list index out of range") says nothing useful.
+        line = f"{type(err).__name__}: {line}"
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+@contextlib.contextmanager
+def file_errors(reader: str, path: Path):
+    """The one place where a backend's library and parser exceptions become ModelFileError.
+
+    A hostile or corrupt file can fail anywhere inside a native library or a flatbuffer or
+    protobuf reader, with any exception type (RuntimeError, TypeError, struct.error,
+    UnicodeDecodeError, RecursionError, MemoryError...). edgepilot's own errors and a broken
+    install (ImportError) pass through unchanged.
+    """
+    try:
+        yield
+    except (EdgepilotError, ImportError):
+        raise
+    except MemoryError as err:
+        raise ModelFileError(f"{reader} cannot load '{path}': it needs more memory than this "
+                             "process may use (a corrupt or hostile file?)") from err
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        raise ModelFileError(f"{reader} cannot load '{path}': {describe(err)}") from err
+
+
+def meta_entry(text: str | bytes | None) -> str | bytes | None:
+    """The edgepilot metadata entry of a file, or None when it is absent or empty ("" or
+    "{}"): an empty entry is no metadata, so the loader falls back to what else the file
+    carries. Anything else, even malformed, is returned for `ModelMeta.from_json` to judge."""
+    if text is None:
+        return None
+    squeezed = type(text)().join(text.split())  # without whitespace, str or bytes alike
+    return None if squeezed in ("", b"", "{}", b"{}") else text

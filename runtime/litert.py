@@ -9,8 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.errors import MissingDependencyError, ModelFileError
-from edgepilot.runtime.backend import Backend, TensorInfo, quiet_native_stderr
+from edgepilot.errors import MissingDependencyError
+from edgepilot.runtime.backend import (
+    Backend,
+    TensorInfo,
+    file_errors,
+    meta_entry,
+    quiet_native_stderr,
+)
 from edgepilot.runtime.tflite_metadata import read_metadata
 
 # (module holding Interpreter, distribution name) in order of preference.
@@ -43,22 +49,29 @@ class LiteRTBackend(Backend):
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
         module, dist = interpreter_module()
         data = Path(path).read_bytes()
-        try:
+        # Everything that reads the file, the interpreter and the metadata parser alike: a
+        # corrupt flatbuffer fails with any exception type, tensor names that are not UTF-8
+        # fail as they cross into Python (get_input_details).
+        with file_errors(dist, path):
+            # The metadata first: its reader also refuses what would crash the interpreter
+            # (names that are not UTF-8, scales XNNPACK aborts on, shapes of gigabytes).
+            self.metadata = read_metadata(data, path)
             with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate" notices
                 self.interpreter = module.Interpreter(model_content=data, num_threads=threads)
                 self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as err:
-            raise ModelFileError(f"{dist} cannot load '{path}': {str(err).splitlines()[0]}") \
-                from err
-        self.inputs = [tensor_info(d) for d in self.interpreter.get_input_details()]
-        self.outputs = [tensor_info(d) for d in self.interpreter.get_output_details()]
-        self._in = [d["index"] for d in self.interpreter.get_input_details()]
-        self._out = [d["index"] for d in self.interpreter.get_output_details()]
-        self.metadata = read_metadata(data)
-        self.meta_json = self.metadata.edgepilot_json or _meta_from_standard(self.metadata,
-                                                                             self.inputs[0])
+            inputs = self.interpreter.get_input_details()
+            outputs = self.interpreter.get_output_details()
+            self.inputs = [tensor_info(d) for d in inputs]
+            self.outputs = [tensor_info(d) for d in outputs]
+            self._in = [d["index"] for d in inputs]
+            self._out = [d["index"] for d in outputs]
+            ops = self._delegates()
+            # An empty edgepilot entry ("{}", files from other tools) falls back to the
+            # standard metadata that mobile clients read.
+            self.meta_json = meta_entry(self.metadata.edgepilot_json) or (
+                _meta_from_standard(self.metadata, self.inputs[0]) if self.inputs else None)
         version = getattr(importlib.import_module(dist.replace("-", "_")), "__version__", "")
-        self.description = f"{dist} {version} ({self._delegates()}, {threads or 'default'} threads)"
+        self.description = f"{dist} {version} ({ops}, {threads or 'default'} threads)"
 
     def _delegates(self) -> str:
         """What the interpreter delegated: XNNPACK partitions (more than one means ops in
@@ -80,16 +93,18 @@ class LiteRTBackend(Backend):
 
 
 def _meta_from_standard(metadata, image: TensorInfo) -> str | None:
-    """A ModelMeta JSON from the standard TFLite metadata alone (files from other tools)."""
-    if not metadata.labels or len(image.shape) != 4:
+    """A ModelMeta JSON from the standard TFLite metadata alone (files from other tools), or
+    None when it does not describe an image classifier edgepilot can feed."""
+    if not metadata.labels or len(image.shape) != 4 or image.shape[3] not in (1, 3):
         return None
     height, width = image.shape[1], image.shape[2]
-    # Standard normalisation is in pixel units: input = (pixel - mean) / std.
+    if (height is None or width is None) and metadata.image_size:
+        width, height = metadata.image_size  # a dynamic input: the size the metadata names
+    # Standard normalisation is in pixel units: input = (pixel - mean) / std. One value
+    # stands for every channel; ModelMeta checks the counts and ranges.
     mean = [m / 255 for m in metadata.mean] or [0.0]
     std = [s / 255 for s in metadata.std] or [1 / 255]
-    channels = image.shape[3]
-    mean = (mean * channels)[:channels] if len(mean) == 1 else mean
-    std = (std * channels)[:channels] if len(std) == 1 else std
     return json.dumps({"name": metadata.name or "model", "labels": metadata.labels,
-                       "input_size": [height, width], "layout": "NHWC", "color": "RGB",
+                       "input_size": [height, width], "layout": "NHWC",
+                       "color": "GRAY" if image.shape[3] == 1 else "RGB",
                        "mean": mean, "std": std, "output": "probs"})

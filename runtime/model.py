@@ -6,6 +6,7 @@ The wrapper owns what all formats share: input checks, preprocessing from the me
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import threading
@@ -14,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.errors import InputError, ModelFileError
+from edgepilot.errors import EdgepilotError, InputError, ModelFileError
 from edgepilot.formats import Format, format_for_path
 from edgepilot.meta import ModelMeta
-from edgepilot.runtime.backend import Backend, TensorInfo
+from edgepilot.runtime.backend import Backend, TensorInfo, describe
 from edgepilot.runtime.image import preprocess, read_image
 
-__all__ = ["load", "Model", "Prediction", "to_prediction", "output_scores"]
+__all__ = ["load", "Model", "Prediction", "to_prediction", "output_scores", "meta_mismatch"]
 
 # Backend module name -> class name. The module is imported only when a file needs it.
 _BACKEND_CLASSES = {"onnx": "OnnxBackend", "litert": "LiteRTBackend"}
@@ -62,14 +63,58 @@ def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | None
     if threads is not None and threads < 1:
         raise InputError(f"threads must be 1 or more, got {threads}")
     module = importlib.import_module(f"edgepilot.runtime.{fmt.backend}")
+    # Backends turn whatever their library or parser raises on a bad file into ModelFileError.
     backend = getattr(module, _BACKEND_CLASSES[fmt.backend])(path, threads=threads,
                                                               **backend_options)
-    if meta is None and backend.meta_json:
+    given = meta is not None
+    if not given and backend.meta_json:
         try:
             meta = ModelMeta.from_json(backend.meta_json)
         except (ValueError, TypeError) as err:
-            raise ModelFileError(f"'{path}' carries malformed edgepilot metadata: {err}") from err
+            raise ModelFileError(f"'{path}' carries malformed edgepilot metadata: "
+                                 f"{describe(err)}") from err
+    if meta is not None:
+        problem = meta_mismatch(meta, backend.inputs, backend.outputs)
+        if problem:
+            if given:
+                raise InputError(f"The meta passed for '{path}' does not fit the model: "
+                                 f"{problem}")
+            raise ModelFileError(f"'{path}' carries metadata that does not fit its own "
+                                 f"model: {problem}. The file is corrupt or was edited; pass "
+                                 "the right one with edgepilot.load(path, meta=ModelMeta(...))")
     return Model(backend, meta=meta, path=path, format=fmt)
+
+
+def meta_mismatch(meta: ModelMeta, inputs: list[TensorInfo],
+                  outputs: list[TensorInfo]) -> str | None:
+    """What `meta` claims that the model's tensors contradict, or None when they agree.
+
+    Checked once, at load, before anything is allocated from the metadata (predict resizes
+    every image to meta.input_size): the input tensor's static dims must equal the shape the
+    metadata implies (its dynamic dims are bounded by ModelMeta's own limits), and a static
+    output must hold one value per label.
+    """
+    if not inputs:
+        return "the model has no input tensor"
+    first = inputs[0]
+    want = meta.input_shape  # (1, C, H, W), (1, H, W, C) or (1, features)
+    got = "x".join("?" if d is None else str(d) for d in first.shape)
+    claim = (f"input_size {meta.input_size[0]}x{meta.input_size[1]}, {meta.channels} "
+             f"channel(s), layout {meta.layout}, that is {'x'.join(map(str, want))}")
+    if len(first.shape) != len(want):
+        return f"its metadata claims {claim}, but input '{first.name}' is {got}"
+    # The batch dim is not the metadata's business: predict feeds one image.
+    if any(d is not None and d != w for d, w in zip(first.shape[1:], want[1:])):
+        return f"its metadata claims {claim}, but input '{first.name}' is {got}"
+    # One value per label per image: the dims after the batch, when all of them are static.
+    per_image = outputs[0].shape[1:] if len(outputs) == 1 and len(outputs[0].shape) > 1 else ()
+    if per_image and all(d is not None for d in per_image):
+        values = math.prod(per_image)
+        labels = len(meta.labels)
+        if values != labels and not (meta.output == "sigmoid" and values == 1 and labels == 2):
+            return (f"output '{outputs[0].name}' holds {values} values but the metadata has "
+                    f"{labels} labels")
+    return None
 
 
 class Model:
@@ -109,7 +154,11 @@ class Model:
                 f"{self.path.name} takes {len(self.inputs)} input(s) "
                 f"({', '.join(i.name for i in self.inputs)}), got {len(arrays)}"
             )
-        arrays = [np.asarray(a) for a in arrays]
+        try:
+            arrays = [np.asarray(a) for a in arrays]
+        except (ValueError, TypeError) as err:  # ragged nested lists, objects without a shape
+            raise InputError(f"Inputs to {self.path.name} must be numeric arrays: "
+                             f"{describe(err)}") from err
         first = self.inputs[0].shape
         if first and first[0] == 1 and arrays[0].ndim == len(first) and len(arrays[0]) > 1:
             # The file has a fixed batch of one (TFLite): run a batch row by row.
@@ -118,7 +167,7 @@ class Model:
                 return tuple(np.concatenate(parts) for parts in zip(*rows))
             return np.concatenate(rows)
         feeds = [_to_input(a, info) for a, info in zip(arrays, self.inputs)]
-        with self._lock:
+        with self._lock, _run_errors(self.path):
             raw = self._backend.run(feeds)
         outputs = [_from_output(y, info) for y, info in zip(raw, self.outputs)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
@@ -171,6 +220,10 @@ def output_scores(output, meta: ModelMeta) -> list[float]:
     numpy overhead would cost more than the arithmetic (5x more in the live loop, where the
     core idles between camera frames and every call runs cold)."""
     scores = np.asarray(output, np.float64).ravel().tolist()
+    if not all(math.isfinite(s) for s in scores):
+        # Inputs are checked finite, so NaN or inf comes from the file's weights.
+        raise ModelFileError(f"Model '{meta.name}' produced non-finite outputs (NaN or inf) "
+                             "on a finite input: its weights are corrupt or overflow")
     if meta.output == "sigmoid" and len(scores) == 1 and len(meta.labels) == 2:
         scores = [1 - scores[0], scores[0]]  # P(second label) -> both labels
     if len(scores) != len(meta.labels):
@@ -187,20 +240,54 @@ def output_scores(output, meta: ModelMeta) -> list[float]:
 
 
 def _to_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:
-    """Check a user array against an input tensor and convert it to the tensor's dtype."""
+    """Check a user array against an input tensor and convert it to the tensor's dtype.
+
+    Never a silent wrong value: non-numbers, NaN/inf and values the tensor's dtype cannot
+    hold are errors; an array of another dtype than a quantized tensor's holds real values
+    and is quantized (uint8 pixels into an int8 model: 200 -> 200 / scale + zero point, not
+    a cast that wraps to -56).
+    """
     fixed = [d for d in info.shape]
     if x.ndim != len(fixed) or any(d is not None and d != s for d, s in zip(fixed, x.shape)):
         want = "x".join("?" if d is None else str(d) for d in fixed)
         raise InputError(
             f"Input '{info.name}' expects shape {want}, got {'x'.join(map(str, x.shape))}"
         )
-    if info.quantized and not np.issubdtype(x.dtype, np.integer):
-        return info.quantize(x)  # at the boundary: the user always passes real values
-    if x.dtype != info.dtype:
-        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-            raise InputError(f"Input '{info.name}' expects numbers, got dtype {x.dtype}")
-        x = x.astype(info.dtype)
-    return x
+    if x.dtype.kind not in "biuf":  # strings, bytes, objects, complex
+        raise InputError(f"Input '{info.name}' expects real numbers, got dtype {x.dtype}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise InputError(f"Input '{info.name}' holds NaN or infinite values; pass finite "
+                         "numbers")
+    if x.dtype == info.dtype:
+        return x  # the file's own dtype: raw values (already quantized, if it is)
+    if info.quantized:
+        return info.quantize(x)  # at the boundary: real values in
+    if info.dtype.kind in "iu":
+        limits = np.iinfo(info.dtype)
+        if x.size and (x.min() < limits.min or x.max() > limits.max):
+            raise InputError(f"Input '{info.name}' is {info.dtype}, which holds "
+                             f"{limits.min}..{limits.max}; got values {x.min()}..{x.max()}")
+        if x.dtype.kind == "f" and (x != np.round(x)).any():
+            raise InputError(f"Input '{info.name}' is {info.dtype}: pass whole numbers")
+    converted = x.astype(info.dtype)
+    if info.dtype.kind == "f" and not np.isfinite(converted).all():
+        raise InputError(f"Input '{info.name}' has values too large for {info.dtype}")
+    return converted
+
+
+@contextlib.contextmanager
+def _run_errors(path: Path):
+    """Inference failures the backend library raises on a corrupt graph (a shape or op
+    that only fails when run) as ModelFileError, like the failures at load."""
+    try:
+        yield
+    except (EdgepilotError, ImportError):
+        raise
+    except MemoryError as err:
+        raise ModelFileError(f"Running '{path}' needs more memory than this process may "
+                             "use") from err
+    except Exception as err:  # noqa: BLE001 - onnxruntime and LiteRT raise their own types
+        raise ModelFileError(f"Running '{path}' failed: {describe(err)}") from err
 
 
 def _from_output(y: np.ndarray, info: TensorInfo) -> np.ndarray:

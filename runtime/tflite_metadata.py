@@ -47,11 +47,21 @@ class TfliteMetadata:
     std: list[float] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     edgepilot_json: str | None = None
-    files: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # the associated files read
+
+
+# Bounds on what is read from a file, so that a hostile one cannot make the reader allocate
+# or loop without end. Real files hold a handful of entries and a labels.txt of kilobytes.
+#: Most entries in any flatbuffer vector read (tables, floats); the model's buffers excepted.
+MAX_VECTOR = 4096
+#: Most members in the appended zip, and the largest associated file read (uncompressed).
+MAX_ZIP_MEMBERS = 1024
+MAX_FILE_BYTES = 16 << 20
 
 
 class _Table:
-    """Reads a flatbuffers table by slot number."""
+    """Reads a flatbuffers table by slot number. Every read is bounds-checked by the
+    flatbuffers runtime (struct.error, IndexError); vector lengths are bounded here."""
 
     def __init__(self, buf: bytes, pos: int):
         from flatbuffers.table import Table
@@ -67,35 +77,51 @@ class _Table:
 
     def string(self, slot: int) -> str | None:
         o = self._offset(slot)
-        return self.t.String(o + self.t.Pos).decode() if o else None
+        return _utf8(self.t.String(o + self.t.Pos), "a string") if o else None
 
     def table(self, slot: int) -> _Table | None:
         o = self._offset(slot)
         return _Table(self.t.Bytes, self.t.Indirect(o + self.t.Pos)) if o else None
 
-    def tables(self, slot: int) -> list[_Table]:
+    def vector(self, slot: int, limit: int = MAX_VECTOR) -> tuple[int, int]:
+        """(start, length) of a vector field; (0, 0) when absent."""
         o = self._offset(slot)
         if not o:
-            return []
-        start = self.t.Vector(o)
-        return [_Table(self.t.Bytes, self.t.Indirect(start + 4 * i))
-                for i in range(self.t.VectorLen(o))]
+            return 0, 0
+        start, length = self.t.Vector(o), self.t.VectorLen(o)
+        if length > limit or start + length > len(self.t.Bytes):
+            raise ValueError(f"a vector of {length:,} entries does not fit the file")
+        return start, length
+
+    def table_at(self, start: int, i: int) -> _Table:
+        return _Table(self.t.Bytes, self.t.Indirect(start + 4 * i))
+
+    def tables(self, slot: int) -> list[_Table]:
+        start, length = self.vector(slot)
+        return [self.table_at(start, i) for i in range(length)]
 
     def floats(self, slot: int) -> list[float]:
         from flatbuffers import number_types as N
 
-        o = self._offset(slot)
-        if not o:
-            return []
-        start = self.t.Vector(o)
-        return [self.t.Get(N.Float32Flags, start + 4 * i) for i in range(self.t.VectorLen(o))]
+        start, length = self.vector(slot)
+        return [self.t.Get(N.Float32Flags, start + 4 * i) for i in range(length)]
+
+    def ints(self, slot: int, limit: int = MAX_VECTOR) -> list[int]:
+        from flatbuffers import number_types as N
+
+        start, length = self.vector(slot, limit)
+        return [self.t.Get(N.Int32Flags, start + 4 * i) for i in range(length)]
 
     def bytes(self, slot: int) -> bytes:
-        o = self._offset(slot)
-        if not o:
-            return b""
-        start = self.t.Vector(o)
-        return bytes(self.t.Bytes[start:start + self.t.VectorLen(o)])
+        start, length = self.vector(slot, limit=len(self.t.Bytes))
+        return bytes(self.t.Bytes[start:start + length])
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} is not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 def _root(buf: bytes) -> _Table:
@@ -105,61 +131,241 @@ def _root(buf: bytes) -> _Table:
     return _Table(buf, encode.Get(N.UOffsetTFlags.packer_type, buf, 0))
 
 
-def _named_buffers(model: bytes) -> dict[str, bytes]:
-    """The model's `metadata` entries: name -> bytes of the buffer they point to."""
+def _named_buffers(model: bytes, wanted: tuple[str, ...]) -> dict[str, bytes]:
+    """The model's `metadata` entries named in `wanted`: name -> bytes of their buffer."""
     from flatbuffers import number_types as N
 
     root = _root(model)
-    buffers = root.tables(_MODEL_BUFFERS)
+    # Large models have many buffers: index into the vector rather than read them all.
+    start, count = root.vector(_MODEL_BUFFERS, limit=len(model))
     named = {}
     for entry in root.tables(_MODEL_METADATA):
-        index = entry.scalar(1, N.Uint32Flags)
-        if entry.string(0) and index < len(buffers):
-            named[entry.string(0)] = buffers[index].bytes(0)
+        name, index = entry.string(0), entry.scalar(1, N.Uint32Flags)
+        if name in wanted and index < count:
+            named[name] = root.table_at(start, index).bytes(0)
     return named
 
 
-def _appended_files(model: bytes) -> dict[str, bytes]:
+def _associated_files(model: bytes, names: set[str]) -> dict[str, bytes]:
+    """The members `names` of the zip appended to the model, read within bounds: no more
+    than MAX_FILE_BYTES each however large the zip claims (or inflates) them to be."""
     try:
-        with zipfile.ZipFile(io.BytesIO(model)) as archive:
-            return {name: archive.read(name) for name in archive.namelist()}
+        archive = zipfile.ZipFile(io.BytesIO(model))
     except zipfile.BadZipFile:
-        return {}
+        return {}  # no zip appended: the files are simply missing
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_ZIP_MEMBERS:
+            raise ValueError(f"the appended zip has {len(infos):,} members, more than "
+                             f"{MAX_ZIP_MEMBERS:,}")
+        files = {}
+        for info in infos:
+            if info.filename not in names or info.filename in files:
+                continue
+            if info.file_size > MAX_FILE_BYTES:
+                raise ValueError(f"'{info.filename}' in the appended zip is "
+                                 f"{info.file_size:,} bytes, more than {MAX_FILE_BYTES:,}")
+            with archive.open(info) as member:  # a lying header: read no more than the bound
+                data = member.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                raise ValueError(f"'{info.filename}' in the appended zip inflates to more "
+                                 f"than {MAX_FILE_BYTES:,} bytes")
+            files[info.filename] = data
+        return files
 
 
-def read_metadata(model: bytes) -> TfliteMetadata:
-    """Read the standard metadata (labels, normalisation) and edgepilot's JSON of a model."""
+def read_metadata(model: bytes, source: object = "the model") -> TfliteMetadata:
+    """Read the standard metadata (labels, normalisation) and edgepilot's JSON of a model.
+
+    Args:
+        model: the .tflite file's bytes.
+        source: the file's name, for error messages.
+
+    Raises:
+        ModelFileError: the file is not a TFLite flatbuffer, or its metadata, names or
+            appended zip are corrupt or exceed the bounds above.
+    """
+    if model[4:8] != _MODEL_ID:
+        raise ModelFileError(f"'{source}' is not a TFLite flatbuffer (file identifier is not "
+                             "TFL3)")
+    # The one place where this parser's failures become an edgepilot error: a corrupt
+    # flatbuffer fails with struct.error, IndexError, TypeError...; a corrupt zip with
+    # BadZipFile, zlib.error, EOFError, NotImplementedError...
+    try:
+        return _read(model)
+    except MemoryError as err:
+        raise ModelFileError(f"Reading the TFLite metadata of '{source}' needs more memory "
+                             "than allowed") from err
+    except Exception as err:  # noqa: BLE001 - see above
+        from edgepilot.runtime.backend import describe
+
+        raise ModelFileError(f"Corrupt TFLite file '{source}': {describe(err)}") from err
+
+
+def _check_names(model: bytes) -> None:
+    """Every name in the model (tensors, subgraphs, signatures, custom ops) must be UTF-8:
+    LiteRT 2.3 corrupts its heap and aborts the process (a double free in
+    allocate_tensors) on a tensor name that is not, so this runs before the interpreter."""
+    root = _root(model)
+    whole = len(model)  # a real model may have thousands of tensors: bound by the file
+
+    def check(table: _Table, slot: int, what: str) -> None:
+        try:
+            table.string(slot)
+        except ValueError as err:
+            raise ValueError(f"{what} is not UTF-8 text") from err
+
+    for code in _all(root, 1, whole):
+        check(code, 1, "a custom op's name")
+    for subgraph in _all(root, 2, whole):
+        check(subgraph, 4, "a subgraph's name")
+        for tensor in _all(subgraph, 0, whole):
+            check(tensor, 3, "a tensor's name")
+    for signature in _all(root, 7, whole):
+        check(signature, 2, "a signature's name")
+        for slot in (0, 1):
+            for tensor_map in _all(signature, slot, whole):
+                check(tensor_map, 0, "a signature's tensor name")
+
+
+# Builtin codes of the ops XNNPACK requantizes as in * weight / out (schema.fbs).
+_REQUANTIZED = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED",
+                67: "TRANSPOSE_CONV"}
+#: XNNPACK refuses a requantization scale of 256 or more; LiteRT 2.3 then frees memory twice
+#: and aborts the process, so such a file must not reach the interpreter.
+MAX_REQUANTIZATION_SCALE = 256.0
+
+
+def _check_quantization(model: bytes) -> None:
+    """Refuse quantized convolutions and fully connected layers whose scales XNNPACK cannot
+    requantize (in_scale * weight_scale / out_scale >= 256): real models stay far below 1."""
     from flatbuffers import number_types as N
 
-    if model[4:8] != _MODEL_ID:
-        raise ModelFileError("not a TFLite flatbuffer (file identifier is not TFL3)")
-    named = _named_buffers(model)
-    result = TfliteMetadata(files=_appended_files(model))
+    root = _root(model)
+    whole = len(model)
+    codes = [max(c.scalar(0, N.Int8Flags), c.scalar(3, N.Int32Flags))
+             for c in _all(root, 1, whole)]
+    for subgraph in _all(root, 2, whole):
+        tensors = _all(subgraph, 0, whole)
+
+        def scales(index: int, tensors=tensors) -> list[float]:
+            if not 0 <= index < len(tensors):
+                return []
+            quantization = tensors[index].table(4)
+            return quantization.floats(2) if quantization else []
+
+        for op in _all(subgraph, 3, whole):
+            index = op.scalar(0, N.Uint32Flags)
+            name = _REQUANTIZED.get(codes[index] if index < len(codes) else -1)
+            ins, outs = op.ints(1, whole), op.ints(2, whole)
+            if not name or len(ins) < 2 or not outs:
+                continue
+            x, w, y = scales(ins[0]), scales(ins[1]), scales(outs[0])
+            if len(x) != 1 or len(y) != 1 or not w or y[0] <= 0:
+                continue  # float, or quantized in a way the interpreter checks itself
+            worst = max(x[0] * s / y[0] for s in w)
+            if not worst < MAX_REQUANTIZATION_SCALE:  # also catches NaN
+                raise ValueError(f"a quantized {name} has a requantization scale of "
+                                 f"{worst:.3g}; LiteRT supports less than "
+                                 f"{MAX_REQUANTIZATION_SCALE:g}")
+
+
+#: Most bytes of all the activation tensors (not constants) a model's shapes may claim: the
+#: interpreter allocates them at load, before edgepilot could compare them with anything.
+MAX_ACTIVATION_BYTES = 1 << 30
+#: Most elements of one input tensor: a 4096x4096 RGB image.
+MAX_INPUT_ELEMENTS = 4096 * 4096 * 3
+# TensorType -> bytes per element (schema.fbs); 8 for types not listed.
+_ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 6: 1, 7: 2, 9: 1, 15: 4, 16: 2, 17: 1, 18: 2}
+
+
+def _check_sizes(model: bytes) -> None:
+    """Refuse a model whose tensor shapes claim more than MAX_ACTIVATION_BYTES of
+    activations (one flipped byte in a shape can ask for gigabytes)."""
+    from flatbuffers import number_types as N
+
+    root = _root(model)
+    whole = len(model)
+    buffers = _all(root, 4, whole)
+
+    def constant(index: int) -> bool:
+        if not 0 < index < len(buffers):
+            return False
+        return buffers[index].vector(0, whole)[1] > 0 or \
+            buffers[index].scalar(1, N.Uint64Flags) > 1  # weights stored after the flatbuffer
+
+    def elements(tensor: _Table) -> int:
+        count = 1
+        for dim in tensor.ints(0, whole):
+            count *= max(dim, 1)
+        return count
+
+    total = 0
+    for subgraph in _all(root, 2, whole):
+        tensors = _all(subgraph, 0, whole)
+        # The inputs drive the shapes the interpreter computes at load: bound them as
+        # ModelMeta bounds what predict feeds (4096x4096, 3 channels).
+        for index in subgraph.ints(1, whole):
+            if 0 <= index < len(tensors) and elements(tensors[index]) > MAX_INPUT_ELEMENTS:
+                raise ValueError(f"an input tensor claims {elements(tensors[index]):,} "
+                                 f"elements, more than {MAX_INPUT_ELEMENTS:,}")
+        for tensor in tensors:
+            if constant(tensor.scalar(2, N.Uint32Flags)):
+                continue  # its bytes are in the file, whose size bounds them
+            total += elements(tensor) * _ITEMSIZE.get(tensor.scalar(1, N.Int8Flags), 8)
+            if total > MAX_ACTIVATION_BYTES:
+                raise ValueError(f"its tensor shapes claim more than {MAX_ACTIVATION_BYTES:,} "
+                                 "bytes of activations (a corrupt shape?)")
+
+
+def _all(table: _Table, slot: int, limit: int) -> list[_Table]:
+    start, length = table.vector(slot, limit)
+    return [table.table_at(start, i) for i in range(length)]
+
+
+def _read(model: bytes) -> TfliteMetadata:
+    from flatbuffers import number_types as N
+
+    from edgepilot.meta import MAX_LABELS
+
+    _check_names(model)
+    _check_quantization(model)
+    _check_sizes(model)
+    named = _named_buffers(model, (EDGEPILOT_NAME, STANDARD_NAME))
+    result = TfliteMetadata()
     if EDGEPILOT_NAME in named:
-        result.edgepilot_json = named[EDGEPILOT_NAME].decode()
+        result.edgepilot_json = _utf8(named[EDGEPILOT_NAME], "the edgepilot metadata")
     standard = named.get(STANDARD_NAME)
     if not standard or standard[4:8] != _METADATA_ID:
         return result
     root = _root(standard)
     result.name = root.string(0)
+    label_files = []
     for subgraph in root.tables(3)[:1]:
         for tensor in subgraph.tables(2)[:1]:  # the image input
             content = tensor.table(3)
             if content and content.scalar(0, N.Uint8Flags) == _CONTENT_IMAGE:
                 props = content.table(1)
-                result.color = _COLOR.get(props.scalar(0, N.Int8Flags))
-                size = props.table(1)
-                if size:
-                    result.image_size = (size.scalar(0, N.Uint32Flags),
-                                         size.scalar(1, N.Uint32Flags))
+                if props:
+                    result.color = _COLOR.get(props.scalar(0, N.Int8Flags))
+                    size = props.table(1)
+                    if size:
+                        result.image_size = (size.scalar(0, N.Uint32Flags),
+                                             size.scalar(1, N.Uint32Flags))
             for unit in tensor.tables(4):
-                if unit.scalar(0, N.Uint8Flags) == _UNIT_NORMALIZATION:
-                    result.mean, result.std = unit.table(1).floats(0), unit.table(1).floats(1)
+                options = unit.table(1)
+                if unit.scalar(0, N.Uint8Flags) == _UNIT_NORMALIZATION and options:
+                    result.mean, result.std = options.floats(0), options.floats(1)
         for tensor in subgraph.tables(3)[:1]:  # the scores output
-            for afile in tensor.tables(6):
-                if afile.scalar(2, N.Int8Flags) == _TENSOR_AXIS_LABELS:
-                    text = result.files.get(afile.string(0), b"").decode()
-                    result.labels = [line for line in text.splitlines() if line]
+            label_files += [afile.string(0) for afile in tensor.tables(6)
+                            if afile.scalar(2, N.Int8Flags) == _TENSOR_AXIS_LABELS]
+    if label_files:
+        result.files = _associated_files(model, set(label_files))
+        text = _utf8(result.files.get(label_files[0], b""), f"'{label_files[0]}'")
+        result.labels = [line for line in text.splitlines() if line]
+        if len(result.labels) > MAX_LABELS:
+            raise ValueError(f"'{label_files[0]}' has {len(result.labels):,} labels, more "
+                             f"than {MAX_LABELS:,}")
     return result
 
 

@@ -56,15 +56,48 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelMeta, dict]:
             f"'{path}' is not an edgepilot checkpoint: it lacks {', '.join(missing)}. "
             "Plain state dicts need their architecture: build the model and use edgepilot.export."
         )
+    arch, config, weights = payload["arch"], payload["config"], payload["state_dict"]
+    if not isinstance(arch, str) or not isinstance(config, dict) or \
+            not isinstance(weights, dict) or \
+            not all(isinstance(k, str) and isinstance(v, (bool, int, float, str))
+                    for k, v in config.items()):
+        raise ModelFileError(f"'{path}' is a malformed edgepilot checkpoint: arch must be a "
+                             "name, config a dict of plain values, state_dict a dict")
     try:
-        model = create_model(payload["arch"], **payload["config"])
+        meta = ModelMeta.from_dict(payload["meta"])
+    except (ValueError, TypeError) as err:
+        raise ModelFileError(f"'{path}' carries malformed metadata: {err}") from err
+    # The config must describe the weights the file holds, checked on torch's "meta" device
+    # (shapes without memory) before anything is allocated: a config of width 4000 would
+    # otherwise build a multi-GB model only to find that the weights do not fit.
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(arch, **config)
     except UnknownArchitectureError as err:
         raise UnknownArchitectureError(f"Checkpoint '{path}': {err}") from err
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise ModelFileError(f"'{path}': architecture '{arch}' cannot be built with config "
+                             f"{config}: {str(err).splitlines()[0] if str(err) else err!r}") \
+            from err
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None
+             for k, v in weights.items()}
+    if expected != found:
+        differ = sorted(k for k in expected.keys() | found.keys()
+                        if expected.get(k) != found.get(k))
+        first = differ[0]
+        raise ModelFileError(
+            f"Weights in '{path}' do not fit architecture '{arch}' with config {config}: "
+            f"{len(differ)} tensor(s) differ, e.g. '{first}' is {found.get(first)} in the "
+            f"file, {expected.get(first)} in the architecture"
+        )
+    # Now the model is no larger than the weights in the file.
+    model = create_model(arch, **config)
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
         raise ModelFileError(
-            f"Weights in '{path}' do not fit architecture '{payload['arch']}' "
-            f"with config {payload['config']}: {str(err).splitlines()[0]}"
+            f"Weights in '{path}' do not fit architecture '{arch}' "
+            f"with config {config}: {str(err).splitlines()[0]}"
         ) from err
-    return model.eval(), ModelMeta.from_dict(payload["meta"]), payload
+    return model.eval(), meta, payload
