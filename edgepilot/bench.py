@@ -152,6 +152,8 @@ def benchmark(models: Sequence, *, threads: Sequence[int | None] = (None,), runs
     """
     if runs < 1 or rounds < 1 or warmup < 0:
         raise InputError("runs and rounds must be 1 or more, warmup 0 or more")
+    if duration is not None and not 0 < duration < float("inf"):  # NaN fails both
+        raise InputError(f"duration must be a number of seconds more than 0, got {duration}")
     for count in threads:
         if count is not None and count < 1:
             raise InputError(f"threads must be 1 or more, got {count}")

@@ -1,12 +1,20 @@
 """The `edgepilot` command line. Each sub-command is a small function over the Python API.
 
-Errors print one line and exit 1; ``--debug`` shows the traceback instead.
+Errors print one line and exit 1; ``--debug`` shows the traceback instead. A run stopped by
+Ctrl-C exits 130, by SIGTERM 143 (128 + the signal number, as a shell reports it).
+
+``--out`` means the same in every command: an existing folder, or a path ending in ``/``, is a
+folder (export names the files after the checkpoint in it); otherwise export takes it as a
+path stem (``runs/net`` -> ``runs/net.onnx``) and train, bench and demo as a folder to create.
+Every output path is checked before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,7 +34,59 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _is_folder_arg(text: str) -> bool:
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
+
+
+def check_output_folder(folder: str | Path, option: str) -> Path:
+    """A folder that will be created if needed: its nearest existing ancestor must be a
+    writable folder."""
+    path = Path(folder)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option} '{folder}': '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"{option} '{folder}': no permission to write in '{existing}'")
+    return path
+
+
+def check_output_file(target: str | Path, option: str) -> Path:
+    """A file to be written: not a folder, in an existing writable folder."""
+    path = Path(target)
+    if path.is_dir() or str(target).endswith(("/", os.sep)):
+        raise InputError(f"{option} '{target}' is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise InputError(f"Folder does not exist for {option} '{target}': create it first")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{option} '{target}': no permission to write there")
+    return path
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output_folder(args.out, "--out")
     if args.task == "neuron":
         from edgepilot.train.classic import train_neuron
 
@@ -57,12 +117,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     from edgepilot.export import export
     from edgepilot.train.checkpoint import load_checkpoint
 
-    model, meta, _ = load_checkpoint(args.checkpoint)
+    checkpoint = Path(args.checkpoint)
+    if args.out is None:
+        out = checkpoint.with_suffix("")
+    elif _is_folder_arg(args.out):  # a folder: the files are named after the checkpoint
+        out = check_output_folder(args.out, "--out") / checkpoint.stem
+    else:  # a path stem
+        out = Path(args.out)
+        check_output_folder(out.parent, "--out")
+    model, meta, _ = load_checkpoint(checkpoint)
     val = _validation_data(meta, args.val_size)
     import torch
 
     sample = torch.zeros(meta.input_shape)
-    out = args.out or Path(args.checkpoint).with_suffix("")
     reports = export(model, sample, formats=args.format, out=out, meta=meta,
                      precision=args.precision, val_data=val, calib=args.calib,
                      calib_size=args.calib_size, calib_method=args.calib_method,
@@ -143,9 +210,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edgepilot.bench import benchmark, export_matrix, labelled_folder
     from edgepilot.bench_report import append_csv, dump_json, plot, print_table, to_json
 
-    for target in (args.plot, args.csv, args.json_out):  # fail before measuring anything
-        if target and not Path(target).parent.is_dir():
-            raise InputError(f"Folder does not exist for '{target}': create it first")
+    for target, option in ((args.plot, "--plot"), (args.csv, "--csv"),
+                           (args.json_out, "--json-out")):  # fail before measuring anything
+        if target:
+            check_output_file(target, option)
+    if args.export:
+        check_output_folder(args.out, "--out")
     models = [resolve_model(m) for m in args.models]
     failed, data = [], None
     if args.export:
@@ -169,6 +239,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         append_csv(results, args.csv)
     if args.plot:
         plot(results, args.plot)
+    if all(r.error for r in results):
+        print("error: no model could be benchmarked (each result says why)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -184,6 +257,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgepilot.demo import run_demo
 
+    check_output_folder(args.out, "--out")
     run_demo(Path(args.out), train=args.train, n_images=args.images, log=_log)
     return 0
 
@@ -240,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-dtype", default=None, choices=["int8", "uint8", "float32"],
                    help="boundary type of int8 files (tflite: int8 or uint8 for MediaPipe and "
                         "mobile task libraries)")
-    p.add_argument("--out", default=None, help="output path stem (default: beside checkpoint)")
+    p.add_argument("--out", default=None,
+                   help="output path stem, or a folder (existing, or ending in /) to write "
+                        "files named after the checkpoint in (default: beside the checkpoint)")
     p.add_argument("--val-size", type=int, default=2_000,
                    help="validation images for the parity report (0: random inputs)")
     p.set_defaults(func=cmd_export)
@@ -259,9 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, nargs="+", default=[None],
                    help="thread counts to sweep, e.g. --threads 1 2")
     p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per model")
-    p.add_argument("--duration", type=float, default=None,
+    p.add_argument("--duration", type=_positive_float, default=None,
                    help="seconds of timed runs per model instead of --runs")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
+    p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed runs first")
     p.add_argument("--rounds", type=_positive_int, default=10, help="interleaved rounds")
     p.add_argument("--data", default=None, help="labelled images: a folder of label sub-folders")
     p.add_argument("--pipeline", action="store_true",
@@ -308,13 +384,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    signum = signal.SIGTERM
+
+
+def _on_sigterm(signum, frame):
+    # SIGTERM (systemd, docker stop) unwinds like Ctrl-C, so files in progress are finalised.
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        if not getattr(err, "reported", False):
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"interrupted ({name})", file=sys.stderr)
+        return 128 + signum
     except Exception as err:
         if args.debug:
             raise
@@ -324,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)",
                   file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

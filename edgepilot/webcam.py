@@ -1,10 +1,18 @@
 """`edgepilot webcam`: the live demo. A capture thread keeps the newest frame and prepares the
 model input, an inference thread runs the model on it, and this thread draws the overlay and
-sends it to a window, a web page (--serve) or a video file (see runtime/live.py)."""
+sends it to a window, a web page (--serve) or a video file (see runtime/live.py).
+
+Stopping: Ctrl-C (SIGINT), SIGTERM (systemd, docker stop) and SIGHUP end the run at the next
+frame, finalise the recording and report what was saved; the process then exits 128 + the
+signal number (130, 143, 129), as a shell reports a process a signal stopped. A second
+signal stops at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +22,36 @@ from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.runtime.camera import FrameGrabber, SourceError, SyntheticSource, open_source
 from edgepilot.runtime.live import LiveState, parse_roi, run_live
 
-__all__ = ["run_webcam"]
+__all__ = ["run_webcam", "Recorder", "RecordingError", "Stopped", "default_threads"]
+
+# Containers a recording can use. Matroska and AVI are readable up to the last frame written
+# even when the process is killed (SIGKILL, power loss); MP4 keeps its index at the end, so it
+# is playable only once finalised (on a normal end, an error, Ctrl-C, SIGTERM or SIGHUP).
+CONTAINERS = {".mp4": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+class RecordingError(EdgepilotError):
+    """The video file could not be written (full disk, unwritable folder, failed encoder)."""
+
+
+class Stopped(KeyboardInterrupt):
+    """The run was stopped by a signal, after the recording was finalised and reported."""
+
+    def __init__(self, signum: int, reported: bool = True):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.reported = reported  # whether the CLI need not say "interrupted" again
+
+
+def default_threads() -> int:
+    """Model threads: the cores this process may use, less one for capture and overlay."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # what a container or taskset really allows
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 2
+    return max(1, cores - 1)
 
 
 def _frame_size(source) -> tuple[int, int]:
@@ -41,14 +78,99 @@ def _window() -> Callable:
     return show
 
 
-def _recorder(path: str, fps: float, size: tuple[int, int]):
+def check_save_path(path: str | Path) -> Path:
+    """Refuse a --save target that cannot work before any model or camera is opened."""
     target = Path(path)
-    if not target.parent.is_dir():
-        raise InputError(f"Folder does not exist for --save '{path}'")
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    if not writer.isOpened():
-        raise EdgepilotError(f"Cannot write video '{path}': use an .mp4 or .avi name")
-    return writer
+    if target.is_dir():
+        raise InputError(f"--save '{path}' is a folder: give a file name, e.g. {target}/out.mp4")
+    if target.suffix.lower() not in CONTAINERS:
+        raise InputError(f"--save '{path}': use a .mp4 name, or .mkv / .avi, which stay "
+                         "playable even if the process is killed")
+    folder = target.parent
+    if not folder.is_dir():
+        raise InputError(f"Folder does not exist for --save '{path}': create it first")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise InputError(f"Cannot write --save '{path}': no write permission")
+    return target
+
+
+class Recorder:
+    """A video file that counts what was really written and fails loudly when writing fails.
+
+    `frames` is the number of frames the encoder accepted; `close()` finalises the file and
+    checks that it can be read back."""
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
+        self.path = check_save_path(path)
+        self.frames = 0
+        self.closed = False
+        # A failed write is reported once, by RecordingError, not by a warning per frame.
+        self._log_level = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(
+            *CONTAINERS[self.path.suffix.lower()]), fps, size)
+        if not self.writer.isOpened():
+            self.release()
+            raise RecordingError(f"Cannot create the video '{path}': is the disk full or "
+                                 "the file locked?")
+
+    def write(self, frame_bgr) -> None:
+        # OpenCV >= 5 reports a failed write (full disk, file size limit) as False; older
+        # versions return None, and close() finds the loss instead.
+        if self.writer.write(frame_bgr) is False:
+            raise RecordingError(f"Writing the video '{self.path}' failed after {self.frames} "
+                                 "frames: is the disk full?")
+        self.frames += 1
+
+    def release(self) -> None:
+        """Finalise the file (once)."""
+        if not self.closed:
+            self.closed = True
+            self.writer.release()
+            cv2.utils.logging.setLogLevel(self._log_level)
+
+    def close(self) -> None:
+        """Finalise the file, then check that it holds what was written."""
+        if self.closed:
+            return
+        self.release()
+        if not self.frames:
+            return
+        from edgepilot.runtime.backend import quiet_native_stderr
+
+        with quiet_native_stderr():  # FFmpeg's own notes on a damaged file; the error says it
+            video = cv2.VideoCapture(str(self.path))
+            try:
+                readable = video.isOpened() and video.read()[0]
+                counted = video.get(cv2.CAP_PROP_FRAME_COUNT) if readable else 0
+            finally:
+                video.release()
+        # MP4 states its frame count exactly; other containers estimate it from the duration.
+        exact = self.path.suffix.lower() == ".mp4"
+        if not readable or (exact and counted < self.frames):
+            raise RecordingError(f"The video '{self.path}' is damaged after {self.frames} "
+                                 "frames were written: is the disk full?")
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """While the live loop runs, SIGINT/SIGTERM/SIGHUP ask it to stop at the next frame (so the
+    recording is finalised); a second one stops at once. Yields the list of signals seen."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # handlers can only be set from the main thread
+        return
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
+            raise Stopped(signum, reported=False)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
@@ -57,59 +179,70 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                threads: int | None = None, log: Callable[[str], None] = print) -> LiveState:
     """Run the live demo; returns the final state (with timings) when it ends.
 
-    `threads` (model threads) defaults to one fewer than the cores: the capture thread
+    `frames` stops after that many frames reached the output (a recording of N frames holds
+    N). `threads` (model threads) defaults to one fewer than the cores: the capture thread
     prepares the next frame while the model runs, and a model thread pool that spins on every
-    core would take its core away."""
+    core would take its core away. A signal (Ctrl-C, SIGTERM) finalises the recording and
+    then raises `Stopped`."""
     import edgepilot
     from edgepilot.assets import resolve_model
     from edgepilot.runtime.web import LiveServer, parse_address
 
     if headless and frames is None and save is None:
         raise InputError("--headless needs --frames N or --save FILE (or both)")
-    if threads is None:  # the capture and overlay threads need a core too
-        threads = max(1, (os.cpu_count() or 2) - 1)
-    model = edgepilot.load(resolve_model(model_spec), threads=threads)
+    if save:
+        check_save_path(save)  # before loading anything
     address = parse_address(serve) if serve else None
+    if threads is None:
+        threads = default_threads()
+    model = edgepilot.load(resolve_model(model_spec), threads=threads)
     src = open_source(source)
     size = _frame_size(src)
-    region = parse_roi(roi, *size)
-    server = writer = show = None
+    server = recorder = show = None
     try:
-        writer = _recorder(save, src.fps, size) if save else None
-        if address:
-            server = LiveServer(*address).start()
-            log(f"serving the live page on {server.url}  (Ctrl-C to stop)")
-        if not headless and not address:
-            show = _window()
-        quit_requested = []
+        region = parse_roi(roi, *size)
+        with _stop_on_signals() as signals:
+            recorder = Recorder(save, src.fps, size) if save else None
+            if address:
+                server = LiveServer(*address).start()
+                log(f"serving the live page on {server.url}  (Ctrl-C to stop)")
+            if not headless and not address:
+                show = _window()
+            quit_requested = []
 
-        def on_frame(frame, state: LiveState) -> None:
-            if writer is not None:
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            if server is not None:
-                server.publish(frame, state.public())
-            if show is not None and show(frame, state):
-                quit_requested.append(True)
+            def on_frame(frame, state: LiveState) -> None:
+                if recorder is not None:
+                    recorder.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+                if server is not None:
+                    server.publish(frame, state.public())
+                if show is not None and show(frame, state):
+                    quit_requested.append(True)
 
-        log(f"{model.path.name} on {source} ({size[0]}x{size[1]}), {model.backend}, "
-            f"{threads} model thread{'s' if threads > 1 else ''}")
-        with FrameGrabber(src) as grabber:
-            try:
+            if save and frames is None and recorder.path.suffix.lower() == ".mp4":
+                log("note: an .mp4 is playable once finalised (at the end, Ctrl-C, SIGTERM); "
+                    "record to .mkv to keep every frame even if the process is killed")
+            log(f"{model.path.name} on {source} ({size[0]}x{size[1]}), {model.backend}, "
+                f"{threads} model thread{'s' if threads > 1 else ''}"
+                + (f", recording to {save}" if save else ""))
+            with FrameGrabber(src) as grabber:
                 state = run_live(model, grabber, roi=region, smooth=smooth, frames=frames,
-                                 on_frame=on_frame, stop=lambda: bool(quit_requested))
-            except KeyboardInterrupt:
-                log("stopped (Ctrl-C)")
-                return LiveState()
-            if grabber.ended and not grabber.finished_normally:
-                saved = f"; the {state.shown} frames recorded are saved in {save}" \
-                    if save else ""
-                raise SourceError(f"{source}: {grabber.ended}{saved}")
-        log(f"processed {state.processed} frames, {state.fps:.1f} FPS")
+                                 on_frame=on_frame,
+                                 stop=lambda: bool(quit_requested or signals))
+        if recorder is not None:
+            recorder.close()
+        saved = f"; {recorder.frames} frames recorded in {save}" if recorder else ""
+        if signals:
+            name = "Ctrl-C" if signals[0] == signal.SIGINT else signal.Signals(signals[0]).name
+            log(f"stopped ({name}) after {state.processed} frames{saved}")
+            raise Stopped(signals[0])
+        if grabber.ended and not grabber.finished_normally:
+            raise SourceError(f"{source}: {grabber.ended}{saved}")
+        log(f"processed {state.processed} frames, {state.fps:.1f} FPS{saved}")
         return state
     finally:
         src.close()  # the grabber closes it too; this covers failures before it started
-        if writer is not None:
-            writer.release()  # finalises the file whatever happened
+        if recorder is not None:
+            recorder.release()  # finalises the file whatever happened
         if server is not None:
             server.close()
         if show is not None:

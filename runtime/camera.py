@@ -8,6 +8,7 @@ street scene, plus a capture thread that keeps only the newest frame.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -40,12 +41,19 @@ class OpenCVSource:
     def __init__(self, spec: str | int):
         self.spec = spec
         self.is_file = isinstance(spec, str) and not spec.startswith(STREAM_PREFIXES)
-        self.capture = self._open()
+        self.capture = self._open(quiet=True)
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 1 <= fps <= 240 else 30.0
 
-    def _open(self) -> cv2.VideoCapture:
-        capture = cv2.VideoCapture(self.spec)
+    def _open(self, quiet: bool = False) -> cv2.VideoCapture:
+        """`quiet` holds back what OpenCV and FFmpeg print while probing (each backend's
+        failure); the error raised here says what matters. Only for the first open: it
+        redirects the process's stderr, which a reopen in the capture thread must not do
+        while other threads are logging."""
+        from edgepilot.runtime.backend import quiet_native_stderr
+
+        with quiet_native_stderr() if quiet else contextlib.nullcontext():
+            capture = cv2.VideoCapture(self.spec)
         if not capture.isOpened():
             capture.release()
             if isinstance(self.spec, int):
@@ -190,6 +198,12 @@ class FrameGrabber:
         self._stop.set()
         self._thread.join(timeout=5)
         self.source.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for capture to end (end of video, stream lost, a failed `prepare`, stop());
+        True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         interval = 1.0 / self.rate

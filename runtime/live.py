@@ -28,6 +28,9 @@ __all__ = ["LiveState", "Reading", "Smoother", "parse_roi", "decide", "model_inp
            "run_live"]
 
 TIMINGS = ("prepare", "inference", "stage", "overlay", "output", "latency")
+# Per-frame timings kept: the most recent frames only, so an endless --serve stays flat in
+# memory (6 x 1024 floats) while the benchmark still sees every frame of a 300-frame run.
+TIMING_WINDOW = 1024
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,12 @@ class LiveState:
     latency_ms: float = 0.0  # capture -> overlay done
     processed: int = 0  # frames the model ran on
     shown: int = 0  # frames drawn and handed to the output (the newest wins if it lags)
-    # Seconds per frame: prepare (capture thread), inference (the model call), stage (the
-    # inference thread's whole work on a frame), overlay and output (caller's thread),
-    # latency (capture -> overlay done); "wall" is added at the end.
-    timings: dict = field(default_factory=lambda: {name: [] for name in TIMINGS})
+    # Seconds per frame, for the last TIMING_WINDOW frames: prepare (capture thread),
+    # inference (the model call), stage (the inference thread's whole work on a frame),
+    # overlay and output (caller's thread), latency (capture -> overlay done); "wall" (the
+    # run's seconds) is added at the end.
+    timings: dict = field(default_factory=lambda: {name: deque(maxlen=TIMING_WINDOW)
+                                                   for name in TIMINGS})
 
     def public(self) -> dict:
         return {k: getattr(self, k) for k in ("frame_id", "label", "score", "decision", "fps",
@@ -141,10 +146,10 @@ class _InferenceStage(threading.Thread):
     """Runs the model on the newest captured frame and posts a Reading per frame."""
 
     def __init__(self, model, grabber: FrameGrabber, prepare, smoother: Smoother,
-                 frames: int | None, state: LiveState, timeout: float = 5.0):
+                 state: LiveState, timeout: float = 5.0):
         super().__init__(name="edgepilot-inference", daemon=True)
         self.model, self.grabber, self.prepare, self.smoother = model, grabber, prepare, smoother
-        self.frames, self.state, self.timeout = frames, state, timeout
+        self.state, self.timeout = state, timeout
         self.results = Newest()  # (Reading, frame) for the caller's thread
         self.error: BaseException | None = None
         self._halt = threading.Event()
@@ -177,7 +182,7 @@ class _InferenceStage(threading.Thread):
 
         model, meta, state, timings = self.model, self.model.meta, self.state, self.state.timings
         last_id, recent = 0, deque(maxlen=30)
-        while self.frames is None or state.processed < self.frames:
+        while True:
             got = self._next(last_id)
             if got is None:
                 return
@@ -203,22 +208,26 @@ class _InferenceStage(threading.Thread):
 def run_live(model, grabber: FrameGrabber, *, roi=None, smooth: int = 1,
              frames: int | None = None, on_frame: Callable | None = None,
              stop: Callable[[], bool] = lambda: False) -> LiveState:
-    """Infer on the newest frame until `frames` are done, capture ends or `stop()` is true.
+    """Infer on the newest frame until `frames` were handed to `on_frame`, capture ends or
+    `stop()` is true.
 
     The grabber's capture thread is given the `prepare` hook (ROI + preprocessing); the model
     runs on a thread of its own; overlay and `on_frame(annotated_rgb, state)` (display,
-    recording, web) run here, on the caller's thread, which a window needs. Errors from any
-    stage are raised here; Ctrl-C stops the other threads before it propagates."""
+    recording, web) run here, on the caller's thread, which a window needs. `frames` counts
+    what the output got (a recording of `frames=N` holds N frames), not what the model ran
+    on: the model may get to a few more while the output is busy. `stop()` is polled at
+    least every 0.1 s. Errors from any stage are raised here; Ctrl-C stops the other threads
+    before it propagates."""
     prepare = model_input(model.meta, roi)
     smoother = Smoother(smooth)
     grabber.prepare = prepare
     state = LiveState()
-    stage = _InferenceStage(model, grabber, prepare, smoother, frames, state)
+    stage = _InferenceStage(model, grabber, prepare, smoother, state)
     started = time.perf_counter()
     stage.start()
     last, timings = 0, state.timings
     try:
-        while not stop():
+        while not stop() and (frames is None or state.shown < frames):
             try:
                 got = stage.results.get(after=last, timeout=0.1)
             except TimeoutError:

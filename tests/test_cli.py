@@ -71,7 +71,10 @@ def test_train_export_predict_round_trip(tmp_path):
     checkpoint = tmp_path / "stoplight.pt"
     assert checkpoint.is_file()
     metrics = json.loads((tmp_path / "stoplight.metrics.json").read_text())
-    assert metrics["n_holdout"] == 64 and 0 <= metrics["holdout_accuracy"] <= 1
+    # A fraction of the 64 held-out images, counted over exactly those 64.
+    assert metrics["n_holdout"] == 64
+    correct = metrics["holdout_accuracy"] * 64
+    assert correct == pytest.approx(round(correct))
     run("export", checkpoint, "--format", "onnx", "--val-size", "64")
     report = json.loads((tmp_path / "stoplight.onnx.json").read_text())
     assert report["n_inputs"] == 64 and report["max_abs_diff"] < 1e-4
@@ -105,3 +108,89 @@ def test_commands_that_need_torch_name_the_extra_when_it_is_missing(tmp_path):
         assert result.stderr.strip().splitlines() == [
             "error: Building models needs the Python package 'torch', which is not installed. "
             "Install it with: pip install 'edgepilot[export]'"]
+
+
+def one_line_error(result, needle):
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+
+
+@pytest.mark.slow
+def test_export_out_is_a_folder_when_it_exists_or_ends_in_a_slash(tmp_path):
+    import shutil
+
+    from edgepilot.assets import shipped_model
+
+    checkpoint = tmp_path / "light.pt"
+    shutil.copy(shipped_model("stoplight", ".pt"), checkpoint)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for out, expected in ((existing, existing / "light.onnx"),  # an existing folder
+                          (f"{tmp_path / 'new'}/", tmp_path / "new" / "light.onnx"),  # a /
+                          (tmp_path / "stem", tmp_path / "stem.onnx")):  # else a path stem
+        printed = run("export", checkpoint, "--out", out, "--val-size", 0).stdout.split()
+        assert printed == [str(expected)] and expected.is_file()
+    assert not (tmp_path / "existing.onnx").exists()  # not beside the folder
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [
+        (["bench", "stoplight", "--csv", tmp_path], "--csv", "is a folder"),
+        (["bench", "stoplight", "--json-out", a_file / "r.json"], "--json-out",
+         "Folder does not exist"),
+        (["bench", "stoplight", "--plot", tmp_path / "no" / "p.png"], "--plot",
+         "Folder does not exist"),
+        (["bench", "--export", "missing.pt", "--out", a_file / "sub"], "--out",
+         "is a file, not a folder"),
+        (["export", "missing.pt", "--out", a_file / "sub/"], "--out", "is a file, not a folder"),
+        (["train", "neuron", "--out", a_file / "runs"], "--out", "is a file, not a folder"),
+        (["demo", "--out", a_file], "--out", "is a file, not a folder"),
+    ]
+    for args, option, needle in cases:
+        result = run(*args, check_code=1)
+        one_line_error(result, needle)
+        assert option in result.stderr and result.stdout == ""  # nothing was measured
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_bench_duration_must_be_positive(value):
+    result = run("bench", "stoplight", "--duration", value, check_code=1)
+    assert "--duration" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_fails_when_every_model_failed(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    result = run("bench", broken, tmp_path / "missing.onnx", "--runs", 5, "--json",
+                 check_code=1)
+    rows = json.loads(result.stdout)["results"]
+    assert len(rows) == 2 and all(row["error"] for row in rows)
+    assert result.stderr.strip().splitlines()[-1] == \
+        "error: no model could be benchmarked (each result says why)"
+    ok = run("bench", "stoplight", broken, "--runs", 5, "--rounds", 1)  # one works: exit 0
+    assert "broken.onnx" in ok.stdout
+
+
+def test_a_folder_given_as_an_image_says_it_is_a_folder(tmp_path):
+    result = run("predict", "stoplight", tmp_path, check_code=1)
+    one_line_error(result, "is a folder, not an image")
+
+
+@pytest.mark.parametrize("name,code,said", [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+def test_a_signal_exits_128_plus_its_number_in_every_command(name, code, said):
+    # A command that is stopped while it works (the signal is sent from inside it, so it
+    # arrives exactly then): SIGTERM unwinds like Ctrl-C instead of killing the process.
+    script = ("import os, signal, sys, time\n"
+              "import edgepilot.cli as cli\n"
+              "def working(args):\n"
+              f"    os.kill(os.getpid(), signal.{name})\n"
+              "    time.sleep(600)\n"
+              "    return 0\n"
+              "cli.cmd_info = working\n"
+              "sys.exit(cli.main(['info', 'model.onnx']))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == code
+    assert result.stderr.strip().splitlines() == [f"interrupted ({said})"]

@@ -1,12 +1,17 @@
 """The live demo: synthetic source, newest-frame capture, smoothing, decisions, recording,
-the web page in headless Chromium, and clean failures."""
+the web page in headless Chromium, and clean failures.
+
+Nothing here depends on how fast the machine is: tests wait on states and events with generous
+deadlines, and count what was delivered; speed figures are in benchmarks/webcam_speed.py."""
 
 import json
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +23,7 @@ import pytest
 import edgepilot
 from edgepilot.assets import shipped_model
 from edgepilot.errors import EdgepilotError, InputError, ModelFileError
+from edgepilot.runtime import live
 from edgepilot.runtime.camera import FrameGrabber, SourceError, SyntheticSource, open_source
 from edgepilot.runtime.image import preprocess
 from edgepilot.runtime.live import Smoother, decide, model_input, parse_roi, run_live
@@ -27,12 +33,15 @@ from edgepilot.runtime.web import LiveServer, parse_address
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DEADLINE = 120  # seconds: generous bounds for a busy machine; never a sleep to be long enough
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_for(condition, what: str, timeout: float = DEADLINE, interval: float = 0.02):
+    """Poll `condition` until true; fail (not hang) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(interval)
 
 
 def test_synthetic_source_cycles_red_green_yellow_deterministically():
@@ -43,9 +52,9 @@ def test_synthetic_source_cycles_red_green_yellow_deterministically():
 
 
 def test_grabber_keeps_only_the_newest_frame():
-    source = SyntheticSource(fps=1000, frames=50)
+    source = SyntheticSource(width=64, height=48, frames=50)
     with FrameGrabber(source, pace=False) as grabber:
-        time.sleep(0.5)  # a slow consumer: the grabber has raced ahead
+        assert grabber.wait(timeout=DEADLINE)  # a consumer that read nothing while 50 came
         frame_id = grabber.latest().frame_id
         assert frame_id == 50  # the newest, not the first
         assert grabber.latest(after=frame_id) is None and grabber.finished_normally
@@ -85,14 +94,23 @@ def test_a_failing_prepare_is_raised_to_the_consumer():
         assert grabber.ended.startswith("preparing a frame failed")
 
 
-def test_a_slow_display_does_not_slow_inference():
-    # The output stage takes 50 ms a frame; the model keeps up with a 100 frames/s source.
+def test_a_blocked_display_does_not_block_inference_and_then_gets_the_newest():
+    # The output stage blocks on its first frame until the model has run on 5 more frames:
+    # that can only happen if inference does not wait for the display. The display then gets
+    # the newest reading, skipping the ones it missed, instead of working through a queue.
     model = edgepilot.load(shipped_model(), threads=1)
-    with FrameGrabber(SyntheticSource(frames=100), pace=True, rate=100) as grabber:
-        state = run_live(model, grabber, on_frame=lambda f, s: time.sleep(0.05))
-    assert state.processed >= 90, state.processed
-    assert state.shown <= state.processed / 2  # it showed the newest, it did not queue
-    assert len(state.timings["inference"]) == state.processed
+    shown = []
+
+    def on_frame(frame, state):
+        shown.append((state.frame_id, state.processed))
+        if len(shown) == 1:
+            wait_for(lambda: state.processed >= shown[0][1] + 5, "inference to run on")
+
+    with FrameGrabber(SyntheticSource(width=64, height=48), pace=False) as grabber:
+        state = run_live(model, grabber, frames=3, on_frame=on_frame)
+    (first, _), (second, _) = shown[:2]
+    assert second >= first + 5, shown  # the newest reading, not the next one in line
+    assert state.shown == len(shown) == 3 < state.processed
 
 
 def test_smoothing_needs_k_frames_to_flip():
@@ -107,22 +125,54 @@ def test_smoothing_needs_k_frames_to_flip():
     assert decide("green") == "GO" and decide("yellow") == decide("red") == "STOP"
 
 
+class LockstepSource(SyntheticSource):
+    """Delivers frame i only once frame i-1 has been shown, so every frame goes through the
+    whole pipeline whatever the machine's speed (and the truth of each frame id is known)."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.shown = threading.Semaphore(1)
+
+    def read(self):
+        assert self.shown.acquire(timeout=DEADLINE), "the pipeline stopped showing frames"
+        return super().read()
+
+
 def test_smoothed_decision_is_right_after_each_change_settles():
     model = edgepilot.load(shipped_model(), threads=1)
-    source = SyntheticSource(fps=10, period=2.0, frames=120)  # 6 cycles of 3 states
+    source = LockstepSource(fps=10, period=2.0, frames=120)  # 6 cycles of 3 states
     k = 5
     decisions = {}
-    # Delivered at 100 frames/s, faster than the scene's 10: quick, yet slow enough that
-    # every frame is processed, so the truth of each frame id is known.
-    with FrameGrabber(source, pace=True, rate=100) as grabber:
-        state = run_live(model, grabber, smooth=k,
-                         on_frame=lambda f, s: decisions.__setitem__(s.frame_id, s.decision))
+
+    def on_frame(frame, state):
+        decisions[state.frame_id] = state.decision
+        source.shown.release()
+
+    with FrameGrabber(source, pace=False) as grabber:
+        state = run_live(model, grabber, smooth=k, on_frame=on_frame)
+    assert sorted(decisions) == list(range(1, 121)) and state.processed == 120
     truth = SyntheticSource(fps=10, period=2.0)
     settled = [i for i in decisions if all(truth.truth(i - 1 - j) == truth.truth(i - 1)
                                            for j in range(k))]
-    correct = np.mean([decisions[i] == decide(truth.truth(i - 1)) for i in settled])
-    assert len(settled) > 60 and correct >= 0.98, f"{correct:.3f} over {len(settled)} frames"
-    assert state.shown == len(decisions) and len(decisions) >= 0.9 * state.processed
+    wrong = [i for i in settled if decisions[i] != decide(truth.truth(i - 1))]
+    assert len(settled) == 96 and len(wrong) <= 2, wrong
+    # Smoothing is what holds the decision through a change: right after red -> green the
+    # window still holds red frames, so the first green frame is not yet GO.
+    assert decisions[21] == "STOP" and truth.truth(20) == "green"
+
+
+def test_timings_are_bounded_on_an_endless_run(monkeypatch):
+    monkeypatch.setattr(live, "TIMING_WINDOW", 8)
+    model = edgepilot.load(shipped_model(), threads=1)
+    with FrameGrabber(SyntheticSource(width=64, height=48), pace=False) as grabber:
+        state = run_live(model, grabber, frames=20, on_frame=lambda f, s: None)
+    assert state.processed >= state.shown == 20
+    for name in live.TIMINGS:
+        kept = state.timings[name]
+        assert len(kept) == 8, (name, len(kept))  # the newest 8 frames only
+        assert all(t >= 0 for t in kept)
+    # The inference thread's time on a frame includes the model call on it.
+    assert all(s >= i for s, i in zip(state.timings["stage"], state.timings["inference"]))
 
 
 def test_an_error_in_the_inference_thread_is_raised_to_the_caller():
@@ -148,10 +198,12 @@ def test_the_server_streams_the_newest_published_frame_as_jpeg():
         server.publish(blue, {"label": "green"})  # replaces the first: viewers get this one
         state = json.loads(urllib.request.urlopen(server.url + "state.json").read())
         assert state == {"label": "green"}
-        with urllib.request.urlopen(server.url + "stream.mjpg", timeout=5) as stream:
+        with urllib.request.urlopen(server.url + "stream.mjpg", timeout=DEADLINE) as stream:
             chunk = b""
             while b"\xff\xd9" not in chunk:
-                chunk += stream.read1(1024)
+                data = stream.read1(1024)
+                assert data and len(chunk) < 1_000_000, "the stream ended or sent no JPEG"
+                chunk += data
         jpeg = chunk[chunk.index(b"\xff\xd8"):chunk.index(b"\xff\xd9") + 2]
         frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR),
                              cv2.COLOR_BGR2RGB)
@@ -167,8 +219,11 @@ def test_roi_and_address_parsing():
             parse_roi(bad, 640, 480)
     assert parse_address("8080") == ("127.0.0.1", 8080)  # localhost unless asked
     assert parse_address("0.0.0.0:9000") == ("0.0.0.0", 9000)
-    with pytest.raises(InputError):
-        parse_address("host:http")
+    assert parse_address("[::1]:8080") == ("::1", 8080)
+    assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0)  # any free port
+    for bad in ("host:http", "::1:8080", "1.2.3.4:70000"):
+        with pytest.raises(InputError):
+            parse_address(bad)
 
 
 def test_bad_sources(tmp_path):
@@ -195,17 +250,9 @@ def webcam(*args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_headless_recording_is_a_playable_video(tmp_path):
-    result = webcam("--headless", "--frames", 45, "--save", tmp_path / "out.mp4")
-    _, err = result.communicate(timeout=120)
-    assert result.returncode == 0, err
-    video = cv2.VideoCapture(str(tmp_path / "out.mp4"))
-    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 45
-    assert video.read()[1].shape == (480, 640, 3)
-
-
-def test_a_stream_that_stops_midway_saves_what_was_recorded(tmp_path):
+def test_a_stream_that_stops_midway_is_retried_then_ends(tmp_path):
     # A video file that ends is a normal end; a stream that stops is retried, then fails.
+    # (The CLI's message and the saved recording: tests/test_webcam.py.)
     clip = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 240))
     source = SyntheticSource(width=320, height=240, frames=20)
@@ -214,43 +261,40 @@ def test_a_stream_that_stops_midway_saves_what_was_recorded(tmp_path):
     writer.release()
     stream = open_source(str(clip))
     stream.is_file = False  # behave like a network stream
-    stream.reopen = lambda: (_ for _ in ()).throw(SourceError("gone"))
+    reopened = []
+
+    def reopen():
+        reopened.append(True)
+        raise SourceError("gone")
+
+    stream.reopen = reopen
     model = edgepilot.load(shipped_model(), threads=1)
     with FrameGrabber(stream, pace=False, retries=2, retry_delay=0.01) as grabber:
         state = run_live(model, grabber)
     assert grabber.ended.startswith("the stream stopped delivering frames (2 retries")
-    assert not grabber.finished_normally and state.processed >= 1
-
-
-def test_ctrl_c_stops_threads_and_finalises_the_file(tmp_path):
-    process = webcam("--headless", "--save", tmp_path / "out.mp4")
-    time.sleep(6)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=30)
-    assert "stopped (Ctrl-C)" in err and "Traceback" not in err
-    video = cv2.VideoCapture(str(tmp_path / "out.mp4"))
-    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) > 10  # finalised: readable
+    assert not grabber.finished_normally and len(reopened) == 2
+    assert 1 <= state.processed <= 20
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium)")
 def test_browser_page_shows_the_stream_and_the_label_changes():
     playwright = pytest.importorskip("playwright.sync_api")
-    port = free_port()
-    process = webcam("--serve", f"127.0.0.1:{port}", "--frames", 600)
+    # Port 0: the server picks a free port and says which (no check-then-use race).
+    process = webcam("--serve", "127.0.0.1:0")
     try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(100):  # wait for the server
-            try:
-                urllib.request.urlopen(url + "state.json", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.2)
+        line = ""
+        while "serving the live page on" not in line:
+            line = process.stderr.readline()
+            assert line, "the demo ended before serving its page"
+        url = re.search(r"(http://\S+/)", line).group(1)
         # The MJPEG endpoint streams several distinct JPEG frames.
-        with urllib.request.urlopen(url + "stream.mjpg", timeout=5) as stream:
+        with urllib.request.urlopen(url + "stream.mjpg", timeout=DEADLINE) as stream:
             chunk = b""
             while chunk.count(b"--frame") < 4:
-                chunk += stream.read(4096)
+                data = stream.read(4096)
+                assert data and len(chunk) < 20_000_000, "the stream ended early"
+                chunk += data
         assert chunk.count(b"\xff\xd8") >= 3
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -258,21 +302,25 @@ def test_browser_page_shows_the_stream_and_the_label_changes():
                 "--disable-component-update", "--no-first-run", "--disable-sync"])
             page = browser.new_page(viewport={"width": 900, "height": 900})
             page.goto(url)
-            page.wait_for_function(
-                "document.getElementById('stream').naturalWidth === 640", timeout=15_000)
+            # Polled from here: wait_for_function evaluates its string inside the page, which
+            # the page's Content-Security-Policy rightly forbids (no eval). The page's own
+            # script runs under that policy: the history filling up proves its hash is right.
+            wait_for(lambda: page.evaluate(
+                "document.getElementById('stream').naturalWidth") == 640, "the stream image",
+                interval=0.2)
             # red -> green -> yellow: the page saw the light cycle.
-            page.wait_for_function(
-                "document.getElementById('history').textContent.split(' → ').length >= 3",
-                timeout=20_000)
+            wait_for(lambda: len(page.inner_text("#history").split(" → ")) >= 3,
+                     "three labels on the page", interval=0.2)
             history = page.inner_text("#history").split(" → ")
             assert {"red", "green", "yellow"} <= set(history)
-            decision = page.inner_text("#decision")
-            assert decision in ("GO", "STOP")
+            label, decision = page.inner_text("#label"), page.inner_text("#decision")
+            assert decision == decide(label) and page.inner_text("#decision") != "…"
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "webcam_page.png"))
             browser.close()
-        state = json.loads(urllib.request.urlopen(url + "state.json").read())
-        assert state["fps"] > 5 and state["processed"] > 30
+        state = json.loads(urllib.request.urlopen(url + "state.json", timeout=DEADLINE).read())
+        assert state["processed"] >= 3 and state["label"] in ("red", "green", "yellow")
     finally:
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
+        _, err = process.communicate(timeout=DEADLINE)
+    assert process.returncode == 130 and "Traceback" not in err, err
