@@ -6,20 +6,27 @@ STAMP := $(VENV)/.installed
 MPVENV ?= .venv-mediapipe
 MPSTAMP := $(MPVENV)/.installed
 
-.PHONY: demo test install mediapipe-env browser clean
+.PHONY: demo test preflight install mediapipe-env browser clean
 
 demo: $(STAMP)
 	$(VENV)/bin/edgepilot demo
 
-test: $(STAMP) $(MPSTAMP) browser
+# EDGEPILOT_STRICT=1: a test skipped for a missing dependency fails the run (tests/conftest.py);
+# only hardware and OS skips stay skips.
+test: $(STAMP) $(MPSTAMP) browser preflight
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	EDGEPILOT_STRICT=1 $(PY) -m pytest
+
+# Seconds, before the suite: every library the tests need imports (MediaPipe in its own
+# virtualenv), or the run stops here naming the one that is missing or broken.
+preflight: $(STAMP) $(MPSTAMP)
+	$(PY) .ci/preflight.py $(MPVENV)/bin/python
 
 # Headless Chromium for the live web page test (Debian package; needs root, as CI is).
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
-		echo "chromium is not installed (needs root): the browser test will be skipped"
+		echo "chromium is not installed (needs root): the browser test will skip, which strict mode fails"
 
 install: $(STAMP)
 

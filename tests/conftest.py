@@ -1,6 +1,15 @@
-"""Shared fixtures: tiny models built and trained here, never committed."""
+"""Shared fixtures (tiny models built and trained here, never committed) and the strict mode.
+
+Strict mode (``EDGEPILOT_STRICT=1``, which `make test` and CI set): a skipped test is a failure,
+so a missing or broken dependency (torch, litert-torch, onnxruntime, MediaPipe's virtualenv...)
+cannot leave the run green. Only skips for something this machine cannot have stay skips: a
+test marked ``needs_hardware`` or ``needs_os``, or a skip reason starting ``hardware:`` or
+``os:``.
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +17,50 @@ import pytest
 from edgepilot.meta import ModelMeta
 
 LABELS = ("red", "yellow", "green", "none")
+STRICT = os.environ.get("EDGEPILOT_STRICT") == "1"
+ALLOWED_SKIP_MARKERS = ("needs_hardware", "needs_os")
+ALLOWED_SKIP_PREFIXES = ("hardware:", "os:")
+
+
+def _skip_reason(longrepr) -> str:
+    """The reason of a skip report (pytest stores (file, line, reason) for skips)."""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def _allowed_skip(reason: str, item=None) -> bool:
+    reason = reason.removeprefix("Skipped: ").strip()
+    if reason.startswith(ALLOWED_SKIP_PREFIXES):
+        return True
+    return item is not None and any(item.get_closest_marker(m) for m in ALLOWED_SKIP_MARKERS)
+
+
+def _strict_failure(report, reason: str) -> None:
+    report.outcome = "failed"
+    report.longrepr = (f"EDGEPILOT_STRICT=1: skipped for a reason that is not hardware or OS, "
+                       f"so this is a failure (a dependency is missing or broken?): {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report.longrepr)
+        if not _allowed_skip(reason, item):
+            _strict_failure(report, reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module-level skip (``pytest.importorskip`` at import) skips a whole file at collection."""
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped:
+        reason = _skip_reason(report.longrepr)
+        if not _allowed_skip(reason):
+            _strict_failure(report, reason)
 
 
 @pytest.fixture(scope="session")
@@ -16,20 +69,33 @@ def tiny_meta() -> ModelMeta:
                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-@pytest.fixture(scope="session")
-def colour_data():
+def colour_images(n: int, seed: int):
     """A learnable toy task: the label is which of R, G, B (or none) dominates a blob.
 
     Returns (images (N, 32, 32, 3) uint8 RGB, labels (N,)).
     """
-    rng = np.random.default_rng(0)
-    n = 512
+    rng = np.random.default_rng(seed)
     labels = np.arange(n) % 4
     images = rng.integers(0, 60, size=(n, 32, 32, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
         if label < 3:
             y, x = rng.integers(4, 20, size=2)
             images[i, y:y + 10, x:x + 10, (0, 1, 2)[label]] = 230
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def colour_data():
+    """The images the tiny model trains on and the exporter validates and calibrates with."""
+    return colour_images(512, seed=0)
+
+
+@pytest.fixture(scope="session")
+def fresh_colour_data(colour_data):
+    """Images of the same task that neither training nor any exporter ever saw."""
+    images, labels = colour_images(400, seed=2024)
+    seen = {img.tobytes() for img in colour_data[0]}
+    assert not any(img.tobytes() in seen for img in images)
     return images, labels
 
 
@@ -61,3 +127,44 @@ def tiny_onnx(tmp_path_factory, trained_tiny, tiny_meta, colour_data):
     [report] = edgepilot.export(net, torch.zeros(1, 3, 32, 32), formats="onnx", out=out,
                                 meta=tiny_meta, val_data=colour_data, quiet=True)
     return report
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(tmp_path_factory, trained_tiny, tiny_meta, colour_data):
+    """`trained_tiny` as .tflite, fp32 and int8: precision -> path. Building the files needs
+    torch and litert-torch; the tests that use them need only the runtime."""
+    pytest.importorskip("litert_torch")
+    import torch
+
+    import edgepilot
+
+    out = tmp_path_factory.mktemp("tflite") / "tiny"
+    reports = edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="tflite",
+                               precision=["fp32", "int8"], out=out, meta=tiny_meta,
+                               val_data=colour_data, quiet=True)
+    return {r.precision: r.path for r in reports}
+
+
+@pytest.fixture(scope="session")
+def torch_top1():
+    """PyTorch's top-1 class per image, preprocessed as the runtime does: the oracle exported
+    files are checked against, never the exporter's own report."""
+    def top1(net, images: np.ndarray, meta: ModelMeta) -> np.ndarray:
+        import torch
+
+        from edgepilot.runtime import preprocess
+
+        x = torch.from_numpy(np.concatenate([preprocess(img, meta) for img in images]))
+        with torch.no_grad():
+            return net.eval()(x).numpy().argmax(1)
+    return top1
+
+
+def runtime_top1(model, images: np.ndarray) -> np.ndarray:
+    """The runtime's top-1 class per image, through `Model.predict` (resize included)."""
+    return np.array([model.predict(img).index for img in images])
+
+
+@pytest.fixture(scope="session")
+def model_top1():
+    return runtime_top1

@@ -3,6 +3,8 @@ failures reported in their row, and bad input."""
 
 import csv
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepilot.bench import BenchResult, benchmark, latency_stats, machine_info
+from edgepilot.bench import BenchResult, benchmark, latency_stats
 from edgepilot.bench_report import append_csv, plot, print_table, to_json
 from edgepilot.errors import InputError
 from edgepilot.formats import FORMATS
@@ -96,13 +98,20 @@ def test_json_schema(tmp_path):
                         warmup=0, rounds=2, clock=clock)
     data = json.loads(json.dumps(to_json(results)))
     assert data["schema_version"] == 1
-    assert set(data["machine"]) >= {"cores", "cpu", "platform", "python"}
-    assert data["machine"]["cores"] >= 1 and data["machine"] == machine_info()
+    # The machine as the standard library sees it, independently of bench's own probe.
+    machine = data["machine"]
+    assert machine["cores"] == os.cpu_count()
+    assert machine["python"] == platform.python_version()
+    assert platform.system() in machine["platform"] and machine["cpu"]
     good, bad = data["results"]
-    assert set(good) == set(BenchResult("m", "onnx", 1).to_dict())
-    assert set(good["latency_ms"]) == {"min", "p50", "p90", "p99", "mean", "std"}
+    assert good["model"] == "fake.onnx" and good["runs"] == 10 and good["error"] is None
+    # Every run took 2 ms on the fake clock: each statistic says so.
+    assert good["latency_ms"] == pytest.approx({"min": 2.0, "p50": 2.0, "p90": 2.0,
+                                                "p99": 2.0, "mean": 2.0, "std": 0.0})
+    assert good["throughput"] == pytest.approx(500.0) and good["backend"] == "fake backend"
     assert "samples_ms" not in good
     assert bad["error"].startswith("Model file not found") and bad["latency_ms"] == {}
+    assert str(tmp_path / "missing.onnx") in bad["error"]
 
 
 def test_a_file_that_cannot_load_is_reported_in_its_row(tmp_path):
@@ -187,3 +196,45 @@ def test_cli_end_to_end_with_data_pipeline_and_outputs(tmp_path):
     assert "CPUExecutionProvider" in first["backend"] and first["peak_rss_mb"] > 10
     assert (tmp_path / "p.png").stat().st_size > 10_000
     assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == 2
+
+
+def test_cli_json_out_saves_what_it_prints(tmp_path):
+    result = run_cli("stoplight", "--runs", "5", "--warmup", "1", "--rounds", "1", "--json",
+                     "--json-out", tmp_path / "bench.json")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert json.loads((tmp_path / "bench.json").read_text()) == printed
+    [row] = printed["results"]
+    assert row["runs"] == 5 and row["error"] is None and row["model"].endswith("stoplight.onnx")
+
+
+@pytest.mark.slow
+def test_cli_export_matrix_with_baseline_and_failing_rows(tmp_path, trained_tiny, tiny_meta):
+    """`bench --export`: every format and precision of the table, the eager PyTorch baseline,
+    and rows that say why an export failed. The checkpoint names no dataset, so int8 has no
+    calibration images and must fail in its row while the other precisions run."""
+    from edgepilot.train.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", trained_tiny[0], arch="stoplight_cnn",
+                                 config={"num_classes": 4, "width": 8}, meta=tiny_meta)
+    result = run_cli("--export", checkpoint, "--out", tmp_path / "files", "--runs", "5",
+                     "--warmup", "1", "--rounds", "1", "--threads", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["model"]: row for row in json.loads(result.stdout)["results"]}
+    expected = {"tiny.pt"} | {
+        "tiny" + ("" if p == "fp32" else f"_{p}") + f.suffix for f in FORMATS
+        for p in f.precisions}
+    assert {Path(name).name for name in rows} == expected
+    by_name = {Path(name).name: row for name, row in rows.items()}
+    baseline = by_name.pop("tiny.pt")
+    assert baseline["format"] == "pytorch" and baseline["error"] is None
+    assert baseline["runs"] == 5 and baseline["latency_ms"]["p50"] > 0
+    for name, row in by_name.items():
+        if "_int8" in name:
+            assert row["error"].startswith("export failed") and "calibration" in row["error"]
+            assert row["latency_ms"] == {} and not (tmp_path / "files" / name).exists()
+        else:
+            assert row["error"] is None, (name, row["error"])
+            assert row["runs"] == 5 and (tmp_path / "files" / name).is_file()
+            backend = "onnxruntime" if name.endswith(".onnx") else "ai-edge-litert"
+            assert row["backend"].startswith(backend)

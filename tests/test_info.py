@@ -1,4 +1,9 @@
-"""`edgepilot.info`: the same counts from every file of one network, checked against torch."""
+"""`edgepilot.info`: the same counts from every file of one network, checked against torch.
+
+The module imports no torch: the model files are built in fixtures (which need torch and the
+exporters), the checkpoint tests import it themselves, and the rest is what a runtime install
+runs.
+"""
 
 import json
 import subprocess
@@ -7,21 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
-pytest.importorskip("ai_edge_litert")
-
-import edgepilot  # noqa: E402
-from edgepilot.errors import (  # noqa: E402
-    MissingDependencyError,
-    ModelFileError,
-    UnsupportedFormatError,
-)
-from edgepilot.formats import format_by_name  # noqa: E402
-from edgepilot.info import inspect_model, print_info  # noqa: E402
-from edgepilot.meta import ModelMeta  # noqa: E402
-from edgepilot.train.checkpoint import save_checkpoint  # noqa: E402
-from edgepilot.train.models import create_model  # noqa: E402
+import edgepilot
+from edgepilot.errors import MissingDependencyError, ModelFileError, UnsupportedFormatError
+from edgepilot.formats import format_by_name
+from edgepilot.info import inspect_model, print_info
+from edgepilot.meta import ModelMeta
 
 # Nielsen's 784-15-10 digit network: 784*15 + 15*10 weights, 15 + 10 biases; one MAC per weight.
 DIGIT_WEIGHTS, DIGIT_BIASES, DIGIT_MACS = 11_910, 25, 11_910
@@ -39,6 +34,8 @@ def _file(out, fmt: str, precision: str):
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """The digit network as .onnx and .tflite, fp32 and int8: the path stem."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("litert_torch")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(784, 15), torch.nn.Sigmoid(),
                               torch.nn.Linear(15, 10)).eval()
@@ -53,6 +50,8 @@ def digits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_conv(tmp_path_factory):
     """Conv2d(3, 8, 3, padding=1) on 8x8: 8*8*8 outputs x 27 MACs each = 13,824 MACs."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("litert_torch")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 4)).eval()
@@ -106,6 +105,10 @@ def test_conv_macs_and_parameters(tiny_conv, fmt):
 
 
 def test_checkpoint_counts_what_torch_counts(tmp_path):
+    pytest.importorskip("torch")
+    from edgepilot.train.checkpoint import save_checkpoint
+    from edgepilot.train.models import create_model
+
     net = create_model("stoplight_cnn", width=8, num_classes=4)
     meta = ModelMeta(name="stoplight", labels=("red", "yellow", "green", "none"),
                      input_size=(32, 32))
@@ -123,6 +126,10 @@ def test_checkpoint_counts_what_torch_counts(tmp_path):
 
 
 def test_nielsen_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    from edgepilot.train.checkpoint import save_checkpoint
+    from edgepilot.train.models import create_model
+
     path = save_checkpoint(tmp_path / "n.pth", create_model("nielsen"), arch="nielsen",
                            config={}, meta=DIGIT_META)
     info = inspect_model(path)

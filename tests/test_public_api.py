@@ -41,8 +41,11 @@ def test_importing_edgepilot_and_runtime_imports_no_heavy_framework():
         assert not loaded, f"'{statement}' imported {loaded}"
 
 
-def test_loading_and_running_an_onnx_model_imports_no_torch(tiny_onnx):
-    code = (f"import edgepilot, numpy as np; m = edgepilot.load({tiny_onnx.path!r}); "
+def test_loading_and_running_an_onnx_model_imports_no_torch():
+    # The shipped model: what a runtime-only install (no torch to build a file) has to run.
+    from edgepilot.assets import shipped_model
+
+    code = (f"import edgepilot, numpy as np; m = edgepilot.load({str(shipped_model())!r}); "
             "m.predict(np.zeros((40, 50, 3), np.uint8))")
     modules = _imported_after(code)
     assert "onnxruntime" in modules

@@ -59,16 +59,20 @@ BLOCKS = {
 COMBOS = [(f.name, p) for f in FORMATS for p in f.precisions]
 
 
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(1)
-    labels = np.arange(400) % 4
-    images = rng.integers(0, 60, size=(400, 16, 16, 3), dtype=np.uint8)
+def blobs(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 4
+    images = rng.integers(0, 60, size=(n, 16, 16, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
         if label < 3:
             y, x = rng.integers(2, 9, size=2)
             images[i, y:y + 6, x:x + 6, label] = 230
     return images, labels
+
+
+@pytest.fixture(scope="module")
+def data():
+    return blobs(400, seed=1)
 
 
 @pytest.fixture(scope="module", params=sorted(BLOCKS))
@@ -82,31 +86,33 @@ def exported(request, data, tmp_path_factory):
         reports += edgepilot.export(net, torch.zeros(1, 3, 16, 16), formats=fmt.name,
                                     precision=list(fmt.precisions), out=out, meta=META,
                                     val_data=data, quiet=True, max_drop=None)
-    return request.param, {(r.format, r.precision): r for r in reports}
+    return request.param, net, {(r.format, r.precision): r for r in reports}
 
 
 @pytest.mark.slow
-def test_every_format_and_precision_round_trips(exported, data):
-    name, reports = exported
+def test_every_format_and_precision_round_trips(exported, torch_top1):
+    name, net, reports = exported
     assert set(reports) == set(COMBOS)
-    images, labels = data
+    fresh_images, fresh_labels = blobs(200, seed=99)  # never seen by training or exporter
+    torch_fresh = torch_top1(net, fresh_images, META)
+    torch_accuracy = np.mean(torch_fresh == fresh_labels)
+    assert torch_accuracy > 0.9  # the block learned the task
     for (fmt, precision), report in reports.items():
         where = f"{name} {fmt} {precision}"
         model = edgepilot.load(report.path)
         assert model.meta.labels == META.labels, where
-        assert report.accuracy_torch > 0.9, where  # the block learned the task
         if precision == "fp32":
             assert report.max_abs_diff < 1e-4, where
             assert report.top1_agreement == 1.0, where
         else:
             assert report.top1_agreement >= 0.97, where
             assert report.accuracy_export >= report.accuracy_torch - 0.03, where
-            # Smaller only for models with real weights: scales and zero points cost bytes
-            # too, so tiny blocks are not checked here (the stoplight model is, elsewhere).
-            assert report.size_ratio is not None, where
-        # The runtime's own predict path agrees with the report's batched evaluation.
-        predicted = [model.predict(img).index for img in images[:40]]
-        assert np.mean(np.asarray(predicted) == labels[:40]) >= report.accuracy_export - 0.1
+        # Our own measure, not the exporter's: the runtime's predict path on images the
+        # exporter never saw, against PyTorch on the same images.
+        predicted = np.array([model.predict(img).index for img in fresh_images])
+        agree = np.mean(predicted == torch_fresh)
+        assert agree >= (0.999 if precision == "fp32" else 0.95), (where, agree)
+        assert np.mean(predicted == fresh_labels) >= torch_accuracy - 0.05, where
         if fmt == "tflite":
             assert model.inputs[0].shape == (1, 16, 16, 3), where  # NHWC, no transposes
         if fmt == "tflite" and precision == "int8":

@@ -52,7 +52,8 @@ def hostile(trained_tiny, colour_data, tiny_meta):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 def test_guard_keeps_the_hostile_layer_in_float(hostile, colour_data, tiny_meta, tmp_path,
-                                                 fmt):
+                                                 fmt, fresh_colour_data, torch_top1,
+                                                 model_top1):
     common = dict(formats=fmt, precision="int8", meta=tiny_meta, val_data=colour_data,
                   quiet=True)
     [naive] = edgepilot.export(hostile, torch.zeros(1, 3, 32, 32), out=tmp_path / "naive",
@@ -71,6 +72,15 @@ def test_guard_keeps_the_hostile_layer_in_float(hostile, colour_data, tiny_meta,
     assert attempts[0]["drop_points"] > 1.0
     assert min(a["drop_points"] for a in attempts) <= 1.0
     assert not list(tmp_path.glob("*.try*"))  # no trial files left behind
+    # Our own measure on images the guard never evaluated: the guarded file agrees with
+    # PyTorch, the naive one does not.
+    images = fresh_colour_data[0][:200]
+    expected = torch_top1(hostile, images, tiny_meta)
+
+    def agree(report):
+        return np.mean(model_top1(edgepilot.load(report.path), images) == expected)
+
+    assert agree(guarded) >= 0.97 and agree(guarded) - agree(naive) > 0.01
 
 
 def test_channel_sqnr_sees_a_crushed_channel_that_whole_tensor_sqnr_misses():

@@ -1,51 +1,79 @@
-"""The LiteRT backend: interpreter choice, what ran, metadata, quantized I/O, errors."""
+"""The LiteRT backend: interpreter choice, what ran, threads, metadata, quantized I/O, errors.
 
+Runtime-only: this module imports no torch. The .tflite files come from the session fixture
+`tiny_tflite` (which needs torch and litert-torch to build them); what is tested here is what a
+runtime-only install runs.
+"""
+
+import os
+import subprocess
 import sys
 import types
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("litert_torch")
-
-import edgepilot  # noqa: E402
-from edgepilot.errors import MissingDependencyError, ModelFileError  # noqa: E402
-from edgepilot.runtime import litert  # noqa: E402
-from edgepilot.runtime.tflite_metadata import (  # noqa: E402
-    build_metadata,
-    read_metadata,
-    write_metadata,
-)
+import edgepilot
+from edgepilot.errors import MissingDependencyError, ModelFileError
+from edgepilot.runtime.tflite_metadata import build_metadata, read_metadata, write_metadata
 
 
-@pytest.fixture(scope="module")
-def tflite_files(tmp_path_factory, trained_tiny, tiny_meta, colour_data):
-    out = tmp_path_factory.mktemp("tflite") / "tiny"
-    reports = edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="tflite",
-                               precision=["fp32", "int8"], out=out, meta=tiny_meta,
-                               val_data=colour_data, quiet=True)
-    return {r.precision: r.path for r in reports}
+def _threads_after_loading(path, threads: int) -> int:
+    """OS threads of a fresh process after it loaded `path` with `threads` and ran it once."""
+    code = ("import os, sys, numpy as np, edgepilot\n"
+            "m = edgepilot.load(sys.argv[1], threads=int(sys.argv[2]))\n"
+            "m(np.zeros(m.inputs[0].shape, np.float32))\n"
+            "print(len(os.listdir('/proc/self/task')))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(threads)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.split()[-1])
 
 
-def test_backend_names_interpreter_delegate_and_threads(tflite_files):
-    model = edgepilot.load(tflite_files["fp32"], threads=2)
+def test_runs_without_torch_or_the_converters(tiny_tflite):
+    """What a runtime-only install does: load and predict with torch and the converters made
+    unimportable, and none of them imported along the way."""
+    code = ("import sys\n"
+            "for name in ('torch', 'litert_torch', 'ai_edge_quantizer', 'onnx', 'tensorflow'):\n"
+            "    sys.modules[name] = None  # import fails, as when it is not installed\n"
+            "import numpy as np, edgepilot\n"
+            "m = edgepilot.load(sys.argv[1])\n"
+            "print(m.predict(np.zeros((20, 30, 3), np.uint8)).label)")
+    for path in tiny_tflite.values():
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() in ("red", "yellow", "green", "none")
+
+
+def test_backend_names_interpreter_delegate_and_threads(tiny_tflite):
+    model = edgepilot.load(tiny_tflite["fp32"], threads=2)
     assert model.backend.startswith("ai-edge-litert ")
     assert "XNNPACK" in model.backend and "2 threads" in model.backend
 
 
-def test_int8_io_is_hidden_from_the_user(tflite_files, colour_data):
-    model = edgepilot.load(tflite_files["int8"])
-    assert model.inputs[0].dtype == np.int8
-    images, labels = colour_data
-    predictions = [model.predict(img).index for img in images[:64]]
-    assert np.mean(np.asarray(predictions) == labels[:64]) > 0.9
-    # A batch through the fixed batch-one file runs row by row.
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
+                    reason="os: counting a process's threads needs Linux /proc")
+def test_threads_really_reach_the_interpreter(tiny_tflite):
+    # XNNPACK's thread pool runs on the calling thread plus threads-1 workers: asking for 3
+    # threads instead of 1 must start exactly 2 more OS threads, or the option is not applied.
+    one, three = (_threads_after_loading(tiny_tflite["fp32"], n) for n in (1, 3))
+    assert three - one == 2, f"1 thread -> {one} OS threads, 3 threads -> {three}"
+
+
+def test_int8_io_is_hidden_from_the_user(tiny_tflite, fresh_colour_data, model_top1):
+    model = edgepilot.load(tiny_tflite["int8"])
+    assert model.inputs[0].dtype == np.int8 and model.outputs[0].dtype == np.int8
+    images, labels = fresh_colour_data
+    assert np.mean(model_top1(model, images[:100]) == labels[:100]) > 0.9
+    # A batch through the fixed batch-one file runs row by row, with the same answers.
     x = np.concatenate([edgepilot.runtime.preprocess(img, model.meta) for img in images[:5]])
-    assert model(x).shape == (5, 4) and model(x).dtype == np.float32
+    batch = model(x)
+    assert batch.shape == (5, 4) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, np.concatenate([model(row[None]) for row in x]))
 
 
-def test_falls_back_to_tflite_runtime(monkeypatch, tflite_files):
+def test_falls_back_to_tflite_runtime(monkeypatch, tiny_tflite):
     from ai_edge_litert import interpreter as real
 
     fake = types.ModuleType("tflite_runtime")
@@ -55,15 +83,15 @@ def test_falls_back_to_tflite_runtime(monkeypatch, tflite_files):
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails
     monkeypatch.setitem(sys.modules, "tflite_runtime", fake)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake_interpreter)
-    model = edgepilot.load(tflite_files["fp32"])
+    model = edgepilot.load(tiny_tflite["fp32"])
     assert model.backend.startswith("tflite-runtime 2.14.0")
 
 
-def test_missing_interpreter_names_the_extra(monkeypatch, tflite_files):
+def test_missing_interpreter_names_the_extra(monkeypatch, tiny_tflite):
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     with pytest.raises(MissingDependencyError, match="pip install 'edgepilot\\[tflite\\]'"):
-        edgepilot.load(tflite_files["fp32"])
+        edgepilot.load(tiny_tflite["fp32"])
 
 
 def test_junk_file(tmp_path):
@@ -72,31 +100,58 @@ def test_junk_file(tmp_path):
         edgepilot.load(tmp_path / "junk.tflite")
 
 
-def test_standard_metadata_alone_is_enough(tflite_files, tmp_path):
-    """A .tflite from another tool with only the standard metadata still predicts."""
-    raw = open(tflite_files["fp32"], "rb").read()
+def _rewrite(path, out, edgepilot_json: str, labels=b"a\nb\nc\nd\n"):
+    """`path` with its metadata replaced: standard entry as edgepilot writes it (raw pixels
+    in: mean 0, std 1), labels a-d, and `edgepilot_json` as edgepilot's own entry."""
     standard = build_metadata(name="other", description="", version="1", width=32, height=32,
-                              mean=[127.5], std=[127.5], num_classes=4)
-    labels = b"a\nb\nc\nd\n"
-    rewritten = write_metadata(raw, standard=standard, edgepilot_json="{}",
-                               files={"labels.txt": labels})
-    # edgepilot's own entry is empty here, as in a file another tool wrote.
-    metadata = read_metadata(rewritten)
-    assert metadata.edgepilot_json == "{}"
-    assert metadata.labels == ["a", "b", "c", "d"] and metadata.mean == [127.5]
-    json_meta = litert._meta_from_standard(metadata, litert.LiteRTBackend(
-        tflite_files["fp32"]).inputs[0])
-    meta = edgepilot.ModelMeta.from_json(json_meta)
-    assert meta.labels == ("a", "b", "c", "d") and meta.layout == "NHWC"
-    np.testing.assert_allclose(meta.mean, [0.5] * 3)
-    np.testing.assert_allclose(meta.std, [0.5] * 3)
+                              mean=[0.0], std=[1.0], num_classes=4)
+    raw = open(path, "rb").read()
+    out.write_bytes(write_metadata(raw, standard=standard, edgepilot_json=edgepilot_json,
+                                   files={"labels.txt": labels}))
+    return out
 
 
-def test_metadata_is_rewritten_in_place_not_appended(tflite_files):
-    raw = open(tflite_files["fp32"], "rb").read()
+def test_standard_metadata_alone_is_enough(tiny_tflite, fresh_colour_data, tmp_path,
+                                           model_top1):
+    """A .tflite from another tool, whose edgepilot entry is empty ("{}"), predicts from the
+    standard metadata alone: the same classes as the original file, under the new labels."""
+    other = _rewrite(tiny_tflite["fp32"], tmp_path / "other.tflite", "{}")
+    assert read_metadata(other.read_bytes()).edgepilot_json == "{}"
+    model = edgepilot.load(other)
+    assert model.meta.labels == ("a", "b", "c", "d") and model.meta.layout == "NHWC"
+    assert model.meta.input_size == (32, 32)
+    images = fresh_colour_data[0][:40]
+    expected = model_top1(edgepilot.load(tiny_tflite["fp32"]), images)
+    np.testing.assert_array_equal(model_top1(model, images), expected)
+    assert model.predict(images[0]).label == "abcd"[expected[0]]
+
+
+@pytest.mark.parametrize("entry,needle", [("{not json", "malformed edgepilot metadata"),
+                                          ('{"name": "m", "labels": [], "input_size": [32, 32]}',
+                                           "malformed edgepilot metadata.*empty"),
+                                          ('{"name": "m", "labels": ["a"], "input_size": [32, 32],'
+                                           ' "layout": "CHW"}', "NCHW, NHWC")])
+def test_malformed_edgepilot_metadata_is_a_clear_error(tiny_tflite, tmp_path, entry, needle):
+    bad = _rewrite(tiny_tflite["fp32"], tmp_path / "bad.tflite", entry)
+    with pytest.raises(ModelFileError, match=needle):
+        edgepilot.load(bad)
+
+
+def test_meta_argument_overrides_the_file(tiny_tflite, fresh_colour_data):
+    original = edgepilot.load(tiny_tflite["fp32"])
+    meta = original.meta.replace(labels=("w", "x", "y", "z"))
+    model = edgepilot.load(tiny_tflite["fp32"], meta=meta)
+    assert model.meta is meta
+    for image in fresh_colour_data[0][:8]:
+        assert model.predict(image).label == "wxyz"[original.predict(image).index]
+
+
+def test_metadata_is_rewritten_in_place_not_appended(tiny_tflite):
+    raw = open(tiny_tflite["fp32"], "rb").read()
     standard = build_metadata(name="x", description="", version="1", width=32, height=32,
                               mean=[0.0], std=[1.0], num_classes=4)
     once = write_metadata(raw, standard=standard, edgepilot_json="{}", files={"labels.txt": b"a"})
     twice = write_metadata(once, standard=standard, edgepilot_json="{}",
                            files={"labels.txt": b"a"})
     assert len(once) == len(twice)
+    assert read_metadata(twice).labels == ["a"]

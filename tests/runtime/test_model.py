@@ -1,10 +1,12 @@
 """The Model wrapper's own logic, on a fake backend: quantized I/O and output checks."""
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import edgepilot
 from edgepilot.errors import ModelFileError
 from edgepilot.formats import FORMATS
 from edgepilot.meta import ModelMeta
@@ -44,3 +46,31 @@ def test_output_count_must_match_labels():
     model = Model(backend, meta=meta, path=Path("m.onnx"), format=FORMATS[0])
     with pytest.raises(ModelFileError, match="'m' outputs 12 values but its metadata has 3"):
         model.predict(np.zeros((2, 2, 3), np.uint8))
+
+
+@pytest.mark.parametrize("files,key", [("tiny_onnx", None), ("tiny_tflite", "fp32"),
+                                       ("tiny_tflite", "int8")])
+def test_a_model_shared_across_threads_answers_as_it_does_alone(request, files, key,
+                                                                fresh_colour_data):
+    """Interpreters are not re-entrant: four threads sharing one Model get, image for image,
+    the scores one thread gets alone (the Model's lock serialises the backend calls)."""
+    built = request.getfixturevalue(files)
+    model = edgepilot.load(built[key] if key else built.path, threads=1)
+    images = fresh_colour_data[0][:48]
+    alone = [model.predict(img).scores for img in images]
+    results: dict[int, dict] = {}
+    start = threading.Barrier(4)
+
+    def work(worker: int) -> None:
+        start.wait(timeout=60)  # all four begin together, so their calls interleave
+        order = range(len(images)) if worker % 2 else reversed(range(len(images)))
+        results[worker] = {i: model.predict(images[i]).scores for i in order}
+
+    workers = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    assert sorted(results) == [0, 1, 2, 3]  # no thread died or hung
+    for worker, scores in results.items():
+        assert [scores[i] for i in range(len(images))] == alone, f"worker {worker}"

