@@ -64,6 +64,27 @@ def pytest_make_collect_report(collector):
 
 
 @pytest.fixture(scope="session")
+def threads_after_loading():
+    """count(path, threads): the OS threads of a fresh process after it loaded `path` with
+    `threads` and ran it once: what a thread setting really started, not what it echoes."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys, numpy as np, edgepilot\n"
+            "m = edgepilot.load(sys.argv[1], threads=int(sys.argv[2]))\n"
+            "m(np.zeros([d or 1 for d in m.inputs[0].shape], np.float32))\n"
+            "print(len(os.listdir('/proc/self/task')))")
+
+    def count(path, threads: int) -> int:
+        out = subprocess.run([sys.executable, "-c", code, str(path), str(threads)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.split()[-1])
+
+    return count
+
+
+@pytest.fixture(scope="session")
 def tiny_meta() -> ModelMeta:
     return ModelMeta(name="tiny", labels=LABELS, input_size=(32, 32), layout="NCHW",
                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

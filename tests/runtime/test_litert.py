@@ -18,18 +18,6 @@ from edgepilot.errors import MissingDependencyError, ModelFileError
 from edgepilot.runtime.tflite_metadata import build_metadata, read_metadata, write_metadata
 
 
-def _threads_after_loading(path, threads: int) -> int:
-    """OS threads of a fresh process after it loaded `path` with `threads` and ran it once."""
-    code = ("import os, sys, numpy as np, edgepilot\n"
-            "m = edgepilot.load(sys.argv[1], threads=int(sys.argv[2]))\n"
-            "m(np.zeros(m.inputs[0].shape, np.float32))\n"
-            "print(len(os.listdir('/proc/self/task')))")
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(threads)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return int(out.stdout.split()[-1])
-
-
 def test_runs_without_torch_or_the_converters(tiny_tflite):
     """What a runtime-only install does: load and predict with torch and the converters made
     unimportable, and none of them imported along the way."""
@@ -54,10 +42,10 @@ def test_backend_names_interpreter_delegate_and_threads(tiny_tflite):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
                     reason="os: counting a process's threads needs Linux /proc")
-def test_threads_really_reach_the_interpreter(tiny_tflite):
+def test_threads_really_reach_the_interpreter(tiny_tflite, threads_after_loading):
     # XNNPACK's thread pool runs on the calling thread plus threads-1 workers: asking for 3
     # threads instead of 1 must start exactly 2 more OS threads, or the option is not applied.
-    one, three = (_threads_after_loading(tiny_tflite["fp32"], n) for n in (1, 3))
+    one, three = (threads_after_loading(tiny_tflite["fp32"], n) for n in (1, 3))
     assert three - one == 2, f"1 thread -> {one} OS threads, 3 threads -> {three}"
 
 

@@ -1,8 +1,6 @@
 """The ONNX backend and the Model wrapper over it."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -77,18 +75,6 @@ def test_file_without_metadata_runs_raw_but_explains_predict(tmp_path, trained_t
         model.predict(np.zeros((32, 32, 3), np.uint8))
 
 
-def _threads_after_loading(path, threads: int) -> int:
-    """OS threads of a fresh process after it loaded `path` with `threads` and ran it once."""
-    code = ("import os, sys, numpy as np, edgepilot\n"
-            "m = edgepilot.load(sys.argv[1], threads=int(sys.argv[2]))\n"
-            "m(np.zeros((1, 3, 32, 32), np.float32))\n"
-            "print(len(os.listdir('/proc/self/task')))")
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(threads)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return int(out.stdout.split()[-1])
-
-
 def test_threads_are_applied_to_the_session(tiny_onnx):
     options = edgepilot.load(tiny_onnx.path, threads=3)._backend.session.get_session_options()
     assert options.intra_op_num_threads == 3
@@ -98,9 +84,9 @@ def test_threads_are_applied_to_the_session(tiny_onnx):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
                     reason="os: counting a process's threads needs Linux /proc")
-def test_threads_start_that_many_workers(tiny_onnx):
+def test_threads_start_that_many_workers(tiny_onnx, threads_after_loading):
     # onnxruntime's intra-op pool is the calling thread plus threads-1 workers.
-    one, three = (_threads_after_loading(tiny_onnx.path, n) for n in (1, 3))
+    one, three = (threads_after_loading(tiny_onnx.path, n) for n in (1, 3))
     assert three - one == 2, f"1 thread -> {one} OS threads, 3 threads -> {three}"
 
 
