@@ -2,7 +2,7 @@
 child process under a memory cap and a timeout, counting crashes, hangs, exceptions that are
 not edgepilot's, and peak memory.
 
-    python benchmarks/fuzz_models.py                   # 1,000 files per format (~15 min, 2 cores)
+    python benchmarks/fuzz_models.py                   # 1,000 files per format (~2 min on 2 cores)
     python benchmarks/fuzz_models.py --per-format 100 --json fuzz.json
 
 The seeds are small real models: the shipped stoplight .onnx, and the shipped checkpoint
