@@ -86,8 +86,8 @@ class ModelMeta:
         # checked, not coerced: str() of a nested list or int() of 1e300 would hide corruption.
         object.__setattr__(self, "name", _text("name", self.name, MAX_NAME_LENGTH))
         object.__setattr__(self, "labels", tuple(
-            _text("labels", x, MAX_LABEL_LENGTH) for x in _sequence("labels", self.labels,
-                                                                    MAX_LABELS)))
+            _text("labels", _label(x), MAX_LABEL_LENGTH)
+            for x in _sequence("labels", self.labels, MAX_LABELS)))
         object.__setattr__(self, "input_size", tuple(
             _integer("input_size", x) for x in _sequence("input_size", self.input_size, 2)))
         object.__setattr__(self, "mean", tuple(
@@ -200,6 +200,13 @@ def _sequence(field_name: str, value, limit: int) -> list:
     if len(value) > limit:
         raise ValueError(f"ModelMeta.{field_name} has {len(value):,} items, more than {limit:,}")
     return list(value)
+
+
+def _label(value):
+    """Whole-number labels (digit classes: range(10)) become their text; anything else is
+    left for _text to accept or refuse."""
+    is_whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return str(int(value)) if is_whole else value
 
 
 def _text(field_name: str, value, limit: int) -> str:

@@ -35,3 +35,15 @@ def test_replace_changes_only_what_is_asked():
     meta = ModelMeta(name="m", labels=("a",), input_size=(8, 8))
     nhwc = meta.replace(layout="NHWC")
     assert nhwc.layout == "NHWC" and nhwc.labels == meta.labels and meta.layout == "NCHW"
+
+
+def test_whole_number_labels_become_text_and_other_values_are_refused():
+    import numpy as np
+
+    # Digit classes as numbers, from Python or numpy, are their text.
+    assert ModelMeta(name="d", labels=range(3), input_size=(8, 8)).labels == ("0", "1", "2")
+    assert ModelMeta(name="d", labels=np.arange(2), input_size=(8, 8)).labels == ("0", "1")
+    # A nested list or a bool is corruption, not a label: str() would hide it.
+    for bad in ([["a", "b"]], [True], [1.5]):
+        with pytest.raises(ValueError, match="labels must hold text"):
+            ModelMeta(name="d", labels=bad, input_size=(8, 8))
