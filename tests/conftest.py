@@ -10,11 +10,19 @@ test marked ``needs_hardware`` or ``needs_os``, or a skip reason starting ``hard
 from __future__ import annotations
 
 import os
+import signal
 
 import numpy as np
 import pytest
 
 from edgepilot.meta import ModelMeta
+
+# Tests stop child processes with SIGINT, as a terminal's Ctrl-C does. A harness that starts
+# pytest in the background from a script (`cmd &` without job control) leaves SIGINT ignored,
+# and children inherit that, so they would never see it: give this process Python's handler,
+# which exec resets to the default in every child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 LABELS = ("red", "yellow", "green", "none")
 STRICT = os.environ.get("EDGEPILOT_STRICT") == "1"
