@@ -104,23 +104,26 @@ def describe(err: BaseException, limit: int = 200) -> str:
 
 
 @contextlib.contextmanager
-def file_errors(reader: str, path: Path):
-    """The one place where a backend's library and parser exceptions become ModelFileError.
+def file_errors(reader: str, path: Path, *, failed: str | None = None):
+    """The one place where library and parser exceptions about a model file become
+    ModelFileError: at load in each backend (and `info`), and at run time in `Model`.
 
     A hostile or corrupt file can fail anywhere inside a native library or a flatbuffer or
     protobuf reader, with any exception type (RuntimeError, TypeError, struct.error,
     UnicodeDecodeError, RecursionError, MemoryError...). edgepilot's own errors and a broken
-    install (ImportError) pass through unchanged.
+    install (ImportError) pass through unchanged. `failed` replaces the message's opening
+    ("<reader> cannot load '<path>'").
     """
+    opening = failed or f"{reader} cannot load '{path}'"
     try:
         yield
     except (EdgepilotError, ImportError):
         raise
     except MemoryError as err:
-        raise ModelFileError(f"{reader} cannot load '{path}': it needs more memory than this "
-                             "process may use (a corrupt or hostile file?)") from err
+        raise ModelFileError(f"{opening}: it needs more memory than this process may use "
+                             "(a corrupt or hostile file?)") from err
     except Exception as err:  # noqa: BLE001 - see the docstring
-        raise ModelFileError(f"{reader} cannot load '{path}': {describe(err)}") from err
+        raise ModelFileError(f"{opening}: {describe(err)}") from err
 
 
 def meta_entry(text: str | bytes | None) -> str | bytes | None:

@@ -6,7 +6,6 @@ The wrapper owns what all formats share: input checks, preprocessing from the me
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
 import threading
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.errors import EdgepilotError, InputError, ModelFileError
+from edgepilot.errors import InputError, ModelFileError
 from edgepilot.formats import Format, format_for_path
 from edgepilot.meta import ModelMeta
-from edgepilot.runtime.backend import Backend, TensorInfo, describe
+from edgepilot.runtime.backend import Backend, TensorInfo, describe, file_errors
 from edgepilot.runtime.image import preprocess, read_image
 
 __all__ = ["load", "Model", "Prediction", "to_prediction", "output_scores", "meta_mismatch"]
@@ -135,6 +134,7 @@ class Model:
         self.outputs: list[TensorInfo] = backend.outputs
         # Interpreters are not re-entrant; one lock makes a Model safe to share across threads.
         self._lock = threading.Lock()
+        self._run_failed = f"Running '{path}' failed"  # built once, off the hot path
 
     @property
     def backend(self) -> str:
@@ -167,7 +167,7 @@ class Model:
                 return tuple(np.concatenate(parts) for parts in zip(*rows))
             return np.concatenate(rows)
         feeds = [_to_input(a, info) for a, info in zip(arrays, self.inputs)]
-        with self._lock, _run_errors(self.path):
+        with self._lock, file_errors("", self.path, failed=self._run_failed):
             raw = self._backend.run(feeds)
         outputs = [_from_output(y, info) for y, info in zip(raw, self.outputs)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
@@ -274,20 +274,6 @@ def _to_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:
         raise InputError(f"Input '{info.name}' has values too large for {info.dtype}")
     return converted
 
-
-@contextlib.contextmanager
-def _run_errors(path: Path):
-    """Inference failures the backend library raises on a corrupt graph (a shape or op
-    that only fails when run) as ModelFileError, like the failures at load."""
-    try:
-        yield
-    except (EdgepilotError, ImportError):
-        raise
-    except MemoryError as err:
-        raise ModelFileError(f"Running '{path}' needs more memory than this process may "
-                             "use") from err
-    except Exception as err:  # noqa: BLE001 - onnxruntime and LiteRT raise their own types
-        raise ModelFileError(f"Running '{path}' failed: {describe(err)}") from err
 
 
 def _from_output(y: np.ndarray, info: TensorInfo) -> np.ndarray:
