@@ -10,6 +10,7 @@ the one that recovers the most accuracy.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,11 @@ class LayerError:
     layer: str
     sqnr_db: float
     loss_db: float = 0.0
+    label: str = ""  # the layer as the user's module names it (features.3.conv.0), if known
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.layer
 
 
 def channel_sqnr(reference: np.ndarray, quantized: np.ndarray, channel_axis: int) -> float:
@@ -90,6 +96,10 @@ class Guard:
         max_drop: allowed drop in percentage points.
         max_steps: how many layers may be moved to float before giving up.
         candidates: how many of the worst-ranked layers are tried at each step.
+        budget_s: seconds the guard may spend (None: no limit); it stops trying when the next
+            step would not fit, and fails saying so.
+        progress: called with one line per step (what was measured, what is tried next).
+        clock: seconds, for the budget (tests pass a fake one).
     """
 
     evaluate: Callable[[Path], float]
@@ -97,6 +107,9 @@ class Guard:
     max_drop: float = 1.0
     max_steps: int = 8
     candidates: int = 3
+    budget_s: float | None = None
+    progress: Callable[[str], None] | None = None
+    clock: Callable[[], float] = time.monotonic
     kept: list[dict] = field(default_factory=list)
     attempts: list[dict] = field(default_factory=list)
 
@@ -108,37 +121,71 @@ class Guard:
         `rank(model)` lists its tensors, worst first (`rank_by_sqnr_loss`). SQNR proposes the
         `candidates` worst layers, accuracy decides: each is tried and the best one kept.
         """
+        started = self.clock()
         keep: list[str] = []
+        shown: dict[str, str] = {}
         path = quantize(keep)
         accuracy = self.evaluate(path)
         self._attempt(keep, accuracy)
+        trial_s = self.clock() - started  # one quantize + evaluate: the unit of the budget
+        self._say(f"{fmt} int8: accuracy {100 * accuracy:.2f}% (drop "
+                  f"{self._drop(accuracy):.2f} points, budget {self.max_drop})")
+        out_of_time = False
+        rank_s = trial_s  # the cost of ranking, until it is measured
+
+        def over(next_s: float) -> bool:  # would the next piece of work end past the budget?
+            return self.budget_s is not None and \
+                self.clock() - started + next_s > self.budget_s
+
         while self._drop(accuracy) > self.max_drop and len(keep) < self.max_steps:
+            if over(rank_s + self.candidates * trial_s):
+                out_of_time = True
+                break
+            ranked_at = self.clock()
             proposals = [e for e in rank(path) if e.layer not in keep][: self.candidates]
+            rank_s = self.clock() - ranked_at
             if not proposals:
                 break
+            if over(len(proposals) * trial_s):
+                out_of_time = True
+                break
             trials = []
-            for proposal in proposals:
+            for number, proposal in enumerate(proposals, 1):
+                shown[proposal.layer] = proposal.shown
+                self._say(f"{fmt} int8 guard step {len(keep) + 1}/{self.max_steps}: trying "
+                          f"{proposal.shown} in float ({number}/{len(proposals)}, it loses "
+                          f"{proposal.loss_db:.1f} dB)")
                 trial = quantize(keep + [proposal.layer])
                 trials.append((self.evaluate(trial), proposal, trial))
                 self._attempt(keep + [proposal.layer], trials[-1][0])
             # Best accuracy wins; on a tie, the layer SQNR ranked worse (listed first).
             accuracy, chosen, path = max(trials, key=lambda t: t[0])
             keep.append(chosen.layer)
+            self._say(f"{fmt} int8: keeping {chosen.shown} in float: accuracy "
+                      f"{100 * accuracy:.2f}% (drop {self._drop(accuracy):.2f} points)")
             self.kept.append({
-                "layer": chosen.layer, "sqnr_db": round(chosen.sqnr_db, 2),
-                "loss_db": round(chosen.loss_db, 2),
+                "layer": chosen.shown, "tensor": chosen.layer,
+                "sqnr_db": round(chosen.sqnr_db, 2), "loss_db": round(chosen.loss_db, 2),
                 "reason": f"its layer loses {chosen.loss_db:.1f} dB of SQNR (down to "
                           f"{chosen.sqnr_db:.1f} dB); in float the drop is "
                           f"{self._drop(accuracy):.2f} points (best of {len(trials)} tried)"})
         if self._drop(accuracy) <= self.max_drop:
             return path
+        names = ", ".join(shown.get(k, k) for k in keep) or "none could be"
+        spent = self.clock() - started
+        why = (f"the guard stopped at its time budget ({self.budget_s:.0f} s; {spent:.0f} s "
+               f"spent, about {trial_s:.0f} s per trial)" if out_of_time else
+               f"even with {len(keep)} layer(s) kept in float ({names})")
         raise EdgepilotError(
             f"{fmt} int8 loses {self._drop(accuracy):.2f} accuracy points (budget "
-            f"{self.max_drop}) even with {len(keep)} layer(s) kept in float "
-            f"({', '.join(keep) or 'none could be'}). Try more or more representative "
-            "calibration images (--calib), another calibration method, a larger --max-drop, "
+            f"{self.max_drop}): {why}. Try more or more representative calibration images "
+            "(--calib), another calibration method, a larger --max-drop or --guard-budget, "
             "or fp16 / dynamic precision."
         )
+
+    def _say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(line)
 
     def _drop(self, accuracy: float) -> float:
         return 100 * (self.baseline - accuracy)

@@ -25,6 +25,7 @@ import numpy as np
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
 from edgepilot.export.calibration import as_inputs
 from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
+from edgepilot.export.noise import first_line, quiet_exporters
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import quiet_native_stderr
 from edgepilot.runtime.tflite_metadata import build_metadata, write_metadata
@@ -35,11 +36,13 @@ from edgepilot.runtime.tflite_metadata import build_metadata, write_metadata
 CALIBRATION_METHODS = ("minmax", "moving_average")
 
 
-def artifact_meta(meta: ModelMeta) -> ModelMeta:
-    """The metadata of the .tflite file: raw pixels in, NHWC, probabilities out."""
+def artifact_meta(meta: ModelMeta, single_output: bool = True) -> ModelMeta:
+    """The metadata of the .tflite file: raw pixels in, NHWC, and for a classifier's one
+    output, probabilities out (the softmax is in the file)."""
     channels = meta.channels
+    output = "probs" if single_output and meta.output == "logits" else meta.output
     return meta.replace(layout="NHWC", mean=(0.0,) * channels, std=(1 / 255,) * channels,
-                        output="probs")
+                        output=output)
 
 
 def _pixel_input(meta: ModelMeta | None, sample_input) -> bool:
@@ -47,13 +50,19 @@ def _pixel_input(meta: ModelMeta | None, sample_input) -> bool:
     return meta is not None and meta.layout == "NCHW" and sample_input.dim() == 4
 
 
-def _file_meta(meta: ModelMeta | None, sample_input) -> ModelMeta | None:
-    return artifact_meta(meta) if _pixel_input(meta, sample_input) else meta
+def _file_meta(meta: ModelMeta | None, sample_input, single_output: bool = True
+               ) -> ModelMeta | None:
+    return artifact_meta(meta, single_output) if _pixel_input(meta, sample_input) else meta
 
 
-def _wrap(module, meta: ModelMeta | None, sample_input):
-    """The module as the .tflite will compute it, and its sample input."""
+def _wrap(module, meta: ModelMeta | None, sample_input, single_output: bool = True):
+    """The module as the .tflite will compute it, and its sample input (batch one)."""
     import torch
+
+    from edgepilot.export import flatten_outputs
+
+    def as_tuple(result):
+        return result if isinstance(result, torch.Tensor) else tuple(flatten_outputs(result)[0])
 
     class PixelInput(torch.nn.Module):
         """(N, H, W, C) float pixels 0..255 -> normalise -> NCHW -> module -> softmax."""
@@ -64,10 +73,10 @@ def _wrap(module, meta: ModelMeta | None, sample_input):
             scale = 255 * torch.tensor(meta.std, dtype=torch.float32)
             self.register_buffer("mean", 255 * torch.tensor(meta.mean).view(1, 1, 1, -1))
             self.register_buffer("scale", scale.view(1, 1, 1, -1))
-            self.softmax = meta.output == "logits"
+            self.softmax = single_output and meta.output == "logits"
 
         def forward(self, x):
-            y = self.inner(((x - self.mean) / self.scale).permute(0, 3, 1, 2))
+            y = as_tuple(self.inner(((x - self.mean) / self.scale).permute(0, 3, 1, 2)))
             return torch.softmax(y, dim=-1) if self.softmax else y
 
     class ChannelsLast(torch.nn.Module):
@@ -76,23 +85,29 @@ def _wrap(module, meta: ModelMeta | None, sample_input):
             self.inner = inner
 
         def forward(self, x):
-            return self.inner(x.permute(0, 3, 1, 2))
+            return as_tuple(self.inner(x.permute(0, 3, 1, 2)))
+
+    class Plain(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return as_tuple(self.inner(x))
 
     if _pixel_input(meta, sample_input):
         height, width = meta.input_size
-        return PixelInput(module, meta).eval(), torch.zeros(1, height, width, meta.channels)
+        return _frozen(PixelInput(module, meta)), torch.zeros(1, height, width, meta.channels)
     if sample_input.dim() == 4:  # an image model without metadata: still channels last
-        return ChannelsLast(module).eval(), sample_input.permute(0, 2, 3, 1).contiguous()
-    return module.eval(), sample_input
+        return _frozen(ChannelsLast(module)), sample_input.permute(0, 2, 3, 1).contiguous()
+    return _frozen(Plain(module)), sample_input
 
 
-def reference(outputs: np.ndarray, meta: ModelMeta | None, sample_input) -> np.ndarray:
-    """What the .tflite outputs, given the module's outputs: probabilities for image models
-    with metadata (the softmax is in the file), else the same values."""
-    if _pixel_input(meta, sample_input) and meta.output == "logits":
-        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
-    return outputs
+def _frozen(wrapper):
+    """A wrapper in eval mode without touching the wrapped module, whose mode export() set
+    (a torch.export program's module refuses `.eval()`)."""
+    wrapper.training = False
+    return wrapper
 
 
 def _convert(module, sample) -> bytes:
@@ -104,9 +119,7 @@ def _convert(module, sample) -> bytes:
     litert_torch.config.show_progress = False
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
-        with quiet_native_stderr(), warnings.catch_warnings(), \
-                contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with quiet_native_stderr(), quiet_exporters():
             return bytes(litert_torch.convert(module, (sample,)).model_content())
     except Exception as err:
         raise EdgepilotError(_conversion_failure(err, module)) from err
@@ -116,9 +129,9 @@ def _conversion_failure(err: Exception, module) -> str:
     text = str(err)
     match = re.search(r"(aten\.[\w.]+|'[\w.]+' op|[\w.]+\.default)", text)
     op = f" at operator {match.group(1)}" if match else ""
-    first = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
-    return (f"litert-torch could not convert {type(module).__name__} to TFLite{op}: "
-            f"{first[:300]}. Try ONNX (--format onnx), replace that operator with a standard "
+    inner = getattr(module, "inner", module)
+    return (f"litert-torch could not convert {type(inner).__name__} to TFLite{op}: "
+            f"{first_line(err)}. Try ONNX (--format onnx), replace that operator with a standard "
             "one, or check the model exports with torch.export.export().")
 
 
@@ -129,8 +142,13 @@ IO_DTYPES = ("int8", "uint8")
 
 def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
            calibration: np.ndarray | None = None, method: str = "minmax",
-           guard: Guard | None = None, io_dtype: str | None = None) -> dict:
-    """Write `module` as a .tflite at `precision`; returns notes for the report."""
+           guard: Guard | None = None, io_dtype: str | None = None,
+           dynamic_batch: bool = False) -> dict:
+    """Write `module` as a .tflite at `precision`; returns notes for the report.
+
+    TFLite files have a batch of one (`dynamic_batch` is noted, not applied): mobile and edge
+    interpreters run one frame at a time, and edgepilot's runtime runs a batch row by row.
+    """
     if method not in CALIBRATION_METHODS:
         raise UnsupportedFormatError(f"Calibration method '{method}' is not available for "
                                      f"tflite. Valid: {', '.join(CALIBRATION_METHODS)}")
@@ -138,9 +156,15 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
     if io_dtype not in IO_DTYPES:
         raise UnsupportedFormatError(f"io_dtype '{io_dtype}' is not available for tflite "
                                      f"int8. Valid: {', '.join(IO_DTYPES)}")
-    wrapped, sample = _wrap(module, meta, sample_input)
+    from edgepilot.export import flatten_outputs
+
+    with quiet_exporters():
+        single = len(flatten_outputs(module(sample_input))[0]) == 1
+    wrapped, sample = _wrap(module, meta, sample_input, single)
     float_model = _convert(wrapped, sample)
-    notes: dict = {}
+    notes: dict = {"batch": "1" + (" (TFLite files have a fixed batch)" if dynamic_batch
+                                   else "")}
+    file_meta = _file_meta(meta, sample_input, single)
     if precision == "fp32":
         model = float_model
     else:
@@ -153,6 +177,15 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
             inputs = _calibration_inputs(calibration, meta, sample)
             notes["calibration"] = {"method": method, "images": len(calibration)}
             notes["io_dtype"] = io_dtype
+            softmax = _final_softmax(float_model)
+            if softmax:
+                # The classifier's softmax stays float and so does its output: int8
+                # probabilities step by 1/256, so every class under 0.4% would read 0 and
+                # the ranking below the top few would be lost (top-5 of 1000 classes).
+                recipes = recipes + [
+                    dict(regex=softmax, operation="*", algorithm_key="no_quantize"),
+                    dict(regex=".*", operation="OUTPUT", algorithm_key="no_quantize")]
+                notes["output"] = "float32 probabilities (softmax in float after int8 logits)"
             if io_dtype == "uint8":  # quantize with float I/O, then swap the interface type
                 recipes = recipes + [dict(regex=".*", operation=op, algorithm_key="no_quantize")
                                      for op in ("INPUT", "OUTPUT")]
@@ -162,10 +195,11 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
                     quantized = _uint8_interface(quantized)
                 if meta is None:
                     return quantized
-                return _with_metadata(quantized, _file_meta(meta, sample_input), precision)
+                return _with_metadata(quantized, file_meta, precision)
 
             model = _int8(quantizer, float_model, recipes, inputs, path, guard, stamp,
-                          pixels=_pixel_input(meta, sample_input), method=method)
+                          pixels=_pixel_input(meta, sample_input), method=method,
+                          module=wrapped)
             if guard is not None:
                 notes["kept_float"] = guard.kept
                 notes["guard_attempts"] = guard.attempts
@@ -173,7 +207,6 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
             model = _quantize(quantizer, float_model, recipes, None)
     notes["fp32_bytes"] = len(float_model)
     if meta is not None:
-        file_meta = _file_meta(meta, sample_input)
         if precision != "int8":  # int8 files were stamped while the guard tried them
             model = _with_metadata(model, file_meta, precision)
         notes["fp32_bytes"] = len(_with_metadata(float_model, file_meta, "fp32"))
@@ -208,6 +241,24 @@ def _calibration_inputs(images: np.ndarray, meta: ModelMeta | None, sample) -> l
     return [{"args_0": x} for x in as_inputs(images, _file_meta(meta, sample))]
 
 
+def _final_softmax(model: bytes) -> str | None:
+    """The quantizer's scope regex of a SOFTMAX that produces the graph's only output."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    graph = tree.subgraphs[0]
+    if len(graph.outputs) != 1:
+        return None
+    for op in graph.operators:
+        if list(op.outputs) == [graph.outputs[0]]:
+            code = tree.operatorCodes[op.opcodeIndex]
+            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+            if builtin == schema.BuiltinOperator.SOFTMAX:
+                name = graph.tensors[graph.outputs[0]].name.decode()
+                return "^" + re.escape(name) + ";$"
+    return None
+
+
 def _calibrate(q, float_model: bytes, inputs: list[dict], method: str) -> dict:
     """Activation ranges over the calibration inputs, by `method`."""
     if method == "moving_average":
@@ -224,14 +275,19 @@ def _calibrate(q, float_model: bytes, inputs: list[dict], method: str) -> dict:
 
 
 def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, stamp,
-          pixels: bool, method: str) -> bytes:
+          pixels: bool, method: str, module=None) -> bytes:
     # Calibrated ranges can clip the input (a moving average does). Pin the input to its true
     # range: 0..255 for pixels (exact: scale 1, zero point -128), else the data's range.
     values = np.concatenate([x["args_0"].ravel() for x in inputs])
     low, high = (0.0, 255.0) if pixels else (min(0.0, float(values.min())), float(values.max()))
 
+    ranges: dict = {}
+
     def calibrate(q):
-        result = _calibrate(q, float_model, inputs, method)
+        # The ranges come from the float model alone: measure them once for every trial.
+        if "qsv" not in ranges:
+            ranges["qsv"] = _calibrate(q, float_model, inputs, method)
+        result = dict(ranges["qsv"])
         for name, entry in result.items():
             if name.startswith("serving_default_args_0"):
                 shape = np.shape(entry["min"])
@@ -249,7 +305,7 @@ def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, sta
         return trial
 
     def rank(trial: Path) -> list[LayerError]:
-        return _rank_layers(float_model, trial, inputs[:32])
+        return _rank_layers(float_model, trial, inputs[:32], module)
 
     try:
         trial = quantize([]) if guard is None else guard.run(quantize, rank, "tflite")
@@ -260,7 +316,8 @@ def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, sta
 
 
 def _uint8_interface(model: bytes) -> bytes:
-    """Replace the float input/output (and their QUANTIZE/DEQUANTIZE) by uint8 tensors."""
+    """Replace the float input (and its QUANTIZE) by a uint8 tensor; the output too, unless
+    it is meant to stay float (a classifier's float softmax)."""
     interface = require("ai_edge_litert._pywrap_modify_model_interface", "tflite",
                         "Giving int8 TFLite models a uint8 interface")
     from ai_edge_litert import schema_py_generated as schema
@@ -268,9 +325,11 @@ def _uint8_interface(model: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp, "in.tflite"), Path(tmp, "out.tflite")
         source.write_bytes(model)
-        status = interface.modify_model_interface(str(source), str(target),
-                                                  schema.TensorType.UINT8,
-                                                  schema.TensorType.UINT8)
+        # A float output (the classifier's float softmax) is left as it is; the library says
+        # so on stderr ("a model without quant/dequant"), which is expected here.
+        with quiet_native_stderr():
+            status = interface.modify_model_interface(
+                str(source), str(target), schema.TensorType.UINT8, schema.TensorType.UINT8)
         if status != 0:
             raise EdgepilotError("Could not give the int8 TFLite model a uint8 interface "
                                  f"(modify_model_interface returned {status})")
@@ -299,7 +358,7 @@ def _float_patterns(model: bytes, keep: list[str]) -> list[str]:
     return patterns
 
 
-def _rank_layers(float_model: bytes, trial: Path, inputs) -> list[LayerError]:
+def _rank_layers(float_model: bytes, trial: Path, inputs, module=None) -> list[LayerError]:
     """Activations ranked by the SQNR their op loses in the int8 model (see guard)."""
     float_acts = _activations(float_model, inputs)
     quant_acts = _activations(trial.read_bytes(), inputs)
@@ -315,7 +374,31 @@ def _rank_layers(float_model: bytes, trial: Path, inputs) -> list[LayerError]:
             order.append(names[out])
             inputs_of[names[out]] = [names[i] for i in op.inputs if i in activations]
     outputs = {names[i] for i in graph.outputs}
-    return [e for e in rank_by_sqnr_loss(order, inputs_of, sqnr) if e.layer not in outputs]
+    return [LayerError(e.layer, e.sqnr_db, e.loss_db, module_name(e.layer, module))
+            for e in rank_by_sqnr_loss(order, inputs_of, sqnr) if e.layer not in outputs]
+
+
+def module_name(tensor: str, module) -> str:
+    """The user's name of the module that computed a tensor (``features.3.conv.0``).
+
+    litert-torch names tensors by their module scope, ``Class_attribute`` per level joined
+    by ``/`` (``...Sequential_features/...Conv2d_0;...``); the attributes are walked down the
+    module tree, so dotted class names and underscores in attribute names do not confuse it.
+    """
+    if module is None:
+        return ""
+    scope = tensor.split(";", 1)[0].split("/")
+    path, current = [], module
+    for segment in scope[1:]:  # the first level is the wrapped module itself
+        child = next((name for name, _ in current.named_children()
+                      if segment.endswith("_" + name)), None)
+        if child is None:
+            break
+        path.append(child)
+        current = getattr(current, child)
+    if path and path[0] == "inner":  # edgepilot's pixel/layout wrapper
+        path = path[1:]
+    return ".".join(path) + f" ({type(current).__name__})" if path else ""
 
 
 def _activations(model: bytes, inputs) -> dict[str, np.ndarray]:
@@ -324,7 +407,9 @@ def _activations(model: bytes, inputs) -> dict[str, np.ndarray]:
 
     from edgepilot.runtime.litert import tensor_info
 
-    interpreter = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # "experimental_preserve_all_tensors" is what we want
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     image = tensor_info(detail)

@@ -9,6 +9,7 @@ import io
 import itertools
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
 from edgepilot.export.calibration import as_inputs
 from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
+from edgepilot.export.noise import first_line, quiet_exporters
 from edgepilot.meta import META_KEY, ModelMeta
 
 #: The lowest opset we write: 17 brings LayerNormalization; 18 is what torch's exporter targets.
@@ -30,18 +32,14 @@ OUTPUT_NAME = "output"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 
 
-def reference(outputs: np.ndarray, meta: ModelMeta | None, sample_input) -> np.ndarray:
-    """What the .onnx outputs, given the module's outputs: the same (logits)."""
-    return outputs
-
-
 def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
            calibration: np.ndarray | None = None, method: str = "minmax",
-           guard: Guard | None = None, io_dtype: str | None = None) -> dict:
+           guard: Guard | None = None, io_dtype: str | None = None,
+           dynamic_batch: bool = False) -> dict:
     """Write `module` as ONNX to `path`; returns notes for the report.
 
-    The batch dimension is dynamic so one file serves single frames and batched evaluation.
-    Weights are stored inside the file (no external-data side file).
+    The batch is one unless `dynamic_batch` (then it is dynamic, or one where the model
+    specialises it, said in the notes). Weights are stored inside the file (no external data).
     """
     if method not in CALIBRATION_METHODS:
         raise UnsupportedFormatError(f"Calibration method '{method}' is not available for "
@@ -50,8 +48,9 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
         raise UnsupportedFormatError(f"io_dtype '{io_dtype}' is not available for onnx: its int8 "
                                      "files are QDQ graphs with float32 inputs and outputs. "
                                      "Valid: float32 (or export tflite for int8/uint8 I/O)")
-    _export_float(module, sample_input, path, meta)
-    notes: dict = {"fp32_bytes": path.stat().st_size}
+    notes: dict = {}
+    notes["batch"] = _export_float(module, sample_input, path, meta, dynamic_batch)
+    notes["fp32_bytes"] = path.stat().st_size
     if precision == "fp16":
         _to_fp16(path)
     elif precision == "int8":
@@ -69,41 +68,50 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
     return notes
 
 
-def _export_float(module, sample_input, path: Path, meta: ModelMeta | None) -> None:
+def _output_names(module, sample_input) -> list[str]:
+    from edgepilot.export import flatten_outputs
+
+    with quiet_exporters():
+        return flatten_outputs(module(sample_input))[1]
+
+
+def _export_float(module, sample_input, path: Path, meta: ModelMeta | None,
+                  dynamic_batch: bool) -> str:
+    """Write the float file; returns what its batch dimension is."""
     torch = require("torch", "export", "Exporting to ONNX")
     onnx = require("onnx", "export", "Exporting to ONNX")
     require("onnxscript", "export", "Exporting to ONNX")
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = ({0: batch},)
-    module = module.eval()
-    # The exporter logs and warns at length about things that do not affect the file.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    noise = io.StringIO()
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(noise),
-            torch.no_grad(),
-        ):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                (sample_input,),
-                str(path),
-                dynamo=True,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=dynamic,
-                external_data=False,
-            )
-    except Exception as err:
-        lines = [ln for ln in str(err).splitlines() if ln.strip()]
-        detail = lines[0] if lines else type(err).__name__
+    names = _output_names(module, sample_input)
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    batch = "1"
+    attempts = []  # (dynamo, dynamic batch): torch.export first, TorchScript as the fallback
+    if not scripted:
+        attempts += [(True, True)] if dynamic_batch else []
+        attempts += [(True, False)]
+    attempts += [(False, True)] if dynamic_batch else []
+    attempts += [(False, False)]
+    failures = []
+    for dynamo, dynamic in attempts:
+        try:
+            _torch_onnx_export(torch, module, sample_input, path, names, dynamo, dynamic)
+        except Exception as err:  # the exporters raise anything; each attempt is independent
+            failures.append((dynamo, first_line(err)))
+            continue
+        if dynamic:
+            batch = "dynamic"
+        elif dynamic_batch:
+            batch = "1 (the model specialises its batch dimension, so it cannot be dynamic)"
+        if not dynamo and not scripted:
+            batch += "; written by the TorchScript exporter (torch.export failed: " + \
+                next((f for d, f in failures if d), "?") + ")"
+        break
+    else:
+        detail = next((f for d, f in failures if d), failures[-1][1])
         raise EdgepilotError(
             f"torch.onnx could not export {type(module).__name__} to ONNX: {detail}. "
-            "Check that the model's forward() takes one tensor and uses standard operators."
-        ) from err
+            "Both of torch's exporters failed; check that forward() runs on the sample input "
+            "and that torch.export.export(model, (sample,)) works."
+        )
 
     model = onnx.load(str(path))
     if meta is not None:
@@ -116,6 +124,35 @@ def _export_float(module, sample_input, path: Path, meta: ModelMeta | None) -> N
     model.producer_name = "edgepilot"
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
+    return batch
+
+
+def _torch_onnx_export(torch, module, sample_input, path: Path, names: list[str],
+                       dynamo: bool, dynamic: bool) -> None:
+    options: dict = {}
+    if dynamo:
+        if dynamic:
+            options["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    elif dynamic:
+        options["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    # The exporters log and warn at length about things that do not affect the file.
+    with quiet_exporters(), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.onnx.export(module, (sample_input,), str(path), dynamo=dynamo,
+                          opset_version=OPSET, input_names=[INPUT_NAME], output_names=names,
+                          external_data=False, **options)
+    # Tracing records the one path the sample took: a trace that warns (Python control flow
+    # on tensor values) may compute something else for other inputs. No such file.
+    traced = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if traced and not isinstance(module, torch.jit.ScriptModule):
+        raise EdgepilotError(f"tracing it may be wrong for other inputs: "
+                             f"{str(traced[0].message).splitlines()[0]}")
+    if dynamic:  # a dynamo export that specialised the batch to 1 says so only in the file
+        import onnx
+
+        dim = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+        if not dim.dim_param:
+            raise EdgepilotError("the exported batch dimension is fixed")
 
 
 def _to_fp16(path: Path) -> None:
@@ -224,4 +261,23 @@ def _rank_tensors(float_path: Path, qdq_path: Path, inputs) -> list[LayerError]:
         for out in node.output:
             order.append(out)
             inputs_of[out] = [i for i in node.input if i and i not in constants]
-    return [e for e in rank_by_sqnr_loss(order, inputs_of, sqnr) if e.layer != OUTPUT_NAME]
+    outputs = {o.name for o in graph.output}
+    scopes = _module_names(graph)
+    return [LayerError(e.layer, e.sqnr_db, e.loss_db, scopes.get(e.layer, ""))
+            for e in rank_by_sqnr_loss(order, inputs_of, sqnr) if e.layer not in outputs]
+
+
+def _module_names(graph) -> dict[str, str]:
+    """Tensor -> the module that computes it, as the user's model names it
+    (``features.3.conv.0 (Conv)``), from the name scopes torch's exporter records."""
+    names = {}
+    for node in graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        scopes = props.get("pkg.torch.onnx.name_scopes", "")
+        found = re.findall(r"'([^']*)'", scopes)  # ['', 'features', 'features.3', 'conv2d']
+        module = found[-2] if len(found) >= 2 else ""  # the last one is the traced op
+        if not module:
+            continue
+        for out in node.output:
+            names[out] = f"{module} ({node.op_type})"
+    return names

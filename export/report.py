@@ -26,8 +26,8 @@ class ExportReport:
     seconds: float
     backend: str
     n_inputs: int
-    max_abs_diff: float
-    top1_agreement: float
+    max_abs_diff: float | None  # None: the file cannot run here (see notes["unchecked"])
+    top1_agreement: float | None  # None also for multi-output models (notes["outputs"])
     accuracy_torch: float | None = None
     accuracy_export: float | None = None
     size_ratio: float | None = None  # to the fp32 file of the same format, when exported too
@@ -82,8 +82,9 @@ def print_reports(reports: list[ExportReport], console=None) -> None:
         table.add_row(
             Path(r.path).name, r.format, r.precision, f"{r.size_bytes / 1024:.1f} KiB",
             "-" if r.size_ratio is None else f"{100 * r.size_ratio:.0f}%",
-            f"{r.max_abs_diff:.2e}", _pct(r.top1_agreement), _pct(r.accuracy_torch),
-            _pct(r.accuracy_export), str(len(r.notes.get("kept_float", [])) or "-"),
+            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+            _pct(r.top1_agreement), _pct(r.accuracy_torch), _pct(r.accuracy_export),
+            str(len(r.notes.get("kept_float", [])) or "-"),
             f"{r.seconds:.1f} s",
         )
     if console is None:
@@ -91,3 +92,8 @@ def print_reports(reports: list[ExportReport], console=None) -> None:
         if not console.is_terminal:  # logs and CI: do not squeeze the table into 80 columns
             console = Console(stderr=True, width=150)
     console.print(table)
+    for r in reports:
+        for warning in r.notes.get("warnings", []):
+            console.print(f"[yellow]warning[/yellow] {Path(r.path).name}: {warning}")
+        if r.notes.get("unchecked"):
+            console.print(f"{Path(r.path).name}: not checked here: {r.notes['unchecked']}")

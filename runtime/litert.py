@@ -77,10 +77,13 @@ class LiteRTBackend(Backend):
         """What the interpreter delegated: XNNPACK partitions (more than one means ops in
         between fell back to builtin kernels), or builtin kernels only."""
         try:
-            ops = [op["op_name"] for op in self.interpreter._get_ops_details()]
+            details = self.interpreter._get_ops_details()
         except AttributeError:  # older interpreters do not expose their nodes
             return "delegates unknown"
+        ops = [op["op_name"] for op in details]
         partitions = ops.count("DELEGATE")
+        #: Ops the delegate did not take (they run on builtin kernels), by name.
+        self.fallback_ops = _undelegated(details, set(self._out)) if partitions else []
         if not partitions:
             return f"builtin kernels, {len(ops)} ops"
         return f"XNNPACK, {partitions} partition{'s' if partitions > 1 else ''}"
@@ -90,6 +93,28 @@ class LiteRTBackend(Backend):
             self.interpreter.set_tensor(index, x)
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(index).copy() for index in self._out]
+
+
+def _undelegated(details: list[dict], graph_outputs: set[int]) -> list[str]:
+    """Names of the original ops that still run on builtin kernels after delegation.
+
+    The interpreter lists the original ops and then one DELEGATE node per partition. An op
+    runs outside the delegate if one of its outputs leaves the graph or feeds a partition or
+    an op that runs outside; walking the ops backwards decides consumers before producers.
+    """
+    delegates = [op for op in details if op["op_name"] == "DELEGATE"]
+    produced_by_delegate = {t for op in delegates for t in op["outputs"]}
+    feeds_delegate = {t for op in delegates for t in op["inputs"]}
+    outside_inputs: set[int] = set()
+    names = []
+    for op in reversed([op for op in details if op["op_name"] != "DELEGATE"]):
+        outputs = set(op["outputs"])
+        if outputs & produced_by_delegate:
+            continue  # computed inside a partition
+        if outputs & (feeds_delegate | graph_outputs | outside_inputs):
+            names.append(op["op_name"])
+            outside_inputs.update(op["inputs"])
+    return names[::-1]
 
 
 def _meta_from_standard(metadata, image: TensorInfo) -> str | None:

@@ -105,7 +105,7 @@ def test_tflite_uint8_io_and_moving_average(export_cli, checkpoint, calib_source
                         "--io-dtype", "uint8", "--out", tmp_path / "m")
     model = edgepilot.load(path)
     [image], [scores] = model.inputs, model.outputs
-    assert image.dtype == np.uint8 and scores.dtype == np.uint8
+    assert image.dtype == np.uint8 and scores.dtype == np.float32  # float softmax (#18)
     assert (image.scale, image.zero_point) == (1.0, 0)  # raw pixels, exactly
     notes = report_of(path)["notes"]
     assert notes["calibration"]["method"] == "moving_average"

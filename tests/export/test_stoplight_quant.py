@@ -95,7 +95,7 @@ def test_full_int8_tflite_has_int8_io_nhwc_and_standard_metadata(reports):
     [image], [scores] = model.inputs, model.outputs
     assert image.shape == (1, 64, 64, 3) and image.dtype == np.int8
     assert (image.scale, image.zero_point) == (1.0, -128)  # pixel - 128, exactly
-    assert scores.dtype == np.int8
+    assert scores.dtype == np.float32  # int8 logits, then the softmax in float (#18)
     metadata = read_metadata(Path(path).read_bytes())
     assert metadata.labels == ["red", "yellow", "green", "none"]
     assert metadata.mean == [0.0] and metadata.std == [1.0] and metadata.color == "RGB"

@@ -51,7 +51,7 @@ def test_threads_really_reach_the_interpreter(tiny_tflite, threads_after_loading
 
 def test_int8_io_is_hidden_from_the_user(tiny_tflite, fresh_colour_data, model_top1):
     model = edgepilot.load(tiny_tflite["int8"])
-    assert model.inputs[0].dtype == np.int8 and model.outputs[0].dtype == np.int8
+    assert model.inputs[0].dtype == np.int8 and model.outputs[0].dtype == np.float32
     images, labels = fresh_colour_data
     assert np.mean(model_top1(model, images[:100]) == labels[:100]) > 0.9
     # A batch through the fixed batch-one file runs row by row, with the same answers.
