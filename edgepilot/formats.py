@@ -26,6 +26,10 @@ class Format:
         precisions: precisions the exporter can write; the first is the default.
         runtime_extra: pip extra needed to run it ('' = the base install).
         description: one line for help texts and the README.
+        backend_class: the `Backend` subclass in that module.
+        reader: module under `edgepilot.runtime` whose ``read_info(path)`` serves
+            ``edgepilot info`` (the tensors, layers and ops of a file of this format).
+        folder: the "file" is a folder (a Core ML ``.mlpackage``).
     """
 
     name: str
@@ -35,6 +39,9 @@ class Format:
     precisions: tuple[str, ...]
     runtime_extra: str
     description: str
+    backend_class: str = ""
+    reader: str = ""
+    folder: bool = False
 
 
 FORMATS: tuple[Format, ...] = (
@@ -46,6 +53,8 @@ FORMATS: tuple[Format, ...] = (
         precisions=("fp32", "fp16", "int8"),
         runtime_extra="",
         description="ONNX, run by onnxruntime (any OS, Raspberry Pi, x86)",
+        backend_class="OnnxBackend",
+        reader="onnx_info",
     ),
     Format(
         name="tflite",
@@ -55,6 +64,46 @@ FORMATS: tuple[Format, ...] = (
         precisions=("fp32", "fp16", "dynamic", "int8"),
         runtime_extra="tflite",
         description="TFLite/LiteRT, NHWC, with standard metadata (Android, iOS, Raspberry Pi)",
+        backend_class="LiteRTBackend",
+        reader="litert_info",
+    ),
+    Format(
+        name="edgetpu",
+        suffix="_edgetpu.tflite",
+        backend="edgetpu",
+        exporter="edgetpu",
+        precisions=("int8",),
+        runtime_extra="tflite",
+        description="Coral Edge TPU: full-int8 TFLite checked op by op against the Edge TPU's "
+                    "rules, compiled by edgetpu_compiler when it is on PATH (runs with "
+                    "libedgetpu on a Coral USB/PCIe/Dev Board)",
+        backend_class="EdgeTPUBackend",
+        reader="edgetpu_check",
+    ),
+    Format(
+        name="coreml",
+        suffix=".mlpackage",
+        backend="coreml",
+        exporter="coreml",
+        precisions=("fp32", "fp16", "int8"),
+        runtime_extra="coreml",
+        description="Core ML image classifier (iPhone, iPad, Mac: CPU, GPU, Neural Engine); "
+                    "converts on any OS, predicts on macOS",
+        backend_class="CoreMLBackend",
+        reader="coreml_info",
+        folder=True,
+    ),
+    Format(
+        name="executorch",
+        suffix=".pte",
+        backend="executorch",
+        exporter="executorch",
+        precisions=("fp32", "int8"),
+        runtime_extra="executorch",
+        description="ExecuTorch program with the XNNPACK delegate (Android, iOS, Linux; its "
+                    "Python runtime needs torch)",
+        backend_class="ExecuTorchBackend",
+        reader="executorch_info",
     ),
 )
 

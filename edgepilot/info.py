@@ -5,9 +5,12 @@
     (11935, 11910, 25, 11910)
     >>> print_info(info)
 
-ONNX is read with `onnx`, TFLite with the flatbuffer schema ai-edge-litert ships, checkpoints
-with torch; each is imported only when a file of its kind is inspected. The rules, alike for
-every format:
+Each format's reader lives beside its backend (`edgepilot.runtime.<reader>`, named by the
+format table's ``reader``; ONNX is read with `onnx`, TFLite with the flatbuffer schema
+ai-edge-litert ships, Core ML with coremltools, ExecuTorch with its program deserializer) and
+checkpoints with torch; each is imported only when a file of its kind is inspected. This
+module holds what they share: the summary, the layer counting and the printing. The rules,
+alike for every format:
 
 * A layer is an op with constants in a weight or bias slot (Conv, Gemm, CONV_2D, ...) or with
   multiply-accumulates. Parameters are element counts whatever the dtype, so an int8 or fp16
@@ -22,15 +25,16 @@ every format:
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from edgepilot.errors import MissingDependencyError, ModelFileError, UnsupportedFormatError, require
-from edgepilot.formats import format_for_path
-from edgepilot.meta import META_KEY, ModelMeta
+from edgepilot.errors import ModelFileError, UnsupportedFormatError, require
+from edgepilot.formats import FORMATS, format_for_path
+from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import file_errors, meta_entry
 
 __all__ = ["TensorSummary", "LayerSummary", "ModelInfo", "inspect_model", "print_info"]
@@ -38,7 +42,7 @@ __all__ = ["TensorSummary", "LayerSummary", "ModelInfo", "inspect_model", "print
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 
-class _Op(NamedTuple):
+class OpRule(NamedTuple):
     """How to count one op type: which inputs are parameters, and its MACs."""
 
     weights: tuple[int, ...] = ()  # input slots holding weights; counted when constant
@@ -49,21 +53,6 @@ class _Op(NamedTuple):
     operand: int = 1
 
 
-_ONNX_OPS = {
-    "Conv": _Op((1,), (2,), "conv"), "ConvInteger": _Op((1,), (), "conv"),
-    "QLinearConv": _Op((3,), (8,), "conv", 3), "Gemm": _Op((1,), (2,), "dot", 0),
-    "MatMul": _Op((0, 1), (), "dot", 0), "MatMulInteger": _Op((0, 1), (), "dot", 0),
-    "QLinearMatMul": _Op((0, 3), (), "dot", 0), "QGemm": _Op((3,), (6,), "dot", 0),
-    "PRelu": _Op((1,)),
-    # Running mean and variance are statistics, not weights.
-    "BatchNormalization": _Op((1,), (2,)), "InstanceNormalization": _Op((1,), (2,)),
-    "LayerNormalization": _Op((1,), (2,)), "GroupNormalization": _Op((1,), (2,)),
-}
-_TFLITE_OPS = {
-    "CONV_2D": _Op((1,), (2,), "conv"), "DEPTHWISE_CONV_2D": _Op((1,), (2,), "depthwise"),
-    "FULLY_CONNECTED": _Op((1,), (2,), "dot"), "BATCH_MATMUL": _Op((0, 1), (), "dot", 0),
-    "PRELU": _Op((1,)),
-}
 # Ops that, applied to a constant, give the same constant in another dtype or shape: int8
 # weights reach a QDQ Conv through DequantizeLinear, fp16 ones a TFLite FC through DEQUANTIZE.
 _VIEWS = {"DequantizeLinear", "Cast", "Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
@@ -107,12 +96,13 @@ class ModelInfo:
     weights: int
     biases: int
     macs: int
+    details: dict = field(default_factory=dict)  # format-specific facts (see each reader)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class _Layer(NamedTuple):
+class Layer(NamedTuple):
     name: str
     op: str
     weights: int
@@ -140,12 +130,13 @@ def inspect_model(path: str | Path) -> ModelInfo:
     """
     path = Path(path)
     name, reader = _reader_for(path)  # an unknown suffix fails before the file is touched
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir() and name != "checkpoint" and
+            format_for_path(path).folder):
         raise ModelFileError(f"Model file not found: '{path}'")
     # The one place where what a parser raises on a corrupt or hostile file (IndexError,
     # KeyError, UnicodeDecodeError, struct.error, RecursionError...) becomes ModelFileError.
     with file_errors("edgepilot info", path):
-        inputs, outputs, meta, layers, ops = reader(path)
+        inputs, outputs, meta, layers, ops, details = reader(path)
     # onnx hands back names that are not UTF-8 as bytes rather than failing: they would
     # break the JSON output and the tables later.
     names = [x.name for x in (*inputs, *outputs, *layers)] + [x.op for x in layers] + ops
@@ -153,33 +144,50 @@ def inspect_model(path: str | Path) -> ModelInfo:
         raise ModelFileError(f"'{path}' holds tensor, layer or op names that are not UTF-8 "
                              "text: a corrupt or hostile file")
     return ModelInfo(
-        path=str(path), format=name, size_bytes=path.stat().st_size, inputs=inputs,
+        path=str(path), format=name, size_bytes=_size(path), inputs=inputs,
         outputs=outputs, meta=meta,
         layers=[LayerSummary(x.name, x.op, x.weights + x.biases, x.macs) for x in layers],
         op_histogram=dict(Counter(ops).most_common()),
         parameters=sum(x.weights + x.biases for x in layers),
         weights=sum(x.weights for x in layers), biases=sum(x.biases for x in layers),
-        macs=sum(x.macs for x in layers),
+        macs=sum(x.macs for x in layers), details=dict(details),
     )
 
 
 def _reader_for(path: Path):
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         return "checkpoint", _read_checkpoint
-    readable = ", ".join([".onnx", ".tflite", *CHECKPOINT_SUFFIXES])
+    readable = ", ".join([*(f.suffix for f in FORMATS if f.reader), *CHECKPOINT_SUFFIXES])
     try:
         fmt = format_for_path(path)
     except UnsupportedFormatError as err:
         raise UnsupportedFormatError(f"{err}. edgepilot info reads {readable}") from err
-    # By container, not by name: a future row such as '_edgetpu.tflite' is still a flatbuffer.
-    for suffix, reader in ((".onnx", _read_onnx), (".tflite", _read_tflite)):
-        if fmt.suffix.endswith(suffix):
-            return fmt.name, reader
-    raise UnsupportedFormatError(f"edgepilot info cannot read {fmt.name} files; it reads "
-                                 f"{readable}")
+    if not fmt.reader:
+        raise UnsupportedFormatError(f"edgepilot info cannot read {fmt.name} files; it reads "
+                                     f"{readable}")
+    module = importlib.import_module(f"edgepilot.runtime.{fmt.reader}")
+    return fmt.name, module.read_info
 
 
-def _count_layers(nodes, sizes: dict, shape, table: dict[str, _Op]) -> list[_Layer]:
+class Reading(NamedTuple):
+    """What a format's ``read_info(path)`` returns."""
+
+    inputs: list[TensorSummary]
+    outputs: list[TensorSummary]
+    meta: dict | None
+    layers: list[Layer]
+    ops: list[str]
+    details: dict = {}  # format-specific facts: compute units, weight precision, delegates...
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder model (a Core ML .mlpackage)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def count_layers(nodes, sizes: dict, shape, table: dict[str, OpRule]) -> list[Layer]:
     """The layers of one graph, in graph order.
 
     Args:
@@ -190,7 +198,7 @@ def _count_layers(nodes, sizes: dict, shape, table: dict[str, _Op]) -> list[_Lay
     """
     origin = {t: t for t in sizes}  # tensor -> the constant it is a view of
     producer: dict = {}  # activation -> index in `layers` of the layer computing it
-    layers: list[_Layer] = []
+    layers: list[Layer] = []
     for name, op, ins, outs in nodes:
         if op in _VIEWS and ins and ins[0] in origin:
             origin[outs[0]] = origin[ins[0]]
@@ -200,14 +208,14 @@ def _count_layers(nodes, sizes: dict, shape, table: dict[str, _Op]) -> list[_Lay
             layers[index] = grown
             producer[outs[0]] = index
             continue
-        rule = table.get(op, _Op())
+        rule = table.get(op, OpRule())
 
         def count(slots, ins=ins):
             return sum(sizes[origin[ins[i]]] for i in slots if i < len(ins) and ins[i] in origin)
 
         operand = ins[rule.operand] if rule.operand < len(ins) else None
         dims = shape(operand) or (shape(origin[operand]) if operand in origin else None)
-        layer = _Layer(name, op, count(rule.weights), count(rule.biases),
+        layer = Layer(name, op, count(rule.weights), count(rule.biases),
                        _macs(rule.macs, shape(outs[0]), dims))
         if layer.weights or layer.biases or layer.macs:
             producer[outs[0]] = len(layers)
@@ -215,7 +223,7 @@ def _count_layers(nodes, sizes: dict, shape, table: dict[str, _Op]) -> list[_Lay
     return layers
 
 
-def _extends(op: str, ins: list, layer: _Layer, origin: dict, sizes: dict) -> _Layer | None:
+def _extends(op: str, ins: list, layer: Layer, origin: dict, sizes: dict) -> Layer | None:
     """`layer` updated when `op` applied to its output still belongs to it, else None: an
     (de)quantize or rescale of a weighted layer's output, or a MatMul's bias Add (torch exports
     Linear on 3-D inputs as MatMul then Add; dynamic int8 as MatMulInteger, Cast, Mul, Add)."""
@@ -237,7 +245,7 @@ def _macs(kind: str, out, operand) -> int:
     return math.prod(out) * per_output
 
 
-def _parse_meta(text: str | None, path: Path) -> dict | None:
+def parse_meta(text: str | None, path: Path) -> dict | None:
     """The file's ModelMeta as a dict, validated as `edgepilot.load` validates it."""
     if not meta_entry(text):
         return None
@@ -245,133 +253,6 @@ def _parse_meta(text: str | None, path: Path) -> dict | None:
         return ModelMeta.from_json(text).to_dict()
     except (ValueError, TypeError) as err:
         raise ModelFileError(f"'{path}' carries malformed edgepilot metadata: {err}") from err
-
-
-def _read_onnx(path: Path):
-    onnx = require("onnx", "export", "Inspecting ONNX layers")
-    try:
-        model = onnx.load(str(path), load_external_data=False)  # dims suffice to count
-    except Exception as err:  # protobuf's DecodeError and OSError share no useful base
-        raise ModelFileError(f"Cannot read '{path}' as ONNX: not a valid ONNX protobuf "
-                             f"({type(err).__name__})") from err
-    if not model.graph.node:
-        raise ModelFileError(f"'{path}' holds no ONNX graph: is it an ONNX model?")
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - shapes only feed MAC estimates; parameters need none
-        pass
-    graph = model.graph
-    constants = {i.name: tuple(i.dims) for i in graph.initializer}
-    constants.update({n.output[0]: tuple(a.t.dims) for n in graph.node if n.op_type == "Constant"
-                      for a in n.attribute if a.name == "value"})
-    shapes = {vi.name: _onnx_dims(vi, dynamic=1)
-              for vi in (*graph.input, *graph.value_info, *graph.output)}
-    shapes.update(constants)
-    nodes = [(n.name or n.output[0], n.op_type, list(n.input), list(n.output)) for n in graph.node]
-    sizes = {name: math.prod(dims) for name, dims in constants.items()}
-    layers = _count_layers(nodes, sizes, shapes.get, _ONNX_OPS)
-    inputs = [_onnx_tensor(vi) for vi in graph.input if vi.name not in constants]
-    meta = _parse_meta({p.key: p.value for p in model.metadata_props}.get(META_KEY), path)
-    return inputs, [_onnx_tensor(vi) for vi in graph.output], meta, layers, [n[1] for n in nodes]
-
-
-def _onnx_dims(value_info, dynamic=None) -> tuple | None:
-    """Dims of a typed tensor; `dynamic` stands for a symbolic one such as the batch."""
-    tensor = value_info.type.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    return tuple(d.dim_value if d.HasField("dim_value") else dynamic for d in tensor.shape.dim)
-
-
-def _onnx_tensor(value_info) -> TensorSummary:
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    elem = value_info.type.tensor_type.elem_type
-    dtype = tensor_dtype_to_np_dtype(elem).name if elem else "undefined"
-    return TensorSummary(value_info.name, _onnx_dims(value_info) or (), dtype)
-
-
-def _read_tflite(path: Path):
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError as err:
-        raise MissingDependencyError("ai-edge-litert", "tflite", "Inspecting TFLite layers") \
-            from err
-    from edgepilot.runtime.tflite_metadata import read_metadata
-
-    data = path.read_bytes()
-    if data[4:8] != b"TFL3":
-        raise ModelFileError(f"'{path}' is not a TFLite flatbuffer (no TFL3 file identifier)")
-    try:
-        tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
-    except Exception as err:  # a corrupt flatbuffer fails anywhere: struct, index, type errors
-        raise ModelFileError(f"Cannot read '{path}' as TFLite: the flatbuffer is truncated or "
-                             f"corrupt ({type(err).__name__})") from err
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    layers, ops = [], []
-    for graph in tree.subgraphs or []:
-        nodes = _tflite_nodes(tree, graph, op_names)
-        ops += [op for _, op, _, _ in nodes]
-        tensors = graph.tensors or []
-        sizes = {i: math.prod(_dims(t)) for i, t in enumerate(tensors)
-                 if _has_data(tree.buffers[t.buffer])}
-
-        def shape(i, tensors=tensors):
-            return _dims(tensors[i]) if i is not None and 0 <= i < len(tensors) else None
-
-        layers += _count_layers(nodes, sizes, shape, _TFLITE_OPS)
-    dtypes = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    main = tree.subgraphs[0]
-
-    def summary(index: int) -> TensorSummary:
-        tensor = main.tensors[index]
-        dims = tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape
-        shape = tuple(None if d < 0 else int(d) for d in (dims if dims is not None else ()))
-        dtype = dtypes.get(tensor.type, str(tensor.type))
-        return TensorSummary(_text(tensor.name), shape, dtype, _quantization(tensor, dtype))
-
-    meta = _parse_meta(read_metadata(data, path).edgepilot_json, path)
-    return [summary(i) for i in main.inputs], [summary(i) for i in main.outputs], meta, \
-        layers, ops
-
-
-def _tflite_nodes(tree, graph, op_names: dict) -> list[tuple]:
-    """(output tensor name, op name, inputs, outputs) of each operator with an output."""
-    nodes = []
-    for op in graph.operators or []:
-        code = tree.operatorCodes[op.opcodeIndex]
-        name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
-        if name == "CUSTOM":
-            name = f"CUSTOM({_text(code.customCode)})"
-        outs = [int(o) for o in op.outputs] if op.outputs is not None else []
-        ins = [int(i) for i in op.inputs] if op.inputs is not None else []
-        if outs:
-            nodes.append((_text(graph.tensors[outs[0]].name), name, ins, outs))
-    return nodes
-
-
-def _has_data(buffer) -> bool:
-    # Large quantized models keep weights after the flatbuffer (offset > 1, size): a constant
-    # either way. Counts come from tensor shapes, never from buffer bytes.
-    return buffer.data is not None and len(buffer.data) > 0 or (buffer.offset or 0) > 1
-
-
-def _dims(tensor) -> list[int]:
-    return [max(int(d), 1) for d in (tensor.shape if tensor.shape is not None else ())]
-
-
-def _quantization(tensor, dtype: str) -> str | None:
-    q = tensor.quantization
-    scales = [] if q is None or q.scale is None else list(q.scale)
-    if not scales:
-        return None
-    if len(scales) > 1:
-        return f"{dtype} per-channel, {len(scales)} scales on axis {q.quantizedDimension}"
-    return f"{dtype} scale={scales[0]:.4g} zp={int(q.zeroPoint[0])}"
-
-
-def _text(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else value or ""
 
 
 def _read_checkpoint(path: Path):
@@ -408,14 +289,14 @@ def _read_checkpoint(path: Path):
         own = dict(module.named_parameters(recurse=False))
         if own or name in macs:
             biases = sum(p.numel() for key, p in own.items() if "bias" in key)
-            layers.append(_Layer(name or "(model)", type(module).__name__,
+            layers.append(Layer(name or "(model)", type(module).__name__,
                                  sum(p.numel() for p in own.values()) - biases, biases,
                                  macs.get(name, 0)))
     ops = [type(m).__name__ for m in model.modules() if not list(m.children())]
     inputs = [TensorSummary("input", tuple(x.shape), "float32")]
     outputs = [TensorSummary(f"output{i or ''}", tuple(t.shape), str(t.dtype).split(".")[-1])
                for i, t in enumerate(y if isinstance(y, (tuple, list)) else [y])]
-    return inputs, outputs, meta.to_dict(), layers, ops
+    return Reading(inputs, outputs, meta.to_dict(), layers, ops)
 
 
 def print_info(info: ModelInfo, console=None) -> None:
@@ -444,6 +325,8 @@ def print_info(info: ModelInfo, console=None) -> None:
         size = "x".join(str(d) for d in info.meta.get("input_size", ()))
         summary.add_row("model", f"{info.meta.get('name')}: {len(info.meta.get('labels', []))} "
                                  f"labels, input {size} {info.meta.get('layout')}")
+    for key, value in info.details.items():
+        summary.add_row(key, value if isinstance(value, str) else _detail(value))
     tensors = Table("", "name", "shape", "dtype", "quantization", title="inputs and outputs")
     for kind, items in (("input", info.inputs), ("output", info.outputs)):
         for t in items:
@@ -457,6 +340,14 @@ def print_info(info: ModelInfo, console=None) -> None:
         ops.add_row(op, str(n))
     for table in (summary, tensors, layers, ops):
         console.print(table)
+
+
+def _detail(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 def _clip(name: str, width: int = 60) -> str:

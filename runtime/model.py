@@ -22,9 +22,6 @@ from edgepilot.runtime.image import preprocess, read_image
 
 __all__ = ["load", "Model", "Prediction", "to_prediction", "output_scores", "meta_mismatch"]
 
-# Backend module name -> class name. The module is imported only when a file needs it.
-_BACKEND_CLASSES = {"onnx": "OnnxBackend", "litert": "LiteRTBackend"}
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -57,14 +54,14 @@ def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | None
     """
     path = Path(path)
     fmt = format_for_path(path)  # fails on an unknown suffix before touching the file
-    if not path.is_file():
+    if not (path.is_dir() if fmt.folder else path.is_file()):  # .mlpackage: a folder
         raise ModelFileError(f"Model file not found: '{path}'")
     if threads is not None and threads < 1:
         raise InputError(f"threads must be 1 or more, got {threads}")
+    # The backend module is imported only now that a file needs it. Backends turn whatever
+    # their library or parser raises on a bad file into ModelFileError.
     module = importlib.import_module(f"edgepilot.runtime.{fmt.backend}")
-    # Backends turn whatever their library or parser raises on a bad file into ModelFileError.
-    backend = getattr(module, _BACKEND_CLASSES[fmt.backend])(path, threads=threads,
-                                                              **backend_options)
+    backend = getattr(module, fmt.backend_class)(path, threads=threads, **backend_options)
     given = meta is not None
     if not given and backend.meta_json:
         try:

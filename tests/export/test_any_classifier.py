@@ -9,6 +9,7 @@ pytest.importorskip("litert_torch")
 from torch import nn  # noqa: E402
 
 import edgepilot  # noqa: E402
+from edgepilot.errors import EdgepilotError  # noqa: E402
 from edgepilot.formats import FORMATS  # noqa: E402
 from edgepilot.meta import ModelMeta  # noqa: E402
 from edgepilot.train.trainer import TrainConfig, fit  # noqa: E402
@@ -56,7 +57,17 @@ BLOCKS = {
     "squeeze_excite": lambda: nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(),
                                             SqueezeExcite(16), *head(16)),
 }
-COMBOS = [(f.name, p) for f in FORMATS for p in f.precisions]
+#: Every block goes through the formats most users deploy; the newer formats (each export
+#: costs seconds more) through the two blocks mobile models are made of.
+EVERY_FORMAT = {"depthwise_separable", "squeeze_excite"}
+
+
+def formats_for(block: str):
+    return [f for f in FORMATS if block in EVERY_FORMAT or f.name in ("onnx", "tflite")]
+
+
+def combos(block: str):
+    return {(f.name, p) for f in formats_for(block) for p in f.precisions}
 
 
 def blobs(n: int, seed: int):
@@ -82,7 +93,7 @@ def exported(request, data, tmp_path_factory):
     fit(net, data, data, META, TrainConfig(steps=120, batch_size=32, lr=5e-3, progress=False))
     out = tmp_path_factory.mktemp(request.param) / request.param
     reports = []
-    for fmt in FORMATS:
+    for fmt in formats_for(request.param):
         reports += edgepilot.export(net, torch.zeros(1, 3, 16, 16), formats=fmt.name,
                                     precision=list(fmt.precisions), out=out, meta=META,
                                     val_data=data, quiet=True, max_drop=None)
@@ -92,13 +103,18 @@ def exported(request, data, tmp_path_factory):
 @pytest.mark.slow
 def test_every_format_and_precision_round_trips(exported, torch_top1):
     name, net, reports = exported
-    assert set(reports) == set(COMBOS)
+    assert set(reports) == combos(name)
     fresh_images, fresh_labels = blobs(200, seed=99)  # never seen by training or exporter
     torch_fresh = torch_top1(net, fresh_images, META)
     torch_accuracy = np.mean(torch_fresh == fresh_labels)
     assert torch_accuracy > 0.9  # the block learned the task
     for (fmt, precision), report in reports.items():
         where = f"{name} {fmt} {precision}"
+        if report.notes.get("unchecked"):  # Core ML off macOS, Edge TPU without a TPU
+            with pytest.raises(EdgepilotError) as refused:
+                edgepilot.load(report.path)
+            assert len(str(refused.value).splitlines()) == 1, where
+            continue
         model = edgepilot.load(report.path)
         assert model.meta.labels == META.labels, where
         if precision == "fp32":
@@ -116,4 +132,5 @@ def test_every_format_and_precision_round_trips(exported, torch_top1):
         if fmt == "tflite":
             assert model.inputs[0].shape == (1, 16, 16, 3), where  # NHWC, no transposes
         if fmt == "tflite" and precision == "int8":
-            assert model.inputs[0].dtype == np.int8 and model.outputs[0].dtype == np.int8
+            # int8 in; float32 probabilities out (the softmax runs in float, see #18)
+            assert model.inputs[0].dtype == np.int8 and model.outputs[0].dtype == np.float32

@@ -1,0 +1,181 @@
+"""ExecuTorch backend: a .pte program run by ExecuTorch's Python runtime (`executorch.runtime`).
+
+That runtime is a torch extension (it takes and returns torch tensors), so this backend, and
+only this one, imports torch: `pip install 'edgepilot[executorch]'`. On a phone or a board the
+same .pte runs in ExecuTorch's C++ runtime, which needs no torch and no Python.
+
+edgepilot's metadata travels inside the program as a constant method, ``edgepilot_meta``,
+that returns the `ModelMeta` JSON (ExecuTorch's own way to carry configuration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgepilot.errors import ModelFileError, require
+from edgepilot.runtime.backend import (
+    Backend,
+    TensorInfo,
+    file_errors,
+    meta_entry,
+    quiet_native_stderr,
+)
+
+__all__ = ["ExecuTorchBackend", "META_METHOD", "PTE_IDENTIFIER", "check_header"]
+
+#: The constant method that returns the edgepilot ModelMeta JSON.
+META_METHOD = "edgepilot_meta"
+#: Bytes 4..8 of every .pte: the program flatbuffer's file identifier ("ET" + schema version).
+PTE_IDENTIFIER = b"ET"
+#: c10::ScalarType codes -> numpy dtypes, for the types an exported vision model uses.
+_DTYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16,
+           6: np.float32, 7: np.float64, 11: np.bool_}
+
+
+def check_header(data: bytes, path: Path) -> None:
+    """Refuse what is not an ExecuTorch program before the native loader sees it."""
+    if len(data) < 8 or data[4:6] != PTE_IDENTIFIER or not data[6:8].isdigit():
+        raise ModelFileError(f"'{path}' is not an ExecuTorch program (no 'ET' file identifier "
+                             "at byte 4): export one with 'edgepilot export --format executorch'")
+
+
+#: What a child process does with a .pte before this process touches it (see `vet`).
+_VET = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import torch
+from executorch.runtime import Runtime
+program = Runtime.get().load_program(open(sys.argv[1], "rb").read())
+for name in program.method_names:
+    method = program.load_method(name)
+    meta = program.metadata(name)
+    if meta.num_inputs() == 0:
+        method.execute([])
+        continue
+    dtypes = {0: torch.uint8, 1: torch.int8, 3: torch.int32, 4: torch.int64, 6: torch.float32}
+    shapes = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
+    if all(t.dtype() in dtypes and sum(t.nbytes() for t in shapes) < 1 << 30 for t in shapes):
+        method.execute([torch.zeros(tuple(t.sizes()), dtype=dtypes[t.dtype()]) for t in shapes])
+"""
+#: Seconds a child may take to load and run a program once.
+VET_TIMEOUT = 120
+_VETTED: set[bytes] = set()  # sha256 of programs a child loaded and ran without crashing
+
+
+def vet(path: Path) -> None:
+    """Load and run `path` once in a child process first. ExecuTorch's C++ runtime aborts the
+    whole process (ET_CHECK) on some corrupt programs instead of raising; a child that dies
+    that way costs nothing, this process would be lost. A clean failure in the child is left
+    for the in-process load to report with its own message."""
+    import signal
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _VET, str(path)], capture_output=True,
+                              timeout=VET_TIMEOUT)
+    except subprocess.TimeoutExpired as err:
+        raise ModelFileError(f"ExecuTorch did not load and run '{path}' within {VET_TIMEOUT} "
+                             "s: a corrupt or hostile .pte?") from err
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise ModelFileError(f"ExecuTorch crashes on '{path}' ({name} while loading or "
+                             "running it): a corrupt or hostile .pte; refusing to load it")
+
+
+def runtime():
+    """ExecuTorch's Runtime singleton; importing it loads torch and the native kernels, whose
+    start-up notices (cpuinfo, torchao) are held back."""
+    require("torch", "executorch", "Running .pte models (ExecuTorch's Python runtime is a "
+            "torch extension)")
+    module = require("executorch.runtime", "executorch", "Running .pte models")
+    with quiet_native_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return module.Runtime.get()
+
+
+def _info(name: str, meta) -> TensorInfo:
+    dtype = _DTYPES.get(meta.dtype())
+    if dtype is None:
+        raise ModelFileError(f"tensor '{name}' has ExecuTorch scalar type {meta.dtype()}, "
+                             "which edgepilot does not feed")
+    return TensorInfo(name, tuple(int(d) for d in meta.sizes()), np.dtype(dtype))
+
+
+_loaded = False  # whether a program was loaded in this process (its delegates hold the pool)
+
+
+def _thread_pool(native, threads: int | None) -> int:
+    """Size ExecuTorch's process-wide thread pool, if no program was loaded before: resizing
+    it under a loaded XNNPACK delegate aborts the process. Returns the pool's size."""
+    global _loaded
+    if threads and not _loaded and threads != native._threadpool_get_thread_count():
+        native._unsafe_reset_threadpool(threads)
+    _loaded = True
+    return native._threadpool_get_thread_count()
+
+
+class ExecuTorchBackend(Backend):
+    """Runs the ``forward`` method of a .pte with ExecuTorch's Python runtime.
+
+    Args:
+        path: the .pte file.
+        vetted: skip loading it in a child process first (see `vet`): only for files
+            you made yourself.
+        threads: size of ExecuTorch's CPU thread pool (XNNPACK's kernels). The pool is one
+            per process and can be sized only before the first program is loaded (resizing
+            it under a loaded delegate aborts the process); `backend` says what it is.
+    """
+
+    def __init__(self, path: Path, *, threads: int | None = None,
+                 vetted: bool = False) -> None:
+        path = Path(path)
+        data = path.read_bytes()
+        check_header(data, path)
+        digest = hashlib.sha256(data).digest()
+        if not vetted and digest not in _VETTED:  # once per content and process
+            vet(path)
+            _VETTED.add(digest)
+        rt = runtime()
+        import executorch.extension.pybindings.portable_lib as native
+        import torch
+
+        self._torch = torch
+        with file_errors("ExecuTorch", path), quiet_native_stderr():
+            pool = _thread_pool(native, threads)  # before any delegate holds the pool
+            # InternalConsistency (the default) verifies the flatbuffer before using it.
+            self.program = rt.load_program(data)
+            if "forward" not in self.program.method_names:
+                raise ModelFileError(f"'{path}' has no 'forward' method (it has "
+                                     f"{', '.join(sorted(self.program.method_names)) or 'none'})")
+            spec = self.program.metadata("forward")
+            self.inputs = [_info(f"input{i or ''}", spec.input_tensor_meta(i))
+                           for i in range(spec.num_inputs())]
+            self.outputs = [_info(f"output{i or ''}", spec.output_tensor_meta(i))
+                            for i in range(spec.num_outputs())]
+            self.method = self.program.load_method("forward")
+            self.meta_json = None
+            if META_METHOD in self.program.method_names:
+                [text] = self.program.load_method(META_METHOD).execute([])
+                if not isinstance(text, str):
+                    raise ModelFileError(f"'{path}': its {META_METHOD} method returns "
+                                         f"{type(text).__name__}, not the metadata text")
+                self.meta_json = meta_entry(text)
+            delegates = rt.backend_registry.registered_backend_names
+        from executorch.version import __version__
+
+        uses = "XNNPACK" if b"XnnpackBackend" in data else "portable kernels"
+        fixed = "" if not threads or threads == pool else \
+            f"; asked for {threads}, but the pool is sized once per process"
+        self.description = (f"executorch {__version__} ({uses}, {pool} threads{fixed}"
+                            f"{'' if 'XnnpackBackend' in delegates else '; XNNPACK missing'})")
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        # from_numpy shares memory; the runtime copies its outputs out of its arenas.
+        outputs = self.method.execute([self._torch.from_numpy(np.ascontiguousarray(x))
+                                       for x in inputs])
+        return [y.numpy() for y in outputs]

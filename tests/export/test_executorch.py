@@ -1,0 +1,125 @@
+"""ExecuTorch: the shipped stoplight model to .pte, fp32 and int8, then load, predict, bench and
+info through edgepilot's runtime, compared with PyTorch on images the exporter never saw."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("executorch.exir")
+
+import edgepilot  # noqa: E402
+from edgepilot.assets import shipped_model  # noqa: E402
+from edgepilot.errors import ModelFileError  # noqa: E402
+from edgepilot.train.checkpoint import load_checkpoint  # noqa: E402
+from edgepilot.train.datasets import load_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    net, meta, _ = load_checkpoint(shipped_model("stoplight", ".pt"))
+    val = load_dataset("stoplight", "val", 300, meta.input_size)
+    out = tmp_path_factory.mktemp("executorch") / "stoplight"
+    reports = edgepilot.export(net, torch.zeros(meta.input_shape), formats="executorch",
+                               precision=["fp32", "int8"], out=out, meta=meta, val_data=val,
+                               quiet=True)
+    return {r.precision: r for r in reports}
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    from edgepilot.runtime import preprocess
+
+    net, meta, _ = load_checkpoint(shipped_model("stoplight", ".pt"))
+    images, labels = load_dataset("stoplight", "val", 300, meta.input_size, seed=4242)
+    with torch.no_grad():
+        x = torch.from_numpy(np.concatenate([preprocess(img, meta) for img in images]))
+        expected = net(x).numpy()
+    return images, labels, expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_pte_agrees_with_pytorch_on_unseen_images(files, fresh, precision):
+    images, labels, expected = fresh
+    model = edgepilot.load(files[precision].path)
+    assert model.format.name == "executorch"
+    assert "XNNPACK" in model.backend
+    predicted = np.array([model.predict(img).index for img in images])
+    agreement = float(np.mean(predicted == expected.argmax(1)))
+    assert agreement >= 0.995
+    drop = 100 * (np.mean(expected.argmax(1) == labels) - np.mean(predicted == labels))
+    assert drop <= 1.0
+    if precision == "fp32":  # raw outputs, not only decisions
+        from edgepilot.runtime import preprocess
+
+        x = np.concatenate([preprocess(img, model.meta) for img in images[:20]])
+        np.testing.assert_allclose(model(x), expected[:20], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_int8_is_int8_and_reports_its_calibration(files):
+    int8, fp32 = files["int8"], files["fp32"]
+    assert int8.size_bytes < 0.4 * fp32.size_bytes  # int8 weights, not float ones
+    assert int8.notes["calibration"]["images"] == 300
+    assert int8.notes["delegate"] == "XNNPACK"
+
+
+@pytest.mark.slow
+def test_info_reads_the_program(files):
+    from edgepilot.info import inspect_model
+
+    info = inspect_model(files["int8"].path)
+    assert info.format == "executorch"
+    assert list(info.meta["labels"]) == ["red", "yellow", "green", "none"]
+    assert [t.shape for t in info.inputs] == [(1, 3, 64, 64)]
+    assert info.details["delegated subgraphs"] == {"XnnpackBackend": 1}
+
+
+@pytest.mark.slow
+def test_bench_runs_the_pte(files):
+    [row] = edgepilot.benchmark([files["int8"].path], threads=[1], runs=20, warmup=2,
+                                rounds=2)
+    assert row.error is None and row.format == "executorch" and row.runs == 20
+    assert "threads" in row.backend
+
+
+def test_not_a_program_is_one_line(tmp_path):
+    path = tmp_path / "model.pte"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFileError, match="not an ExecuTorch program") as info:
+        edgepilot.load(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_corrupt_program_is_one_line(files, tmp_path):
+    data = bytearray(open(files["fp32"].path, "rb").read())
+    data[64:4096] = bytes(len(data[64:4096]))  # keep the header, zero the tables
+    path = tmp_path / "corrupt.pte"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError) as info:
+        edgepilot.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_runtime_import_stays_torch_free():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgepilot.runtime; "
+            "print('torch' in sys.modules, 'executorch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_program_that_crashes_the_runtime_is_refused_not_fatal(tmp_path, monkeypatch):
+    # ExecuTorch aborts the process on some corrupt programs (found by fuzzing); the child
+    # that loads a file first dies instead of this process. The child here aborts for sure.
+    import edgepilot.runtime.executorch as backend
+
+    path = tmp_path / "hostile.pte"
+    path.write_bytes(b"\x00\x00\x00\x00ET12" + bytes(56))
+    monkeypatch.setattr(backend, "_VET", "import os; os.abort()")
+    with pytest.raises(ModelFileError, match="SIGABRT") as info:
+        edgepilot.load(path)
+    assert "\n" not in str(info.value)
