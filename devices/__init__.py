@@ -1,4 +1,22 @@
-"""edgepilot.devices: profiles of edge targets (format, precision, delegate per device).
+"""edgepilot.devices: edge targets as profiles, and what the machine edgepilot runs on is.
 
-Kept torch-free like the runtime. The profiles themselves are tracked as their own piece of work.
+    >>> from edgepilot.devices import profile_by_name, detect_host
+    >>> profile_by_name("rpi5").format, profile_by_name("rpi5").precision
+    ('tflite', 'int8')
+    >>> detect_host().profile
+    'x86'
+
+Kept torch-free like the runtime: nothing here imports torch, onnx or TensorFlow.
 """
+
+from edgepilot.devices.host import HostInfo, detect_host, match_profile
+from edgepilot.devices.profiles import (
+    PROFILES,
+    DeviceProfile,
+    UnknownDeviceError,
+    profile_by_name,
+    register_profile,
+)
+
+__all__ = ["PROFILES", "DeviceProfile", "HostInfo", "UnknownDeviceError", "detect_host",
+           "match_profile", "profile_by_name", "register_profile"]

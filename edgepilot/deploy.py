@@ -1,0 +1,294 @@
+"""`edgepilot deploy MODEL --device NAME --out DIR`: a self-contained bundle for one device.
+
+A bundle holds the model (exported for the device when MODEL is a checkpoint), a pinned
+``requirements.txt`` with only the runtime that device needs (never torch), ``run.py``
+(predict images, ``--serve`` for the live demo, ``--bench`` for `bench --on`), a README with
+the commands, and ``bundle.json`` describing it.
+
+edgepilot itself travels as its runtime modules, copied into ``DIR/edgepilot/`` (no wheel to
+build, no package metadata): ``run.py`` imports them from beside itself. Installing edgepilot
+from a wheel would make pip install its declared dependencies too, onnxruntime among them,
+which a LiteRT board does not need; requirements files cannot say ``--no-deps`` per line. The
+copy is the exact code that exported and checked the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edgepilot.errors import EdgepilotError, InputError
+
+__all__ = ["deploy", "write_bundle", "requirements_for", "BUNDLE_FILE"]
+
+BUNDLE_FILE = "bundle.json"
+# Subpackages the bundle needs: the runtime, the device profiles (the host description in
+# `bench --on`), and `export` because `import edgepilot` names it (it imports torch only
+# when called). Training code stays behind.
+_PACKAGES = ("edgepilot", "edgepilot.runtime", "edgepilot.devices", "edgepilot.export")
+
+
+def requirements_for(formats: Sequence[str], profile=None) -> list[str]:
+    """Pinned requirement lines for running `formats` (on `profile`'s device when given).
+
+    Pins are the versions installed here, which edgepilot was tested with; a package not
+    installed here gets the lowest version edgepilot supports.
+    """
+    from edgepilot.devices.profiles import PROFILES
+
+    names: list[str] = []
+    for fmt in formats:
+        if profile is not None and profile.format == fmt:
+            names += profile.requirements
+            continue
+        runner = next((p for p in PROFILES if p.format == fmt and p.requirements), None)
+        if runner is None:
+            raise EdgepilotError(f"No device profile says what runs the '{fmt}' format")
+        names += runner.requirements
+    lines = []
+    for name in dict.fromkeys(names):
+        try:
+            lines.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            lines.append(f"{name}>={_FLOORS.get(name, '0')}")
+    return lines
+
+
+# Lowest supported versions (pyproject.toml) for packages that may be missing here.
+_FLOORS = {"ai-edge-litert": "2.0", "flatbuffers": "24", "numpy": "1.24",
+           "onnxruntime": "1.17", "opencv-python-headless": "4.8", "coremltools": "8.0"}
+
+
+def _copy_runtime(target: Path) -> None:
+    """The edgepilot modules `run.py` imports, copied as plain files (no build step)."""
+    for name in _PACKAGES:
+        source = Path(importlib.import_module(name).__path__[0])
+        dest = target.joinpath(*name.split("."))
+        dest.mkdir(parents=True, exist_ok=True)
+        for file in source.glob("*.py"):
+            shutil.copy2(file, dest / file.name)
+
+
+def _check_out(out: Path) -> None:
+    """`out` may be new, empty, or an earlier bundle; anything else is the user's and kept."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}' is a file: give a folder for the bundle")
+    if out.is_dir() and any(out.iterdir()) and not (out / BUNDLE_FILE).is_file():
+        raise InputError(f"--out '{out}' holds files that are not an edgepilot bundle: give a "
+                         "new or empty folder (nothing there is overwritten)")
+
+
+def write_bundle(models: Sequence[Path], out: str | Path, *, profile=None,
+                 threads: int | None = None, title: str = "", _checked: bool = False) -> Path:
+    """Write a bundle around model files already made (copied in), for `profile` or for any
+    machine that runs their formats. Returns the bundle folder."""
+    from edgepilot.formats import format_for_path
+
+    out = Path(out)
+    if not _checked:  # deploy() checked it before exporting into it
+        _check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    formats = list(dict.fromkeys(format_for_path(m).name for m in models))
+    names = []
+    for model in models:
+        model = Path(model)
+        if not model.exists():
+            raise EdgepilotError(f"Model file not found: '{model}'")
+        if model.resolve() != (out / model.name).resolve():
+            if model.is_dir():  # a model that is a folder (Core ML .mlpackage)
+                shutil.copytree(model, out / model.name, dirs_exist_ok=True)
+            else:
+                shutil.copy2(model, out / model.name)
+        names.append(model.name)
+    _copy_runtime(out)
+    requirements = requirements_for(formats, profile)
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (out / "requirements.txt").write_text(
+        f"# Runtime of {', '.join(names)}"
+        f"{f' on {profile.name}' if profile else ''}; pinned to what edgepilot was tested with"
+        f" (Python {python}). No torch.\n" + "\n".join(requirements) + "\n")
+    info = {"device": profile.name if profile else None, "models": names, "formats": formats,
+            "threads": threads if threads is not None else (profile.threads if profile else None),
+            "providers": list(profile.providers) if profile else [],
+            "edgepilot": _version(), "requirements": requirements, "title": title}
+    (out / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    run = out / "run.py"
+    run.write_text(_RUN_SCRIPT)
+    run.chmod(0o755)
+    (out / "README.md").write_text(_readme(info, profile))
+    return out
+
+
+def deploy(model: str | Path, device: str, out: str | Path, *, val_size: int = 500,
+           log: Callable[[str], None] = print) -> Path:
+    """Bundle `model` for `device` in `out`; a checkpoint (.pt) is exported for it first.
+
+    Example:
+        >>> deploy("runs/stoplight/stoplight.pt", "rpi5", "bundle/")
+    """
+    from edgepilot.assets import resolve_model
+    from edgepilot.devices.profiles import profile_by_name
+    from edgepilot.formats import format_for_path
+
+    profile = profile_by_name(device)
+    out = Path(out)
+    _check_out(out)
+    path = resolve_model(str(model))
+    if not path.exists():
+        raise EdgepilotError(f"Model file not found: '{model}'")
+    if path.suffix.lower() in (".pt", ".pth"):
+        path = _export_for(path, profile, out, val_size, log)
+    else:
+        fmt = format_for_path(path).name
+        if fmt != profile.format:
+            log(f"warning: '{path.name}' is {fmt}; {profile.name} is profiled for "
+                f"{profile.format} {profile.precision} ({profile.why})")
+    bundle = write_bundle([path], out, profile=profile, title=profile.title, _checked=True)
+    return bundle
+
+
+def _export_for(checkpoint: Path, profile, out: Path, val_size: int, log) -> Path:
+    from edgepilot.errors import require
+    from edgepilot.export import export
+    from edgepilot.train.checkpoint import load_checkpoint
+
+    fmt = profile.resolve_format()  # a format not built yet fails here, before any work
+    torch = require("torch", "export", f"Exporting '{checkpoint.name}' for {profile.name}")
+    net, meta, _ = load_checkpoint(checkpoint)
+    val = None
+    if meta.extra.get("dataset") and val_size:
+        from edgepilot.train.datasets import load_dataset
+
+        val = load_dataset(meta.extra["dataset"], "val", val_size, meta.input_size)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"exporting {checkpoint.name} for {profile.name}: {fmt.name} {profile.precision}")
+    [report] = export(net, torch.zeros(meta.input_shape), formats=fmt.name,
+                      precision=profile.precision, out=out / checkpoint.stem, meta=meta,
+                      val_data=val, io_dtype=profile.io_dtype, quiet=True)
+    return Path(report.path)
+
+
+def _version() -> str:
+    import edgepilot
+
+    return edgepilot.__version__
+
+
+def _readme(info: dict, profile) -> str:
+    model = info["models"][0]
+    where = f"on {profile.title}" if profile else "on any machine with Python 3.10+"
+    why = f"\n{profile.name}: {profile.format} {profile.precision} on {profile.accelerator}; " \
+          f"{profile.why}.\n" if profile else ""
+    return f"""# {model} {where}
+
+Made by edgepilot {info['edgepilot']}.{why}
+```bash
+python3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # the runtime only
+.venv/bin/python run.py photo.jpg                                      # classify images
+.venv/bin/python run.py --serve 0.0.0.0:8080 --source 0                # live demo in a browser
+```
+
+`run.py --bench --json` times the model here (what `edgepilot bench --on` runs over ssh).
+`--source` takes a camera index, a video file, an rtsp:// URL or `synthetic`. The live page is
+open to anyone who reaches the port: keep it on a trusted network.
+The `edgepilot/` folder is edgepilot's runtime, imported from here; nothing else is needed.
+"""
+
+
+_RUN_SCRIPT = '''#!/usr/bin/env python3
+"""Run this bundle's model: classify images, serve the live demo, or benchmark it here.
+
+    python run.py photo.jpg [more.jpg ...] [--json]
+    python run.py --serve 0.0.0.0:8080 [--source 0|video.mp4|rtsp://...|synthetic]
+    python run.py --bench [--runs 200] [--threads N] --json
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # edgepilot's runtime modules, shipped beside this script
+BUNDLE = json.loads((HERE / "bundle.json").read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="*", help="images to classify")
+    parser.add_argument("--model", default=BUNDLE["models"][0], choices=BUNDLE["models"])
+    parser.add_argument("--threads", type=int, default=BUNDLE["threads"])
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--serve", nargs="?", const="0.0.0.0:8080", default=None,
+                        metavar="HOST:PORT", help="live demo as a web page")
+    parser.add_argument("--source", default="0", help="camera index, file, URL or synthetic")
+    parser.add_argument("--frames", type=int, default=None, help="stop the demo after N frames")
+    parser.add_argument("--bench", action="store_true", help="benchmark every model here")
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per model (--bench)")
+    args = parser.parse_args(argv)
+
+    from edgepilot.errors import EdgepilotError
+
+    try:
+        if args.bench:
+            return bench(args)
+        if args.serve:
+            from edgepilot.webcam import run_webcam
+
+            run_webcam(str(HERE / args.model), source=args.source, serve=args.serve,
+                       frames=args.frames, threads=args.threads,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
+            return 0
+        if not args.images:
+            parser.error("give images to classify, --serve or --bench")
+        return predict(args)
+    except EdgepilotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP ending the demo
+        return 128 + int(getattr(err, "signum", 2))
+
+
+def predict(args) -> int:
+    import edgepilot
+
+    model = edgepilot.load(HERE / args.model, threads=args.threads,
+                           **({"providers": BUNDLE["providers"]}
+                              if BUNDLE["providers"] and args.model.endswith(".onnx") else {}))
+    results, failed = [], 0
+    for image in args.images:
+        try:
+            p = model.predict(image)
+        except edgepilot.InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        results.append({"image": image, **p.to_dict()})
+        if not args.json:
+            print(f"{image}\\t{p.label}\\t{p.score:.3f}")
+    if args.json:
+        print(json.dumps({"model": args.model, "backend": model.backend,
+                          "predictions": results}, indent=2))
+    return 1 if failed else 0
+
+
+def bench(args) -> int:
+    import edgepilot
+    from edgepilot.bench_report import to_json
+    from edgepilot.devices import detect_host
+
+    results = edgepilot.benchmark([HERE / m for m in BUNDLE["models"]], threads=[args.threads],
+                                  runs=args.runs)
+    report = {**to_json(results), "host": detect_host().to_dict()}
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
