@@ -5,28 +5,38 @@ STAMP := $(VENV)/.installed
 # MediaPipe, the mobile client the TFLite tests check against, pins its own OpenCV: own venv.
 MPVENV ?= .venv-mediapipe
 MPSTAMP := $(MPVENV)/.installed
+# tflite-runtime, the interpreter many Raspberry Pi images ship: its last release needs numpy<2.
+TRVENV ?= .venv-tflite-runtime
+TRSTAMP := $(TRVENV)/.installed
 
-.PHONY: demo test preflight install mediapipe-env browser clean
+.PHONY: demo test preflight install mediapipe-env tflite-runtime-env ssh-tools browser clean
 
 demo: $(STAMP)
 	$(VENV)/bin/edgepilot demo
 
 # EDGEPILOT_STRICT=1: a test skipped for a missing dependency fails the run (tests/conftest.py);
-# only hardware and OS skips stay skips.
-test: $(STAMP) $(MPSTAMP) browser preflight
+# only hardware and OS skips stay skips. Two workers, one test file each at a time (pytest-xdist):
+# most tests wait on single-threaded converters and child processes, so 2 cores overlap them.
+test: $(STAMP) $(MPSTAMP) $(TRSTAMP) browser ssh-tools preflight
 	$(PY) -m ruff check .
-	EDGEPILOT_STRICT=1 $(PY) -m pytest
+	EDGEPILOT_STRICT=1 $(PY) -m pytest -n 2 --dist loadfile
 
 # Seconds, before the suite: every library the tests need imports (MediaPipe in its own
 # virtualenv), or the run stops here naming the one that is missing or broken.
-preflight: $(STAMP) $(MPSTAMP)
-	$(PY) .ci/preflight.py $(MPVENV)/bin/python
+preflight: $(STAMP) $(MPSTAMP) $(TRSTAMP)
+	$(PY) .ci/preflight.py $(MPVENV)/bin/python $(TRVENV)/bin/python
 
 # Headless Chromium for the live web page test (Debian package; needs root, as CI is).
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium is not installed (needs root): the browser test will skip, which strict mode fails"
+
+# sshd and rsync for the `bench --on` / `deploy --to` tests (a real sshd on a localhost port).
+ssh-tools:
+	@{ [ -x /usr/sbin/sshd ] && command -v rsync >/dev/null; } || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq openssh-server rsync >/dev/null; } || \
+		echo "openssh-server/rsync are not installed (needs root): the ssh tests will skip"
 
 install: $(STAMP)
 
@@ -46,5 +56,13 @@ $(MPSTAMP):
 	$(MPVENV)/bin/python -m pip install -q mediapipe==1.2.3
 	touch $(MPSTAMP)
 
+tflite-runtime-env: $(TRSTAMP)
+
+$(TRSTAMP):
+	python3 -m venv $(TRVENV)
+	$(TRVENV)/bin/python -m pip install -q --upgrade pip
+	$(TRVENV)/bin/python -m pip install -q tflite-runtime==2.14.0 'numpy<2'
+	touch $(TRSTAMP)
+
 clean:
-	rm -rf $(VENV) $(MPVENV) runs
+	rm -rf $(VENV) $(MPVENV) $(TRVENV) runs

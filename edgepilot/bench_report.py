@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgepilot.bench import BenchResult, machine_info
+from edgepilot.bench import BenchResult, machine_info, slower_quantized
 from edgepilot.errors import EdgepilotError, MissingDependencyError
 
 __all__ = ["print_table", "to_json", "dump_json", "append_csv", "plot"]
@@ -15,7 +15,7 @@ __all__ = ["print_table", "to_json", "dump_json", "append_csv", "plot"]
 SCHEMA_VERSION = 1
 CSV_FIELDS = ("model", "format", "threads", "backend", "size_bytes", "runs", "min_ms", "p50_ms",
               "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput", "load_ms", "first_ms",
-              "peak_rss_mb", "accuracy", "error", "cores", "cpu")
+              "peak_rss_mb", "memory_mb", "accuracy", "error", "cores", "cpu")
 
 
 def _ms(value: float | None) -> str:
@@ -30,26 +30,31 @@ def print_table(results: Sequence[BenchResult], console=None) -> None:
     info = machine_info()
     table = Table(title=f"edgepilot bench — {info['cores']} cores, {info['cpu']}")
     for column in ("model", "format", "threads", "p50 ms", "p90 ms", "p99 ms", "mean±std",
-                   "inf/s", "load ms", "first ms", "size", "RSS MB", "accuracy", "backend"):
+                   "inf/s", "load ms", "first ms", "size", "model MB", "RSS MB", "accuracy",
+                   "backend"):
         table.add_column(column, justify="left" if column in ("model", "backend") else "right",
                          overflow="fold")
     for r in results:
         if r.error:
             table.add_row(r.model, r.format, str(r.threads or "default"),
-                          f"[red]failed: {escape(r.error)}[/red]", *[""] * 10)
+                          f"[red]failed: {escape(r.error)}[/red]", *[""] * 11)
             continue
         lat = r.latency_ms
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}% ({r.n_data})"
         table.add_row(r.model, r.format, str(r.threads or "default"), _ms(lat["p50"]),
                       _ms(lat["p90"]), _ms(lat["p99"]), f"{lat['mean']:.3f}±{lat['std']:.3f}",
                       f"{r.throughput:.0f}", f"{r.load_ms:.1f}", f"{r.first_ms:.2f}",
-                      f"{r.size_bytes / 1024:.0f} KiB", f"{r.peak_rss_mb:.0f}", accuracy,
+                      f"{r.size_bytes / 1024:.0f} KiB",
+                      "-" if r.memory_mb is None else f"{r.memory_mb:.1f}",
+                      f"{r.peak_rss_mb:.0f}", accuracy,
                       r.backend)
     if console is None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=200)
     console.print(table)
+    for warning in slower_quantized(results):
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}")
     for r in results:
         if r.pipeline_ms:
             stages = ", ".join(f"{k} {v:.3f} ms" for k, v in r.pipeline_ms.items())
@@ -81,7 +86,8 @@ def append_csv(results: Sequence[BenchResult], path: str | Path) -> Path:
                              "backend": r.backend, "size_bytes": r.size_bytes, "runs": r.runs,
                              **lat, "throughput": round(r.throughput, 1),
                              "load_ms": round(r.load_ms, 2), "first_ms": round(r.first_ms, 3),
-                             "peak_rss_mb": r.peak_rss_mb, "accuracy": r.accuracy,
+                             "peak_rss_mb": r.peak_rss_mb, "memory_mb": r.memory_mb,
+                             "accuracy": r.accuracy,
                              "error": r.error, "cores": info["cores"], "cpu": info["cpu"]})
     return path
 

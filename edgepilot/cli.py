@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -45,6 +47,30 @@ def _number(kind: type, minimum: float, inclusive: bool):
 _positive_int = _number(int, 1, inclusive=True)
 _non_negative_int = _number(int, 0, inclusive=True)
 _positive_float = _number(float, 0, inclusive=False)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``224`` or ``224x160`` (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(1 <= v <= 4096 for v in values):
+        raise argparse.ArgumentTypeError(f"expected H or HxW in pixels (1..4096), got '{text}'")
+    return (values[0], values[-1])
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """``0.485,0.456,0.406``: one value per channel."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or len(values) > 4 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected 1 to 4 comma-separated numbers, got "
+                                         f"'{text}'")
+    return values
 
 
 def _is_folder_arg(text: str) -> bool:
@@ -108,29 +134,74 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from edgepilot.export import export
-    from edgepilot.train.checkpoint import load_checkpoint
+    from edgepilot.export.sources import load_source, source_meta
 
-    checkpoint = Path(args.checkpoint)
+    given = Path(args.checkpoint)
+    stem = given.stem if given.exists() or ":" not in args.checkpoint else \
+        re.sub(r"\W+", "_", args.checkpoint.partition(":")[2]).strip("_") or "model"
     if args.out is None:
-        out = checkpoint.with_suffix("")
-    elif _is_folder_arg(args.out):  # a folder: the files are named after the checkpoint
-        out = check_output_folder(args.out, "--out") / checkpoint.stem
+        out = given.with_suffix("") if given.exists() else Path("runs") / stem
+    elif _is_folder_arg(args.out):  # a folder: the files are named after the model
+        out = check_output_folder(args.out, "--out") / stem
     else:  # a path stem
         out = Path(args.out)
         check_output_folder(out.parent, "--out")
-    model, meta, _ = load_checkpoint(checkpoint)
-    val = _validation_data(meta, args.val_size)
+    from edgepilot.devices.plan import export_plan
+
+    plan = export_plan(args.device, args.format, args.precision, args.io_dtype)
+    for warning in plan.warnings:
+        _log(f"warning: {warning}")
+    source = load_source(args.checkpoint, arch=args.arch, weights=args.weights,
+                         trust_pickle=args.trust_pickle)
+    labels = _read_labels(args.labels) if args.labels else None
+    meta = source_meta(source, name=stem, input_size=args.input_size, labels=labels,
+                       mean=args.mean, std=args.std)
+    _log(f"exporting {source.kind} ({meta.name}: input {'x'.join(map(str, meta.input_shape))},"
+         f" {len(meta.labels)} labels)")
+    val = _folder_data(args.val_data, meta) if args.val_data else \
+        _validation_data(meta, args.val_size)
     import torch
 
-    sample = torch.zeros(meta.input_shape)
-    reports = export(model, sample, formats=args.format, out=out, meta=meta,
-                     precision=args.precision, val_data=val, calib=args.calib,
-                     calib_size=args.calib_size, calib_method=args.calib_method,
+    reports = export(source.module, torch.zeros(meta.input_shape), formats=plan.formats,
+                     out=out, meta=meta, precision=plan.precisions, val_data=val,
+                     calib=args.calib, calib_size=args.calib_size,
+                     calib_method=args.calib_method,
                      max_drop=None if args.max_drop < 0 else args.max_drop,
-                     io_dtype=args.io_dtype)
+                     io_dtype=plan.io_dtype, dynamic_batch=args.dynamic_batch,
+                     guard_budget=None if args.guard_budget <= 0 else args.guard_budget,
+                     compute_units=args.compute_units)
     for report in reports:
         print(report.path)
     return 0
+
+
+def _read_labels(path: str) -> list[str]:
+    """Labels from a text file, one per line (blank lines skipped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise EdgepilotError(f"--labels: cannot read '{path}' as UTF-8 text: {err}") from err
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise EdgepilotError(f"--labels: '{path}' has no labels (one per line)")
+    return labels
+
+
+def _folder_data(folder: str, meta):
+    """Validation images from class sub-folders named after the labels."""
+    import numpy as np
+
+    from edgepilot.bench import labelled_folder
+    from edgepilot.runtime.image import read_image, resize
+
+    files, names = labelled_folder(folder)
+    unknown = sorted(set(names) - set(meta.labels))
+    if unknown:
+        raise EdgepilotError(f"--val-data: sub-folder(s) {', '.join(unknown[:5])} are not "
+                             f"labels of the model ({', '.join(meta.labels[:5])} ...)")
+    index = {label: i for i, label in enumerate(meta.labels)}
+    images = np.stack([resize(read_image(f), meta.input_size) for f in files])
+    return images, np.array([index[n] for n in names])
 
 
 def _validation_data(meta, n: int):
@@ -222,6 +293,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         warmup=args.warmup, rounds=args.rounds, data=data,
                         pipeline=args.pipeline)
     results = failed + results
+    if args.on:
+        results += _bench_remote(args, models)
     if args.json:
         print(json.dumps(to_json(results), indent=2))
     else:
@@ -235,6 +308,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if all(r.error for r in results):
         print("error: no model could be benchmarked (each result says why)", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bench_remote(args: argparse.Namespace, models: list) -> list:
+    import tempfile
+
+    from edgepilot.remote import bench_on, parse_remote
+
+    remotes = [parse_remote(spec) for spec in args.on]
+    files = [m for m in models if m.suffix.lower() not in (".pt", ".pth")]
+    with tempfile.TemporaryDirectory(prefix="edgepilot-bench-") as work:
+        rows = bench_on(remotes, files, runs=args.runs, threads=args.threads[0],
+                        workdir=Path(work), log=_log)
+    for row in dict((r.host, r) for r in rows).values():
+        _log(f"{row.host}: {row.host_description or 'failed: ' + str(row.error)}")
+    return rows
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from edgepilot.devices import detect_host
+    from edgepilot.devices.show import devices_json, print_devices
+
+    host = detect_host()
+    if args.json:
+        print(json.dumps(devices_json(host), indent=2))
+    else:
+        print_devices(host)
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from edgepilot.deploy import deploy
+
+    bundle = deploy(args.model, args.device, check_output_folder(args.out, "--out"), log=_log)
+    print(bundle)
+    if args.to:
+        from edgepilot.remote import deploy_to
+
+        deploy_to(bundle, args.to, log=_log)
     return 0
 
 
@@ -290,9 +402,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="export a checkpoint to deployable files")
-    p.add_argument("checkpoint", help="a .pt checkpoint from 'edgepilot train'")
-    p.add_argument("--format", nargs="+", default=["onnx"], choices=[f.name for f in FORMATS])
+    p = sub.add_parser("export", help="export any PyTorch model to deployable files")
+    p.add_argument("checkpoint", metavar="model",
+                   help="an edgepilot checkpoint, a TorchScript file, a torch.export program "
+                        "(.pt2), a state_dict (with --arch), or an architecture name "
+                        "(timm:NAME, torchvision:NAME, package.module:factory)")
+    p.add_argument("--arch", default=None,
+                   help="the architecture of a state_dict: package.module:factory (called "
+                        "with no arguments), torchvision:NAME or timm:NAME")
+    p.add_argument("--weights", default=None,
+                   help="a state_dict to load into an architecture given as the model")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a file holding a pickled module (loading it runs its code)")
+    p.add_argument("--input-size", type=_size, default=None,
+                   help="input image size, H or HxW (default: what the model records, else "
+                        "224)")
+    p.add_argument("--labels", default=None, help="a text file of labels, one per line")
+    p.add_argument("--mean", type=_floats, default=None,
+                   help="per-channel mean of pixels scaled to 0..1 (default: ImageNet's)")
+    p.add_argument("--std", type=_floats, default=None,
+                   help="per-channel std of pixels scaled to 0..1 (default: ImageNet's)")
+    p.add_argument("--val-data", default=None,
+                   help="validation images in one sub-folder per label (for accuracy and "
+                        "the int8 guard)")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="a dynamic batch dimension where the format and model allow it "
+                        "(default: batch 1)")
+    p.add_argument("--guard-budget", type=float, default=900.0,
+                   help="seconds the int8 accuracy guard may spend per file (0: no limit)")
+    p.add_argument("--format", nargs="+", default=None, choices=[f.name for f in FORMATS],
+                   help="default: onnx, or the --device profile's format")
+    p.add_argument("--device", default=None,
+                   help="a device profile (see 'edgepilot devices'): picks format and precision; "
+                        "--format/--precision/--io-dtype given as well win")
     p.add_argument("--precision", nargs="+", default=None,
                    help="one or more of fp32, fp16, dynamic (tflite), int8 (default: fp32)")
     p.add_argument("--calib", default=None,
@@ -304,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=1.0,
                    help="int8 accuracy budget in points; worst layers stay float until met "
                         "(-1: off)")
+    p.add_argument("--compute-units", default=None, type=str.upper,
+                   choices=["ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU"],
+                   help="coreml: the compute units the model is loaded with (default ALL)")
     p.add_argument("--io-dtype", default=None, choices=["int8", "uint8", "float32"],
                    help="boundary type of int8 files (tflite: int8 or uint8 for MediaPipe and "
                         "mobile task libraries)")
@@ -342,7 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-out", default=None, help="also save the JSON here")
     p.add_argument("--csv", default=None, help="append one row per result to this CSV")
     p.add_argument("--plot", default=None, help="save a PNG plot here")
+    p.add_argument("--on", action="append", default=[], metavar="USER@HOST[:DIR]",
+                   help="also benchmark on this ssh host (repeatable): ships the models, "
+                        "installs their runtime in DIR/.venv there, runs, collects the results")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("devices", help="device profiles, and what this host is and can run")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("deploy", help="a self-contained bundle of a model for one device")
+    p.add_argument("model", help="a model file, or a .pt checkpoint to export for the device")
+    p.add_argument("--device", required=True, help="a device profile (see 'edgepilot devices')")
+    p.add_argument("--out", required=True, help="the bundle folder (new, empty or a bundle)")
+    p.add_argument("--to", default=None, metavar="USER@HOST:DIR",
+                   help="copy the bundle there over ssh and install it in DIR/.venv")
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("webcam", help="live demo: camera, video, stream or synthetic scene")
     p.add_argument("model", nargs="?", default="stoplight",

@@ -15,7 +15,7 @@ import pytest
 from edgepilot.bench import BenchResult, benchmark, latency_stats
 from edgepilot.bench_report import append_csv, plot, print_table, to_json
 from edgepilot.errors import InputError
-from edgepilot.formats import FORMATS
+from edgepilot.formats import FORMATS, format_for_path
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import Backend, TensorInfo
 from edgepilot.runtime.model import Model
@@ -208,6 +208,10 @@ def test_cli_json_out_saves_what_it_prints(tmp_path):
     assert row["runs"] == 5 and row["error"] is None and row["model"].endswith("stoplight.onnx")
 
 
+#: Formats whose runtime this machine may lack, and what their row then says.
+NOT_HERE = {"coreml": "macOS", "edgetpu": "libedgetpu"}
+
+
 @pytest.mark.slow
 def test_cli_export_matrix_with_baseline_and_failing_rows(tmp_path, trained_tiny, tiny_meta):
     """`bench --export`: every format and precision of the table, the eager PyTorch baseline,
@@ -233,8 +237,13 @@ def test_cli_export_matrix_with_baseline_and_failing_rows(tmp_path, trained_tiny
         if "_int8" in name:
             assert row["error"].startswith("export failed") and "calibration" in row["error"]
             assert row["latency_ms"] == {} and not (tmp_path / "files" / name).exists()
+        elif row["error"] is not None:
+            # Exported, but its runtime is not on this machine: the row says which and why.
+            fmt = format_for_path(name).name
+            assert fmt in NOT_HERE and NOT_HERE[fmt] in row["error"], (name, row["error"])
+            assert (tmp_path / "files" / name).exists()
         else:
-            assert row["error"] is None, (name, row["error"])
             assert row["runs"] == 5 and (tmp_path / "files" / name).is_file()
-            backend = "onnxruntime" if name.endswith(".onnx") else "ai-edge-litert"
-            assert row["backend"].startswith(backend)
+            backend = {"onnx": "onnxruntime", "tflite": "ai-edge-litert",
+                       "executorch": "executorch"}[format_for_path(name).name]
+            assert row["backend"].startswith(backend), (name, row["backend"])
