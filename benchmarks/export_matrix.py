@@ -161,14 +161,42 @@ def run_row(name: str, out: Path, n_images: int) -> list[dict]:
     return rows
 
 
+def table(rows: list[dict]) -> str:
+    """The matrix as a Markdown table: one row per model, one column per cell."""
+    header = "| model | " + " | ".join(f"{f} {p}" for f, p in CELLS) + " |"
+    lines = [header, "|" + "---|" * (len(CELLS) + 1)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cells = {(r.get("format"), r.get("precision")): r for r in rows if r["model"] == model}
+        shown = []
+        for key in CELLS:
+            r = cells.get(key)
+            if r is None:
+                shown.append("not run")
+            elif r["status"] != "ok":
+                shown.append("refused: " + r["status"][:90].replace("|", "/"))
+            else:
+                agree = "-" if r.get("top1") is None else f"{100 * r['top1']:.0f}%"
+                speed = f", {r['vs_fp32']:.2f}x" if "vs_fp32" in r else f", {r['ms']:.1f} ms"
+                parts = f", {r['backend'].split('(')[1].split(',')[1].strip()}" \
+                    if "partitions" in r.get("backend", "") else ""
+                shown.append(f"ok {agree}{speed}{parts}")
+        lines.append(f"| {model} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*",
                         default=TORCHVISION + TIMM + ["efficientnet_lite0", "mlp"])
     parser.add_argument("--out", default="runs/matrix")
     parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--table", action="store_true",
+                        help="print OUT/matrix.json as a Markdown table and exit")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.table:
+        print(table(json.loads((out / "matrix.json").read_text())))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models:

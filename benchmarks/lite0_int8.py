@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--calib", type=int, default=300)
     parser.add_argument("--val", type=int, default=115)
     parser.add_argument("--budget", type=float, default=600.0)
+    parser.add_argument("--guard-only", action="store_true", help="skip the top-5 overlap")
     args = parser.parse_args()
     module, meta = lite0()
     calib = photos(args.calib, 224, seed=1)
@@ -53,6 +54,13 @@ def main() -> int:
         x = np.concatenate(as_inputs(val, meta))
         labels = module(torch.from_numpy(x)).argmax(1).numpy()
     out = Path(tempfile.mkdtemp(prefix="lite0-"))
+    if not args.guard_only:
+        overlap(module, meta, calib, val, labels, out)
+    guarded(module, meta, calib, val, labels, out, args.budget)
+    return 0
+
+
+def overlap(module, meta, calib, val, labels, out: Path) -> None:
     started = time.perf_counter()
     fp32, int8 = edgepilot.export(module, torch.zeros(1, 3, 224, 224), formats="tflite",
                                   precision=["fp32", "int8"], out=out / "lite0", meta=meta,
@@ -63,20 +71,22 @@ def main() -> int:
     print(f"int8 TFLite (default output: {int8.notes.get('output', 'int8')}): top-5 overlap "
           f"with fp32 {overlap:.3f} on {len(val)} photo crops; top-1 agreement with PyTorch "
           f"{int8.top1_agreement:.3f}")
+
+
+def guarded(module, meta, calib, val, labels, out: Path, budget: float) -> None:
     for fmt in ("onnx", "tflite"):
         started = time.perf_counter()
         try:
             [guarded] = edgepilot.export(module, torch.zeros(1, 3, 224, 224), formats=fmt,
                                          precision="int8", out=out / f"guarded_{fmt}",
                                          meta=meta, calib=calib, val_data=(val, labels),
-                                         max_drop=1.0, guard_budget=args.budget, quiet=True)
+                                         max_drop=1.0, guard_budget=budget, quiet=True)
             outcome = (f"written, top-1 agreement {guarded.top1_agreement:.3f}, "
                        f"{len(guarded.notes.get('kept_float', []))} layer(s) kept in float")
         except EdgepilotError as err:
             outcome = f"refused: {err}"
-        print(f"guarded {fmt} int8 (budget {args.budget:.0f} s): "
-              f"{time.perf_counter() - started:.0f} s, {outcome}")
-    return 0
+        print(f"guarded {fmt} int8 (budget {budget:.0f} s): "
+              f"{time.perf_counter() - started:.0f} s, {outcome}", flush=True)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,12 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
         raise UnsupportedFormatError(f"io_dtype '{io_dtype}' is not available for executorch: "
                                      "its programs take and return float32 (int8 is inside the "
                                      "XNNPACK delegate). Valid: float32")
-    require("executorch.exir", "executorch", "Exporting to ExecuTorch")
+    with _quiet():  # importing torchao prints its optional CUDA kernels that fail to load
+        require("executorch.exir", "executorch", "Exporting to ExecuTorch")
+        require("torchao.quantization.pt2e.quantize_pt2e", "executorch",
+                "Quantizing for ExecuTorch")
+        require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "executorch",
+                "Quantizing for ExecuTorch")
     float_program = _exported(module, sample_input)
     notes: dict = {"delegate": "XNNPACK",
                    "batch": "1" + (" (ExecuTorch programs have a fixed batch)"
@@ -93,7 +98,7 @@ def _exported(module, sample_input):
 
     try:
         with _quiet():
-            return torch.export.export(module.eval(), (sample_input,))
+            return torch.export.export(module, (sample_input,))  # export() set eval mode
     except Exception as err:
         raise EdgepilotError(_failure("torch.export could not capture", module, err)) from err
 
