@@ -158,7 +158,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                        mean=args.mean, std=args.std)
     _log(f"exporting {source.kind} ({meta.name}: input {'x'.join(map(str, meta.input_shape))},"
          f" {len(meta.labels)} labels)")
-    val = _folder_data(args.val_data, meta) if args.val_data else \
+    val = _folder_data(args.val_data, meta, args.val_size) if args.val_data else \
         _validation_data(meta, args.val_size)
     import torch
 
@@ -187,14 +187,18 @@ def _read_labels(path: str) -> list[str]:
     return labels
 
 
-def _folder_data(folder: str, meta):
-    """Validation images from class sub-folders named after the labels."""
+def _folder_data(folder: str, meta, limit: int):
+    """Validation images from class sub-folders named after the labels: at most `limit`,
+    spread evenly over the folders (held in memory at the model's input size)."""
     import numpy as np
 
     from edgepilot.bench import labelled_folder
     from edgepilot.runtime.image import read_image, resize
 
     files, names = labelled_folder(folder)
+    if 0 < limit < len(files):
+        keep = np.unique(np.linspace(0, len(files) - 1, limit).astype(int))
+        files, names = [files[i] for i in keep], [names[i] for i in keep]
     unknown = sorted(set(names) - set(meta.labels))
     if unknown:
         raise EdgepilotError(f"--val-data: sub-folder(s) {', '.join(unknown[:5])} are not "

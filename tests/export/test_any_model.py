@@ -1,6 +1,8 @@
 """Models as users write them: several outputs, batch assumptions, wrong labels, files that
 fail their own check, int8 classifiers with many classes, and every way a model is saved."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -299,3 +301,29 @@ def test_export_report_names_the_ops_that_split_the_delegate(tmp_path):
     [warning] = report.notes["warnings"]
     assert "2 partitions" in warning and "CUMSUM x1 fall back" in warning
     assert "CONV_2D" not in warning  # delegated ops are not blamed
+
+
+def test_cli_val_data_folder_gives_accuracy_and_names_unknown_labels(tmp_path, cli):
+    import cv2
+
+    net = small_cnn()
+    model = tmp_path / "net.ts.pt"
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 16, 16)), model)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "val" / label).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "val" / label / f"{i}.png"),
+                        rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    code, out, err = cli(model, "--input-size", "16", "--labels", labels, "--val-data",
+                         tmp_path / "val", "--val-size", "4", "--out", tmp_path / "m")
+    assert code == 0, err[-2000:]
+    report = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert report["n_inputs"] == 4 and report["accuracy_torch"] is not None  # capped at 4
+    (tmp_path / "val" / "zebra").mkdir()
+    cv2.imwrite(str(tmp_path / "val" / "zebra" / "0.png"), np.zeros((8, 8, 3), np.uint8))
+    code, out, err = cli(model, "--input-size", "16", "--labels", labels, "--val-data",
+                         tmp_path / "val", "--out", tmp_path / "m2")
+    assert code != 0 and "zebra" in err and len(err.strip().splitlines()) <= 2
