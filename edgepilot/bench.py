@@ -38,6 +38,7 @@ class BenchResult:
     first_ms: float = 0.0
     peak_rss_mb: float = 0.0  # peak resident memory of the process after this model ran
     memory_mb: float | None = None  # resident memory this model added (load + first runs)
+    fallback_ops: list = field(default_factory=list)  # TFLite ops left outside the delegate
     accuracy: float | None = None
     n_data: int = 0
     skipped_data: int = 0
@@ -108,8 +109,10 @@ def slower_quantized(rows: Sequence[BenchResult]) -> list[str]:
                             f"float file ({r.latency_ms['p50']:.3f} ms vs {base:.3f} ms p50) "
                             "on this machine: the float file serves better here")
         if "partitions" in r.backend:
-            warnings.append(f"{r.model}: the delegate is split ({r.backend}); ops between "
-                            "partitions run on the CPU's builtin kernels")
+            ops = ", ".join(f"{op} x{r.fallback_ops.count(op)}"
+                            for op in dict.fromkeys(r.fallback_ops)) or "some ops"
+            warnings.append(f"{r.model}: the delegate is split ({r.backend}); {ops} run on "
+                            "the CPU's builtin kernels between its partitions")
     return warnings
 
 
@@ -234,6 +237,8 @@ def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeli
             if before is not None and after is not None:
                 row.memory_mb = round(max(after - before, 0.0), 1)
             row.backend = model.backend
+            row.fallback_ops = list(getattr(getattr(model, "_backend", None), "fallback_ops",
+                                            None) or [])
             loaded.append((row, model, x))
         except Exception as err:  # one bad file is reported in its row, not fatal
             row.error = str(err).splitlines()[0] if str(err) else type(err).__name__

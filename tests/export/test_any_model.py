@@ -275,10 +275,12 @@ def test_bench_warns_when_a_quantized_file_is_slower_or_fragmented():
     rows = [row("net.onnx", 1.0), row("net_int8.onnx", 3.5), row("net_fp16.onnx", 0.9),
             row("net.tflite", 1.0), row("net_int8.tflite", 0.5,
                                         "ai-edge-litert (XNNPACK, 41 partitions, 1 threads)")]
+    rows[-1].fallback_ops = ["DIV", "DIV", "HARD_SWISH"]
     warnings = slower_quantized(rows)
     assert len(warnings) == 2
     assert warnings[0].startswith("net_int8.onnx is 3.50x slower than its float file")
     assert "net_int8.tflite: the delegate is split" in warnings[1]
+    assert "DIV x2, HARD_SWISH x1 run on the CPU's builtin kernels" in warnings[1]
 
 
 class Fragmented(nn.Module):
