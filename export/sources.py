@@ -302,43 +302,40 @@ def source_meta(source: Source, *, name: str, input_size: tuple[int, int] | None
     the model records (a .pt2 program's input, timm's normalisation), else the ImageNet
     conventions; labels default to class_0 .. class_N-1 from the output size."""
     torch = require("torch", "export", "Exporting models")
-    if source.meta is not None and not any((input_size, labels, mean, std)):
-        return source.meta
-    base = source.meta
+    if source.meta is not None:  # an edgepilot checkpoint: what the user gives overrides it
+        changes = {key: tuple(value) for key, value in (
+            ("input_size", input_size), ("labels", labels), ("mean", mean), ("std", std))
+            if value}
+        try:
+            return source.meta.replace(**changes)
+        except (ValueError, TypeError) as err:
+            raise EdgepilotError(f"Cannot describe the model's input: {err}") from err
     shape = source.input_shape
     if input_size is None:
-        if base is not None:
-            input_size = base.input_size
-        elif shape is not None and len(shape) == 4:
+        if shape is not None and len(shape) == 4:
             input_size = (shape[2], shape[3])
         else:
             input_size = (224, 224)
     channels = shape[1] if shape is not None and len(shape) == 4 else 3
-    mean = mean or (base.mean if base else source.mean) or IMAGENET_MEAN
-    std = std or (base.std if base else source.std) or IMAGENET_STD
+    mean = mean or source.mean or IMAGENET_MEAN
+    std = std or source.std or IMAGENET_STD
     if labels is None:
-        if base is not None:
-            labels = list(base.labels)
-        else:
-            from edgepilot.export import flatten_outputs
+        from edgepilot.export import flatten_outputs
 
-            sample = torch.zeros(1, channels, *input_size)
-            try:
-                with torch.no_grad(), quiet_exporters():
-                    first = flatten_outputs(source.module(sample))[0][0]
-            except EdgepilotError:
-                raise
-            except Exception as err:
-                raise EdgepilotError(
-                    f"The model does not run on a 1x{channels}x{input_size[0]}x"
-                    f"{input_size[1]} input: {first_line(err)}. Give its input size with "
-                    "--input-size") from err
-            count = int(first[0].numel())
-            labels = [f"class_{i}" for i in range(count)]
+        sample = torch.zeros(1, channels, *input_size)
+        try:
+            with torch.no_grad(), quiet_exporters():
+                first = flatten_outputs(source.module(sample))[0][0]
+        except EdgepilotError:
+            raise
+        except Exception as err:
+            raise EdgepilotError(
+                f"The model does not run on a 1x{channels}x{input_size[0]}x{input_size[1]} "
+                f"input: {first_line(err)}. Give its input size with --input-size") from err
+        labels = [f"class_{i}" for i in range(int(first[0].numel()))]
     color = "GRAY" if channels == 1 else "RGB"
     try:
         return ModelMeta(name=name, labels=tuple(labels), input_size=tuple(input_size),
-                         color=color, mean=tuple(mean)[:channels], std=tuple(std)[:channels],
-                         output=base.output if base else "logits")
+                         color=color, mean=tuple(mean)[:channels], std=tuple(std)[:channels])
     except (ValueError, TypeError) as err:
         raise EdgepilotError(f"Cannot describe the model's input: {err}") from err

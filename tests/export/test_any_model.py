@@ -329,3 +329,18 @@ def test_cli_val_data_folder_gives_accuracy_and_names_unknown_labels(tmp_path, c
     code, out, err = cli(model, "--input-size", "16", "--labels", labels, "--val-data",
                          tmp_path / "val", "--out", tmp_path / "m2")
     assert code != 0 and "zebra" in err and len(err.strip().splitlines()) <= 2
+
+
+def test_cli_flags_override_only_what_they_name_in_an_edgepilot_checkpoint(tmp_path, cli):
+    from edgepilot.assets import shipped_model
+    from edgepilot.train.checkpoint import load_checkpoint
+
+    _, shipped, _ = load_checkpoint(shipped_model("stoplight", ".pt"))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("rot\ngelb\ngruen\nkeins\n")
+    code, out, err = cli(shipped_model("stoplight", ".pt"), "--labels", labels, "--val-size",
+                         "0", "--out", tmp_path / "de")
+    assert code == 0, err[-2000:]
+    meta = edgepilot.load(out.strip().splitlines()[-1]).meta
+    assert meta.labels == ("rot", "gelb", "gruen", "keins")
+    assert meta.replace(labels=shipped.labels) == shipped  # normalisation, size, task kept
