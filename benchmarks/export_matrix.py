@@ -176,6 +176,8 @@ def table(rows: list[dict]) -> str:
                 shown.append("refused: " + r["status"][:90].replace("|", "/"))
             else:
                 agree = "-" if r.get("top1") is None else f"{100 * r['top1']:.0f}%"
+                if r.get("max_abs_diff") is not None:
+                    agree += f" Δ{r['max_abs_diff']:.0e}"
                 speed = f", {r['vs_fp32']:.2f}x" if "vs_fp32" in r else f", {r['ms']:.1f} ms"
                 parts = f", {r['backend'].split('(')[1].split(',')[1].strip()}" \
                     if "partitions" in r.get("backend", "") else ""
