@@ -12,17 +12,14 @@ import platform
 import re
 from pathlib import Path
 
-import numpy as np
-
 from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.runtime.backend import (
-    Backend,
     file_errors,
     meta_entry,
     quiet_native_stderr,
 )
 from edgepilot.runtime.edgetpu_check import check_model
-from edgepilot.runtime.litert import interpreter_module, tensor_info
+from edgepilot.runtime.litert import InterpreterBackend, interpreter_module
 from edgepilot.runtime.tflite_metadata import read_metadata
 
 __all__ = ["EdgeTPUBackend", "parse_device", "delegate_library", "cannot_run_here",
@@ -74,7 +71,7 @@ def cannot_run_here() -> str | None:
     return None
 
 
-class EdgeTPUBackend(Backend):
+class EdgeTPUBackend(InterpreterBackend):
     """Runs an _edgetpu.tflite on a Coral Edge TPU.
 
     Args:
@@ -98,12 +95,7 @@ class EdgeTPUBackend(Backend):
                 self.interpreter = module.Interpreter(model_content=data, num_threads=threads,
                                                       experimental_delegates=[delegate])
                 self.interpreter.allocate_tensors()
-            inputs = self.interpreter.get_input_details()
-            outputs = self.interpreter.get_output_details()
-            self.inputs = [tensor_info(d) for d in inputs]
-            self.outputs = [tensor_info(d) for d in outputs]
-            self._in = [d["index"] for d in inputs]
-            self._out = [d["index"] for d in outputs]
+            self._bind()
             self.meta_json = meta_entry(self.metadata.edgepilot_json)
         version = getattr(importlib.import_module(dist.replace("-", "_")), "__version__", "")
         where = "compiled" if verdict.compiled else "NOT compiled: every op runs on the CPU"
@@ -129,9 +121,3 @@ class EdgeTPUBackend(Backend):
                 "accelerators need a USB 3 port for full speed) or pick another with device="
                 "'usb:1' / 'pci:0'; on this machine run the int8 file on the CPU instead "
                 "(edgepilot.load('<model>_int8.tflite'))") from err
-
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        for index, x in zip(self._in, inputs):
-            self.interpreter.set_tensor(index, x)
-        self.interpreter.invoke()
-        return [self.interpreter.get_tensor(index).copy() for index in self._out]

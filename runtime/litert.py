@@ -43,7 +43,26 @@ def tensor_info(detail: dict) -> TensorInfo:
                       int(zero_point))
 
 
-class LiteRTBackend(Backend):
+class InterpreterBackend(Backend):
+    """What every TFLite interpreter backend shares once `self.interpreter` is allocated:
+    its tensors, and running them."""
+
+    def _bind(self) -> None:
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        self.inputs = [tensor_info(d) for d in inputs]
+        self.outputs = [tensor_info(d) for d in outputs]
+        self._in = [d["index"] for d in inputs]
+        self._out = [d["index"] for d in outputs]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        for index, x in zip(self._in, inputs):
+            self.interpreter.set_tensor(index, x)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(index).copy() for index in self._out]
+
+
+class LiteRTBackend(InterpreterBackend):
     """Runs a .tflite file with the LiteRT interpreter (XNNPACK by default on CPU)."""
 
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
@@ -59,12 +78,7 @@ class LiteRTBackend(Backend):
             with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate" notices
                 self.interpreter = module.Interpreter(model_content=data, num_threads=threads)
                 self.interpreter.allocate_tensors()
-            inputs = self.interpreter.get_input_details()
-            outputs = self.interpreter.get_output_details()
-            self.inputs = [tensor_info(d) for d in inputs]
-            self.outputs = [tensor_info(d) for d in outputs]
-            self._in = [d["index"] for d in inputs]
-            self._out = [d["index"] for d in outputs]
+            self._bind()
             ops = self._delegates()
             # An empty edgepilot entry ("{}", files from other tools) falls back to the
             # standard metadata that mobile clients read.
@@ -88,11 +102,6 @@ class LiteRTBackend(Backend):
             return f"builtin kernels, {len(ops)} ops"
         return f"XNNPACK, {partitions} partition{'s' if partitions > 1 else ''}"
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        for index, x in zip(self._in, inputs):
-            self.interpreter.set_tensor(index, x)
-        self.interpreter.invoke()
-        return [self.interpreter.get_tensor(index).copy() for index in self._out]
 
 
 def _undelegated(details: list[dict], graph_outputs: set[int]) -> list[str]:

@@ -55,12 +55,15 @@ def ssh_config(tmp_path_factory):
     config = work / "ssh_config"
     config.write_text(f"Host good\n  Port {port}\n{host}Host bad\n  Port {closed}\n{host}")
     try:
-        for _ in range(200):  # until sshd accepts connections (or has died)
+        deadline = time.monotonic() + 120  # generous: CI machines are busy
+        while True:  # until sshd accepts connections (or has died)
             if server.poll() is not None:
                 pytest.fail(f"sshd did not start: {server.stderr.read()}")
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
+            if time.monotonic() > deadline:
+                pytest.fail("sshd did not accept connections within 120 s")
             time.sleep(0.05)
         yield config
     finally:
