@@ -395,8 +395,11 @@ def _glow(img: np.ndarray, cx: float, cy: float, axes: tuple[float, float], angl
 
 def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, vertical: bool,
                 led: bool, ambient: float, night: bool,
-                at: tuple[float, float] | None = None) -> None:
+                at: tuple[float, float] | None = None) -> tuple[float, float, float, float]:
     """Housing (+ optional backplate, pole, visors) with three lenses; `lit` in {0, 1, 2} or None.
+
+    Returns the posed housing's axis-aligned box (x0, y0, x1, y1) in pixels, unclipped: the
+    detector's label (train/scenes.py).
 
     Geometry is built in the light's own frame and mapped by a pose (roll + foreshortening),
     much cheaper than warping the image: circles become cv2 ellipses. Without an explicit
@@ -412,9 +415,9 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
     angle = rng.uniform(-8, 8)
     sx, sy = (rng.uniform(0.75, 1.0), 1.0) if rng.random() < 0.5 else (1.0, rng.uniform(0.8, 1.0))
     ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    ex = abs(ca * sx) * hw + abs(sa * sy) * hh  # half extents of the posed housing
+    ey = abs(sa * sx) * hw + abs(ca * sy) * hh
     if at is None:
-        ex = abs(ca * sx) * hw + abs(sa * sy) * hh  # half extents of the posed housing
-        ey = abs(sa * sx) * hw + abs(ca * sy) * hh
         k = 1.0 if rng.random() < 0.7 else 0.8
         cx, cy = (rng.uniform(k * e, max(size - k * e, k * e)) for e, size in ((ex, w), (ey, h)))
     else:
@@ -483,6 +486,7 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
         sigma = r * (rng.uniform(0.8, 2.2) if night else rng.uniform(0.25, 0.9))
         strength = rng.uniform(0.8, 1.8) if night else rng.uniform(0.25, 0.9)
         _glow(img, lx, ly, (r * sx, r * sy), angle, color, sigma, strength)
+    return cx - ex, cy - ey, cx + ex, cy + ey
 
 
 # ------------------------------------------------------------------------------ camera
