@@ -490,11 +490,14 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
 
 
 # ------------------------------------------------------------------------------ camera
-def _camera(rng: _Rand, img: np.ndarray, config: SceneConfig, night: bool) -> np.ndarray:
-    """Sensor and lens effects on the finished uint8 scene: warp, blur, WB, tone, noise, JPEG."""
+def _camera(rng: _Rand, img: np.ndarray, config: SceneConfig, night: bool,
+            warp: bool = True) -> np.ndarray:
+    """Sensor and lens effects on the finished uint8 scene: warp, blur, WB, tone, noise, JPEG.
+
+    `warp=False` keeps the geometry, for scenes whose boxes must stay where they were drawn."""
     h, w = img.shape[:2]
     s = min(w, h)
-    if rng.random() < 0.3:  # small roll + keystone of the whole frame (camera not square-on)
+    if warp and rng.random() < 0.3:  # small roll + keystone of the whole frame (camera not square-on)
         rot = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-5, 5), rng.uniform(1.0, 1.04))
         src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
         dst = src @ rot[:, :2].T + rot[:, 2] + rng.gen.uniform(-0.03, 0.03, (4, 2)) * s
