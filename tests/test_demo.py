@@ -49,7 +49,8 @@ def test_demo_summary_and_held_out_accuracy(tmp_path, torch_top1):
         images, labels = stoplight.generate(300, seed=424_242, config=scene_config(split))
         ours = np.array([model.predict(img).index for img in images])
         accuracy = float(np.mean(ours == labels))
-        assert accuracy >= 0.97, f"{split}: {accuracy:.3f}"
+        # Issue #13's bars: 97% on training's families, 95% on families never trained on.
+        assert accuracy >= (0.95 if split == "holdout" else 0.97), f"{split}: {accuracy:.3f}"
         assert abs(reported["accuracy"] - accuracy) <= 0.03, (split, reported, accuracy)
         # The runtime resizes as the training pipeline does: same answers as PyTorch on the
         # images resized by the runtime's own function.

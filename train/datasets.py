@@ -4,22 +4,25 @@
 
 Stoplight splits come from the procedural generator with disjoint seeds:
 ``train`` and ``val`` use the training families of scenes; ``holdout`` renders only the
-families kept out of training (`HOLDOUT`), to measure generalisation beyond the generator
-settings the model has seen.
+families kept out of training (`HOLDOUT`: a background kind, and three real photographs from
+other packages than the training photographs), to measure generalisation beyond the
+generator settings the model has seen.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgepilot.errors import EdgepilotError, did_you_mean
+from edgepilot.errors import EdgepilotError, MissingDependencyError, did_you_mean
 from edgepilot.runtime.image import resize
 from edgepilot.train import stoplight
 
-__all__ = ["load_dataset", "scene_config", "DATASETS", "HOLDOUT", "RENDER_SIZE"]
+__all__ = ["load_dataset", "scene_config", "stoplight_split", "DATASETS", "HOLDOUT",
+           "RENDER_SIZE"]
 
 #: Scene families never rendered for training: the held-out test of generalisation.
-HOLDOUT = {"backgrounds": ("buildings",), "lamp_styles": ()}
+HOLDOUT = {"backgrounds": ("buildings",), "photos": ("grace_hopper", "china", "flower"),
+           "housings": (), "lamp_styles": ()}
 #: The generator renders at this size; images are then resized exactly as the runtime resizes.
 RENDER_SIZE = 96
 # Seeds of the splits are far apart so no image index can repeat across splits.
@@ -27,20 +30,48 @@ _SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "holdout": 2_000_003}
 
 
 def scene_config(split: str) -> stoplight.SceneConfig:
-    """The generator settings of a stoplight split (holdout: only the held-out families)."""
-    held = HOLDOUT["backgrounds"]
-    if split == "holdout":
-        return stoplight.SceneConfig(size=RENDER_SIZE, backgrounds=held)
-    kept = tuple(b for b in stoplight.BACKGROUNDS if b not in held)
-    return stoplight.SceneConfig(size=RENDER_SIZE, backgrounds=kept)
+    """The generator settings of a stoplight split (holdout: only the held-out families).
+
+    A held-out image has a held-out background (a held-out photograph when it is a photo) and,
+    when it shows a light, a held-out housing paint."""
+    everything = stoplight.SceneConfig()
+    fields = {}
+    for field, held in HOLDOUT.items():
+        if held:
+            kept = tuple(v for v in getattr(everything, field) if v not in held)
+            fields[field] = held if split == "holdout" else kept
+    if split == "holdout" and HOLDOUT["photos"]:
+        fields["backgrounds"] += ("photo",)
+    return stoplight.SceneConfig(size=RENDER_SIZE, **fields)
+
+
+def stoplight_split(split: str, n: int, size: tuple[int, int], seed: int = 0,
+                    info: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`n` stoplight images of a split at `size`, rendered and resized in chunks (the full-size
+    renders of a large training set never sit in memory at once); `info` as in
+    `stoplight.generate`."""
+    seed, config = _SPLIT_SEEDS[split] + seed, scene_config(split)
+    images = np.empty((n, *size, 3), np.uint8)
+    labels = np.empty(n, np.int64)
+    chunk = 2048
+    for start in range(0, n, chunk):
+        part, labels[start:start + chunk] = stoplight.generate(
+            min(chunk, n - start), seed=seed, config=config, info=info, start=start)
+        if part.shape[1:3] != tuple(size):
+            part = np.stack([resize(img, size) for img in part])
+        images[start:start + len(part)] = part
+    return images, labels
 
 
 def _stoplight(split: str, n: int, size: tuple[int, int], seed: int):
-    images, labels = stoplight.generate(n, seed=_SPLIT_SEEDS[split] + seed,
-                                        config=scene_config(split))
-    if images.shape[1:3] != tuple(size):
-        images = np.stack([resize(img, size) for img in images])
-    return images, labels
+    try:
+        return stoplight_split(split, n, size, seed)
+    except ModuleNotFoundError as err:  # a photograph's package is missing: say which extra
+        extras = {package: extra for package, _, extra in stoplight._PHOTO_FILES.values()}
+        if err.name not in extras:
+            raise
+        raise MissingDependencyError(err.name, extras[err.name],
+                                     "Stoplight photo backgrounds") from err
 
 
 def _digits(split: str, n: int, size: tuple[int, int], seed: int):

@@ -1,6 +1,8 @@
 """Named training runs: data, architecture, hyper-parameters and evaluation in one place.
 
 `edgepilot train stoplight` calls `train_stoplight`; the shipped model is its default output.
+It ends with the robustness report (`edgepilot.train.robustness`): accuracy per scene factor on
+seeds training never used, held-out families marked.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from edgepilot.meta import ModelMeta
 from edgepilot.train.checkpoint import save_checkpoint
 from edgepilot.train.datasets import HOLDOUT, load_dataset
 from edgepilot.train.models import count_parameters, create_model
+from edgepilot.train.robustness import format_report, robustness_report, worst
 from edgepilot.train.stoplight import LABELS
-from edgepilot.train.trainer import TrainConfig, accuracy, fit
+from edgepilot.train.trainer import TrainConfig, fit, predict_logits
 
 # torch comes with the export extra; say so instead of a bare ModuleNotFoundError.
 torch = require("torch", "export", "Training")
@@ -35,7 +38,8 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                     config: TrainConfig | None = None, log=print) -> dict:
     """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.
 
-    Returns a summary: parameters, accuracies on the validation and held-out sets, time.
+    Returns a summary: parameters, accuracies on the validation and held-out sets, the worst
+    factors of the robustness report, time.
     """
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
@@ -49,15 +53,22 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     val = load_dataset("stoplight", "val", n_val, (size, size))
     log(f"data ready in {time.perf_counter() - started:.1f} s")
     history = fit(model, train, val, meta, config)
-    holdout = load_dataset("stoplight", "holdout", n_holdout, (size, size))
+    del train  # the robustness report renders its own images
+    report = robustness_report(
+        {"pytorch": lambda images: predict_logits(model, images, meta).argmax(1)},
+        n_val=2 * n_val, n_holdout=n_holdout, size=(size, size))
+    log(format_report(report))
+    seen, held = worst(report, "pytorch", False), worst(report, "pytorch", True)
     summary = {
         "arch": arch,
         "parameters": count_parameters(model),
         "val_accuracy": history["val_accuracy"],
         "n_val": n_val,
-        "holdout_accuracy": accuracy(model, *holdout, meta),
+        "holdout_accuracy": report["overall"]["holdout"]["pytorch"],
         "n_holdout": n_holdout,
         "holdout_families": HOLDOUT,
+        "worst_factor": {k: seen[k] for k in ("factor", "value", "n", "pytorch")},
+        "worst_held_out_factor": {k: held[k] for k in ("factor", "value", "n", "pytorch")},
         "train_seconds": history["seconds"],
         "total_seconds": round(time.perf_counter() - started, 1),
         "images_per_second": history["images_per_second"],

@@ -1,26 +1,65 @@
 """Procedural traffic-light (stoplight) images with labels, for training small classifiers.
 
 Images are drawn at the output resolution with OpenCV primitives and a few vectorised numpy
-ops (~2,000 96x96 images/s on one core). To generalise to real photos, everything a camera
-sees is randomised: housing shape/colour/layout, lamp style and hue, bloom, visors, sun
-reflections, clutter with red/green/yellow hard negatives, framing, pose, exposure, white
-balance, blur, noise and JPEG. Stages, in file order: background (float, channel-first, half
-resolution) -> objects drawn on uint8 (cv2 anti-aliasing needs 8-bit) -> camera effects.
+ops. To generalise to real photos, everything a camera sees is randomised: housing shape,
+paint (several countries' colours) and pose (tilted, horizontal, small and off-centre), lamp
+style (plain disc or LED dots) and hue, exposure (daylight lamps whose centre clips to white,
+the colour left in the rim and the bloom), visors, sun reflections, clutter with
+red/green/yellow hard negatives, real photographs as backgrounds, white balance, blur, noise
+and JPEG. Stages, in file order: background (float, channel-first, half resolution) -> objects
+drawn on uint8 (cv2 anti-aliasing needs 8-bit) -> camera effects.
+
+Pass ``info=[]`` to `generate` to get, per image, the factors it was drawn with (background,
+housing, size, orientation, exposure, blur, JPEG quality, white balance): the robustness
+report (`edgepilot.train.robustness`) scores a model per factor from them.
 """
 from __future__ import annotations
 
 import colorsys
+import importlib.util
 import math
 import numbers
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 LABELS: tuple[str, ...] = ("red", "yellow", "green", "none")
 LAYOUTS: tuple[str, ...] = ("vertical", "horizontal")
-BACKGROUNDS: tuple[str, ...] = ("sky", "gradient", "texture", "buildings", "foliage", "night")
+BACKGROUNDS: tuple[str, ...] = ("sky", "gradient", "texture", "buildings", "foliage", "night",
+                                 "photo")
 LAMP_STYLES: tuple[str, ...] = ("disc", "led")
+# Housing paints by family, as several countries use them: black (most of Europe), grey (Germany,
+# Japan), yellow (US), dark green (US, UK), olive and aluminium (Japan, older US).
+_HOUSING_PAINTS = {
+    "black": ((22, 22, 24), (30, 31, 30), (40, 40, 42)),
+    "grey": ((60, 62, 65), (95, 97, 100)),
+    "yellow": ((205, 165, 35), (228, 190, 25), (185, 150, 55)),
+    "green": ((28, 62, 42), (22, 48, 30)),
+    "olive": ((85, 88, 45),),
+    "aluminium": ((140, 140, 135), (168, 168, 162)),
+}
+HOUSINGS: tuple[str, ...] = tuple(_HOUSING_PAINTS)
+_HOUSING_WEIGHTS = {"black": 4.0, "grey": 2.0, "yellow": 2.5, "green": 1.5, "olive": 1.0,
+                    "aluminium": 1.0}
+# Real photographs that packages edgepilot may depend on ship in their wheels (read from the
+# installed package, never downloaded): name -> (package, path inside it, extra that brings it).
+_PHOTO_FILES = {
+    "astronaut": ("skimage", "data/astronaut.png", "export"),
+    "coffee": ("skimage", "data/coffee.png", "export"),
+    "chelsea": ("skimage", "data/chelsea.png", "export"),
+    "brick": ("skimage", "data/brick.png", "export"),
+    "rocket": ("skimage", "data/rocket.jpg", "export"),
+    "motorcycle": ("skimage", "data/motorcycle_left.png", "export"),
+    "grass": ("skimage", "data/grass.png", "export"),
+    "gravel": ("skimage", "data/gravel.png", "export"),
+    "camera": ("skimage", "data/camera.png", "export"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "plot"),
+    "china": ("sklearn", "datasets/images/china.jpg", "digits"),
+    "flower": ("sklearn", "datasets/images/flower.jpg", "digits"),
+}
+PHOTOS: tuple[str, ...] = tuple(_PHOTO_FILES)
 RED, YELLOW, GREEN, NONE = range(4)
 
 _F32 = np.float32  # colours are passed to cv2 via .tolist(); it saturates them on uint8
@@ -31,10 +70,6 @@ _ONE = 1 << _SHIFT
 # Lens hue (degrees) and saturation ranges. Red ~(255,40,30), amber ~(255,170,0), bluish LED
 # green ~(40,255,170); the gaps keep classes apart after the camera's white-balance shifts.
 _LAMP_HSV = (((-7.0, 7.0), (0.8, 0.95)), ((33.0, 45.0), (0.9, 1.0)), ((128.0, 168.0), (0.66, 0.92)))
-# Housing paints (black, greys, yellow, dark green, olive, aluminium), mostly dark as on streets.
-_HOUSINGS = np.array([(22, 22, 24), (30, 31, 30), (40, 40, 42), (60, 62, 65), (95, 97, 100),
-                      (205, 165, 35), (28, 62, 42), (85, 88, 45), (140, 140, 135)], _F32)
-_HOUSING_CDF = np.cumsum([5, 3, 3, 3, 1, 2, 2, 1, 1]) / 21
 # Saturated everyday colours for hard negatives, and dull materials for walls and textures.
 _NEG_COLORS = np.array([(205, 30, 30), (240, 55, 40), (40, 160, 60), (60, 220, 120),
                         (240, 200, 40), (245, 125, 20), (30, 80, 200), (235, 235, 235),
@@ -73,11 +108,14 @@ class SceneConfig:
     layouts: tuple[str, ...] = LAYOUTS
     backgrounds: tuple[str, ...] = BACKGROUNDS
     lamp_styles: tuple[str, ...] = LAMP_STYLES
+    housings: tuple[str, ...] = HOUSINGS
+    photos: tuple[str, ...] = PHOTOS  # the photographs the "photo" background picks from
     empty_fraction: float = 0.5  # share of `none` images with no light at all (rest: unlit housing)
     jpeg_fraction: float = 0.3
 
     def __post_init__(self) -> None:
-        names = {"layouts": LAYOUTS, "backgrounds": BACKGROUNDS, "lamp_styles": LAMP_STYLES}
+        names = {"layouts": LAYOUTS, "backgrounds": BACKGROUNDS, "lamp_styles": LAMP_STYLES,
+                 "housings": HOUSINGS, "photos": PHOTOS}
         for field, valid in names.items():
             value = getattr(self, field)
             if isinstance(value, str) or not value:
@@ -130,6 +168,15 @@ def _pt(x: float, y: float) -> tuple[int, int]:
 def _jitter(rng: _Rand, c: np.ndarray, amount: float) -> np.ndarray:
     noise = np.array((rng.random(), rng.random(), rng.random()), _F32) - _F32(0.5)
     return c + noise * _F32(2 * amount)
+
+
+def _pick_weighted(rng: _Rand, names: tuple[str, ...], weights: dict[str, float]) -> str:
+    u = rng.random() * sum(weights[n] for n in names)
+    for name in names:
+        u -= weights[name]
+        if u < 0:
+            return name
+    return names[-1]
 
 
 def _ramp(n: int, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
@@ -279,9 +326,54 @@ def _bg_night(rng: _Rand, w: int, h: int) -> np.ndarray:
     return img
 
 
+_PHOTO_CACHE: dict[str, tuple[np.ndarray, bool]] = {}
+
+
+def _photo(name: str) -> tuple[np.ndarray, bool]:
+    """The photograph `name` as (H, W, 3) uint8 RGB and whether it is grey; decoded once."""
+    if name not in _PHOTO_CACHE:
+        package, rel, extra = _PHOTO_FILES[name]
+        spec = importlib.util.find_spec(package)  # finds the package without importing it
+        path = Path(spec.origin).parent / rel if spec is not None and spec.origin else None
+        if path is None or not path.is_file():
+            raise ModuleNotFoundError(
+                f"the 'photo' background '{name}' is read from the {package} package, which is "
+                f"not installed: pip install 'edgepilot[{extra}]' (or leave '{name}' out of "
+                f"SceneConfig.photos)", name=package)
+        img = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        grey = bool(np.abs(img[..., 0].astype(np.int16) - img[..., 2]).max() < 8)
+        _PHOTO_CACHE[name] = img, grey
+    return _PHOTO_CACHE[name]
+
+
+def _bg_photo(rng: _Rand, w: int, h: int, photos: tuple[str, ...] = PHOTOS,
+              info: dict | None = None) -> np.ndarray:
+    """A random crop of a real photograph (skin, wood, coffee, brick, fur...), zoomed and tinted.
+
+    Grey photographs get a random warm or cool tint, so brick and gravel come in many colours."""
+    name = photos[rng.integers(len(photos))]
+    if info is not None:
+        info["photo"] = name
+    src, grey = _photo(name)
+    ph, pw = src.shape[:2]
+    side = rng.uniform(0.12, 0.8) * min(ph, pw)
+    cw = int(min(pw, side * rng.uniform(0.8, 1.25) * w / h))
+    ch = int(min(ph, side))
+    x, y = rng.integers(0, pw - cw + 1), rng.integers(0, ph - ch + 1)
+    img = cv2.resize(src[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.5:
+        img = cv2.flip(img, 1)
+    if grey:
+        gains = _hsv(rng.uniform(-20, 60), rng.uniform(0.1, 0.6)) / 255
+    else:
+        gains = 1 + (np.array((rng.random(), rng.random(), rng.random()), _F32) - 0.5) * 0.16
+    gains *= _F32(rng.uniform(0.6, 1.15))
+    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=_F32) * gains[:, None, None]
+
+
 _BACKGROUND_FNS = {"sky": _bg_sky, "gradient": _bg_gradient, "texture": _bg_texture,
                    "buildings": lambda rng, w, h: _facades(rng, _bg_sky(rng, w, h), night=False),
-                   "foliage": _bg_foliage, "night": _bg_night}
+                   "foliage": _bg_foliage, "night": _bg_night, "photo": _bg_photo}
 
 
 # ------------------------------------------------------------------------ hard negatives
@@ -336,8 +428,12 @@ def _clutter(rng: _Rand, img: np.ndarray, ambient: float, night: bool) -> None:
 
 # ------------------------------------------------------------------------ traffic light
 def _lit_lens(img: np.ndarray, cx: float, cy: float, r: float, pose: np.ndarray,
-              color: np.ndarray, led: bool, visor: float, core: float) -> None:
+              color: np.ndarray, led: bool, visor: float, core: float,
+              dot_pitch: float = 3.2, dot_gap: float = 0.35) -> None:
     """Paint the lit lens in place: per-pixel radial shading inside an anti-aliased ellipse.
+
+    `core` is how over-exposed the centre is: below 1 a whitish centre, above 1 a white plateau
+    that leaves the colour only in a rim of relative width ~1/(2 core) (a daylight camera).
 
     `pose` (2x2) maps the light's own frame to the image; measuring in the light's frame makes
     the lens, its LED grid and the visor shadow follow the pose. Only the lit lamp gets this
@@ -356,11 +452,11 @@ def _lit_lens(img: np.ndarray, cx: float, cy: float, r: float, pose: np.ndarray,
     m = _clip01((r - d) * _F32(1.0 / max(abs(ia) + abs(ib), 1e-3)) + 0.5)  # ~1 px anti-aliased edge
     falloff = 1.0 - np.minimum(d * _F32(1 / r), 1.0) ** 2
     if led and r >= 4.5:  # LED matrix as a cosine dot grid; below ~4.5 px the dots merge anyway
-        p = _F32(2 * math.pi / max(1.7, r / 3.2))
+        p = _F32(2 * math.pi / max(1.7, r / dot_pitch))
         dots = (0.5 + 0.5 * np.cos(u * p)) * (0.5 + 0.5 * np.cos(v * p))
-        shade, white = 0.35 + 0.65 * dots, core * falloff * dots
+        shade, white = dot_gap + (1 - dot_gap) * dots, np.minimum(core * falloff, 1.0) * dots
     else:
-        shade, white = 0.75 + 0.25 * falloff, core * falloff
+        shade, white = 0.75 + 0.25 * falloff, np.minimum(core * falloff, 1.0)
     if visor > 0:  # the hood shades the top of the lens
         shade = shade * (1.0 - visor * _clip01(-v / r - 0.1))
     # The ROI is small, so broadcasting over RGB (slow per element) beats per-channel ops.
@@ -394,9 +490,14 @@ def _glow(img: np.ndarray, cx: float, cy: float, axes: tuple[float, float], angl
 
 
 def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, vertical: bool,
-                led: bool, ambient: float, night: bool,
-                at: tuple[float, float] | None = None) -> tuple[float, float, float, float]:
+                led: bool, ambient: float, night: bool, at: tuple[float, float] | None = None,
+                *, housings: tuple[str, ...] = HOUSINGS, tilt: float = 0.2,
+                info: dict | None = None) -> tuple[float, float, float, float]:
     """Housing (+ optional backplate, pole, visors) with three lenses; `lit` in {0, 1, 2} or None.
+
+    The paint is drawn from the `housings` families; with probability `tilt` the light is
+    rolled by 12-40 degrees (a camera held askew, a light on a leaning mast). `info`, when
+    given, receives the factors drawn (housing, orientation, exposure).
 
     Returns the posed housing's axis-aligned box (x0, y0, x1, y1) in pixels, unclipped: the
     detector's label (train/scenes.py).
@@ -413,6 +514,8 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
     rc = (min(hw, hh) * rng.uniform(0.2, 0.6), 0.0, min(hw, hh))[rng.integers(3)]
     # Pose: roll, and foreshortening along x or y (light seen from the side or from below).
     angle = rng.uniform(-8, 8)
+    if rng.random() < tilt:
+        angle = math.copysign(rng.uniform(12, 40), angle)
     sx, sy = (rng.uniform(0.75, 1.0), 1.0) if rng.random() < 0.5 else (1.0, rng.uniform(0.8, 1.0))
     ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     ex = abs(ca * sx) * hw + abs(sa * sy) * hh  # half extents of the posed housing
@@ -423,7 +526,9 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
     else:
         cx, cy = at
     pose = np.array([[ca * sx, -sa * sy, cx], [sa * sx, ca * sy, cy]])
-    paint = _jitter(rng, _HOUSINGS[int(np.searchsorted(_HOUSING_CDF, rng.random()))], 8) * ambient
+    family = _pick_weighted(rng, housings, _HOUSING_WEIGHTS)
+    paints = _HOUSING_PAINTS[family]
+    paint = _jitter(rng, np.array(paints[rng.integers(len(paints))], _F32), 8) * ambient
     if rng.random() < 0.5:  # mounting pole / bracket leaving the frame
         dy = -3 * h if (not vertical) or rng.random() < 0.5 else 3 * h
         thick = max(1, int(min(hw, hh) * rng.uniform(0.25, 0.6)))
@@ -452,8 +557,18 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
     if not night and rng.random() < 0.12:  # sun reflected in one (sometimes more) unlit lenses
         phantom = [rng.uniform(0.05, 0.15) if rng.random() < 0.3 else 0.0 for _ in range(3)]
         phantom[rng.integers(3)] = rng.uniform(0.1, 0.22)
-    # How washed-out (over-exposed) the lit centre is.
-    core = rng.uniform(0.3, 0.65) if night else rng.uniform(0.05, 0.35)
+    # How washed-out (over-exposed) the lit centre is: often clipped to white, as most cameras
+    # see a lamp (the colour then survives in the rim and the bloom).
+    clipped = rng.random() < (0.6 if night else 0.45)
+    if clipped:
+        core = rng.uniform(1.3, 6.0)
+    else:
+        core = rng.uniform(0.3, 0.65) if night else rng.uniform(0.05, 0.35)
+    dot_pitch, dot_gap = rng.uniform(2.3, 4.0), rng.uniform(0.1, 0.45)
+    if info is not None:
+        info.update(housing=family, clipped=clipped, angle=angle,
+                    orientation="tilted" if abs(angle) >= 12 else
+                    "vertical" if vertical else "horizontal")
     axes = _pt(r * sx, r * sy)
     step = (-sa * sy, ca * sy) if vertical else (ca * sx, sa * sx)  # image direction of lamp axis
     jit = rng.gen.random((3, 3))  # per lamp: hue, saturation, position jitter
@@ -467,7 +582,7 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
         c = _pt(lx, ly)
         if i == lit:
             shadow = rng.uniform(0.1, 0.3) * (visor_style > 0)
-            _lit_lens(img, lx, ly, r, pose[:, :2], color, led, shadow, core)
+            _lit_lens(img, lx, ly, r, pose[:, :2], color, led, shadow, core, dot_pitch, dot_gap)
         else:  # dark tinted glass + sun highlight; a "phantom" is whitish, never as bright as lit
             glass = color * (dark + 0.5 * phantom[i]) + 110 * phantom[i] * ambient
             cv2.ellipse(img, c, axes, angle, 0, 360, glass.tolist(), -1, AA, _SHIFT)
@@ -485,19 +600,23 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
         lx, ly, color = lamps[lit]
         sigma = r * (rng.uniform(0.8, 2.2) if night else rng.uniform(0.25, 0.9))
         strength = rng.uniform(0.8, 1.8) if night else rng.uniform(0.25, 0.9)
+        if clipped and not night:  # the coloured halo around a clipped lamp
+            sigma, strength = r * rng.uniform(0.4, 1.4), rng.uniform(0.5, 1.3)
         _glow(img, lx, ly, (r * sx, r * sy), angle, color, sigma, strength)
     return cx - ex, cy - ey, cx + ex, cy + ey
 
 
 # ------------------------------------------------------------------------------ camera
 def _camera(rng: _Rand, img: np.ndarray, config: SceneConfig, night: bool,
-            warp: bool = True) -> np.ndarray:
+            warp: bool = True, info: dict | None = None) -> np.ndarray:
     """Sensor and lens effects on the finished uint8 scene: warp, blur, WB, tone, noise, JPEG.
 
-    `warp=False` keeps the geometry, for scenes whose boxes must stay where they were drawn."""
+    `warp=False` keeps the geometry, for scenes whose boxes must stay where they were drawn.
+    `info`, when given, receives the blur kind, JPEG quality (0: none) and white-balance shift."""
+    info = {} if info is None else info
     h, w = img.shape[:2]
     s = min(w, h)
-    if warp and rng.random() < 0.3:  # small roll + keystone of the whole frame (camera not square-on)
+    if warp and rng.random() < 0.3:  # small roll + keystone of the frame (camera not square-on)
         rot = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-5, 5), rng.uniform(1.0, 1.04))
         src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
         dst = src @ rot[:, :2].T + rot[:, 2] + rng.gen.uniform(-0.03, 0.03, (4, 2)) * s
@@ -505,6 +624,7 @@ def _camera(rng: _Rand, img: np.ndarray, config: SceneConfig, night: bool,
         img = cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (w, h),
                                   borderMode=cv2.BORDER_REFLECT101)
     u = rng.random()
+    info["blur"] = "defocus" if u < 0.25 else "motion" if u < 0.4 else "none"
     if u < 0.25:  # defocus
         sigma = rng.uniform(0.4, 1.2) * s / 96
         k = 2 * math.ceil(1.8 * sigma) + 1  # short kernel: OpenCV's uint8 blur is fast up to 5x5
@@ -518,7 +638,8 @@ def _camera(rng: _Rand, img: np.ndarray, config: SceneConfig, night: bool,
         img = cv2.filter2D(img, -1, kern / kern.sum())
     # White balance error (moderate: red must stay distinguishable from amber), exposure and a
     # tone curve, folded into one per-channel lookup table.
-    temp, tint = rng.uniform(-0.1, 0.1), rng.uniform(-0.04, 0.04)
+    temp, tint = rng.uniform(-0.15, 0.15), rng.uniform(-0.05, 0.05)
+    info["white_balance"] = temp
     exposure = rng.uniform(0.8, 1.35) if night else rng.uniform(0.75, 1.25)
     gamma = rng.uniform(0.75, 1.3) if rng.random() < 0.5 else 1.0
     gains = np.array([1 + temp, 1 + tint, 1 - temp], _F32) * _F32(exposure)
@@ -531,8 +652,10 @@ def _camera(rng: _Rand, img: np.ndarray, config: SceneConfig, night: bool,
     else:  # large frames (demo scenes) draw fresh noise
         noise = rng.gen.standard_normal((h, w, 3), dtype=_F32)
     img = cv2.addWeighted(img, 1.0, noise, sigma, 0.0, dtype=cv2.CV_8U)
+    info["jpeg"] = 0
     if rng.random() < config.jpeg_fraction:
-        quality = [cv2.IMWRITE_JPEG_QUALITY, rng.integers(20, 91)]
+        info["jpeg"] = rng.integers(20, 91)
+        quality = [cv2.IMWRITE_JPEG_QUALITY, info["jpeg"]]
         _, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), quality)
         img = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return img
@@ -541,19 +664,24 @@ def _camera(rng: _Rand, img: np.ndarray, config: SceneConfig, night: bool,
 # ---------------------------------------------------------------------------- public API
 def render_scene(rng: np.random.Generator, label: int, width: int, height: int,
                  config: SceneConfig = SceneConfig(),
-                 scale: tuple[float, float] = (0.12, 0.6)) -> np.ndarray:
+                 scale: tuple[float, float] = (0.12, 0.6), info: dict | None = None) -> np.ndarray:
     """One (height, width, 3) uint8 RGB frame, e.g. a 640x480 street scene for a live demo.
 
     The light's long side spans `scale` x min(width, height) (horizontal lights a bit more).
-    `config.size` is ignored here."""
+    `config.size` is ignored here. `info`, when given, receives the factors drawn: background
+    (and photo), night, light (drawn or not), size (long side / short side of the frame),
+    lamp_style, housing, orientation, clipped, blur, jpeg, white_balance."""
     if label not in range(len(LABELS)):
         raise ValueError(f"label must be in 0..{len(LABELS) - 1} {LABELS}, got {label!r}")
+    info = {} if info is None else info
     rng = _Rand(rng)
     bg_name = config.backgrounds[rng.integers(len(config.backgrounds))]
     night = bg_name == "night"
+    info.update(background=bg_name, night=night, light=False)
     # Backgrounds are rendered at half resolution: 4x cheaper, and real backgrounds are softer
     # than the in-focus light anyway.
-    bg = _BACKGROUND_FNS[bg_name](rng, (width + 1) // 2, (height + 1) // 2)
+    extra = {"photos": config.photos, "info": info} if bg_name == "photo" else {}
+    bg = _BACKGROUND_FNS[bg_name](rng, (width + 1) // 2, (height + 1) // 2, **extra)
     img = cv2.merge(list(np.clip(bg, 0, 255, out=bg).astype(np.uint8)))
     img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
     ambient = rng.uniform(0.1, 0.3) if night else rng.uniform(0.7, 1.05)  # on non-emissive things
@@ -567,15 +695,21 @@ def render_scene(rng: np.random.Generator, label: int, width: int, height: int,
         if rng.random() < 0.08:  # a second, smaller and always unlit light further away
             at = (rng.uniform(0, width), rng.uniform(0, height))
             far = long_px * rng.uniform(0.3, 0.55)
-            _draw_light(rng, img, None, far, vertical, led, ambient, night, at)
+            _draw_light(rng, img, None, far, vertical, led, ambient, night, at,
+                        housings=config.housings)
         lit = None if label == NONE else label
-        _draw_light(rng, img, lit, long_px, vertical, led, ambient, night)
-    return _camera(rng, img, config, night)
+        info.update(light=True, size=long_px / min(width, height),
+                    lamp_style="led" if led else "disc")
+        _draw_light(rng, img, lit, long_px, vertical, led, ambient, night,
+                    housings=config.housings, info=info)
+    return _camera(rng, img, config, night, info=info)
 
 
-def render(rng: np.random.Generator, label: int, config: SceneConfig = SceneConfig()) -> np.ndarray:
-    """One image, (size, size, 3) uint8 RGB; the housing spans ~25-90% of the frame."""
-    return render_scene(rng, label, config.size, config.size, config, scale=(0.25, 0.9))
+def render(rng: np.random.Generator, label: int, config: SceneConfig = SceneConfig(),
+           info: dict | None = None) -> np.ndarray:
+    """One image, (size, size, 3) uint8 RGB; the housing spans ~20-90% of the frame."""
+    return render_scene(rng, label, config.size, config.size, config, scale=(0.2, 0.9),
+                        info=info)
 
 
 def _balanced_labels(n: int, seed: int) -> np.ndarray:
@@ -588,22 +722,31 @@ def _balanced_labels(n: int, seed: int) -> np.ndarray:
 
 
 def generate(n: int, *, seed: int = 0, config: SceneConfig = SceneConfig(),
-             labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+             labels: np.ndarray | None = None, info: list | None = None,
+             start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n images (n, size, size, 3) uint8 RGB and labels (n,) int64.
 
     Labels are balanced (shuffled blocks of 4) unless given. Image i is rendered from its own
     generator seeded by (seed, i), so it depends only on (seed, i, its label, config):
-    generate(10, seed=s)[0][:5] == generate(5, seed=s)[0]."""
+    generate(10, seed=s)[0][:5] == generate(5, seed=s)[0]. A list passed as `info` gets one
+    dict per image: the factors it was drawn with (see `render_scene`). `start` renders images
+    start..start+n-1 of the sequence instead (a large set made in chunks is the same set)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     seed = int(seed) % (1 << 64)  # SeedSequence wants non-negative entropy
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
     if labels is None:
-        labels = _balanced_labels(n, seed)
+        labels = _balanced_labels(start + n, seed)[start:]
     else:
         labels = np.asarray(labels).astype(np.int64)
         if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= len(LABELS))):
             raise ValueError(f"labels must have shape ({n},) with values in 0..{len(LABELS) - 1}")
     images = np.empty((n, config.size, config.size, 3), np.uint8)
     for i in range(n):
-        images[i] = render(np.random.default_rng((seed, i)), int(labels[i]), config)
+        factors = {} if info is not None else None
+        images[i] = render(np.random.default_rng((seed, start + i)), int(labels[i]), config,
+                           factors)
+        if info is not None:
+            info.append(factors)
     return images, labels

@@ -64,14 +64,15 @@ def test_accuracy_measured_by_the_runtime_on_unseen_images(reports, fresh, fmt, 
         assert agreement >= 0.995, f"{fmt} {precision}: agrees on {agreement:.1%}"
     else:  # int8 and dynamic: the README's claim, within a point on unseen images
         assert agreement >= 0.98, f"{fmt} {precision}: agrees on {agreement:.1%}"
-        assert 100 * (torch_accuracy - accuracy) <= 1.0, (fmt, precision, accuracy)
+        # (+1e-9: a drop of exactly one point is 1.0000000000000009 in floating point)
+        assert 100 * (torch_accuracy - accuracy) <= 1.0 + 1e-9, (fmt, precision, accuracy)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 def test_int8_targets(reports, fmt):
     int8 = reports[fmt, "int8"]
-    assert 100 * (int8.accuracy_torch - int8.accuracy_export) <= 0.5
+    assert 100 * (int8.accuracy_torch - int8.accuracy_export) <= 0.5 + 1e-9
     # Measured on the files themselves, not taken from the report.
     fp32_size = Path(reports[fmt, "fp32"].path).stat().st_size
     assert Path(int8.path).stat().st_size <= 0.30 * fp32_size

@@ -35,10 +35,12 @@ def test_public_constants() -> None:
     assert stoplight.LABELS == ("red", "yellow", "green", "none")
     assert stoplight.LAYOUTS == ("vertical", "horizontal")
     assert stoplight.LAMP_STYLES == ("disc", "led")
-    assert len(stoplight.BACKGROUNDS) >= 4 and "night" in stoplight.BACKGROUNDS
+    assert len(stoplight.BACKGROUNDS) >= 4 and {"night", "photo"} <= set(stoplight.BACKGROUNDS)
+    assert {"black", "yellow", "grey"} <= set(stoplight.HOUSINGS)
     config = stoplight.SceneConfig()
     assert (config.size, config.empty_fraction, config.jpeg_fraction) == (96, 0.5, 0.3)
     assert config.backgrounds == stoplight.BACKGROUNDS
+    assert (config.housings, config.photos) == (stoplight.HOUSINGS, stoplight.PHOTOS)
 
 
 def test_shapes_and_dtypes() -> None:
@@ -125,7 +127,9 @@ def test_labels_argument_validated() -> None:
 
 @pytest.mark.parametrize("field, valid", [("layouts", stoplight.LAYOUTS),
                                           ("backgrounds", stoplight.BACKGROUNDS),
-                                          ("lamp_styles", stoplight.LAMP_STYLES)])
+                                          ("lamp_styles", stoplight.LAMP_STYLES),
+                                          ("housings", stoplight.HOUSINGS),
+                                          ("photos", stoplight.PHOTOS)])
 def test_config_rejects_unknown_names_and_lists_valid_ones(field: str, valid: tuple) -> None:
     with pytest.raises(ValueError) as err:
         stoplight.SceneConfig(**{field: (valid[0], "bogus")})
@@ -156,8 +160,12 @@ def test_config_is_frozen_and_accepts_lists() -> None:
 def test_lit_lamp_has_the_label_colour(label: int) -> None:
     """The brightest saturated spot is usually the lit lamp, in its class colour.
 
-    Clutter (red cars, green signs...) sometimes wins, hence a statistical test."""
-    peaks = _peaks(label, 150, seed=100 + label, config=stoplight.SceneConfig())
+    Clutter (red cars, green signs...) sometimes wins, hence a statistical test. Photographs
+    and yellow paint are saturated colours bigger than any lamp, so they are left out here."""
+    plain = stoplight.SceneConfig(
+        backgrounds=tuple(b for b in stoplight.BACKGROUNDS if b != "photo"),
+        housings=tuple(h for h in stoplight.HOUSINGS if h != "yellow"))
+    peaks = _peaks(label, 150, seed=100 + label, config=plain)
     frac = np.bincount(peaks[:, 0], minlength=4) / len(peaks)
     others = [frac[c] for c in (RED, YELLOW, GREEN) if c != label]
     assert frac[label] > 0.5, frac
@@ -211,5 +219,95 @@ def test_module_imports_only_numpy_cv2_and_stdlib() -> None:
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "no relative imports"
             roots.add(node.module.split(".")[0])
-    allowed = {"__future__", "colorsys", "math", "numbers", "dataclasses", "cv2", "numpy"}
+    allowed = {"__future__", "colorsys", "importlib", "math", "numbers", "dataclasses", "pathlib",
+               "cv2", "numpy"}
     assert roots <= allowed, roots
+
+
+# --------------------------------------------------------------- factors, photos, exposure
+def test_info_records_the_factors_without_changing_the_images() -> None:
+    info: list[dict] = []
+    with_info, labels = stoplight.generate(24, seed=21, info=info)
+    without, _ = stoplight.generate(24, seed=21)
+    assert with_info.tobytes() == without.tobytes()
+    assert len(info) == 24
+    for factors, label in zip(info, labels):
+        assert factors["background"] in stoplight.BACKGROUNDS
+        assert factors["blur"] in ("none", "defocus", "motion")
+        assert factors["jpeg"] == 0 or 20 <= factors["jpeg"] <= 90
+        assert abs(factors["white_balance"]) <= 0.15
+        assert factors["light"] or label == NONE
+        if factors["light"]:
+            assert factors["housing"] in stoplight.HOUSINGS
+            assert factors["orientation"] in ("vertical", "horizontal", "tilted")
+            assert 0.2 <= factors["size"] <= 0.95
+        assert ("photo" in factors) == (factors["background"] == "photo")
+    again: list[dict] = []
+    stoplight.generate(24, seed=21, info=again)
+    assert again == info
+
+
+def test_start_renders_the_same_images_as_one_long_run() -> None:
+    whole, whole_labels = stoplight.generate(9, seed=13, config=stoplight.SceneConfig(size=32))
+    tail, tail_labels = stoplight.generate(4, seed=13, config=stoplight.SceneConfig(size=32),
+                                           start=5)
+    assert np.array_equal(tail, whole[5:]) and np.array_equal(tail_labels, whole_labels[5:])
+
+
+def test_housing_restriction_is_obeyed() -> None:
+    info: list[dict] = []
+    config = stoplight.SceneConfig(housings=("yellow",), empty_fraction=0.0, size=48)
+    stoplight.generate(20, seed=4, config=config, info=info)
+    assert {f["housing"] for f in info} == {"yellow"}
+
+
+@pytest.mark.parametrize("photo", ["coffee", "brick", "astronaut", "grace_hopper", "flower"])
+def test_photo_backgrounds_come_from_the_installed_packages(photo: str) -> None:
+    """Each photograph loads offline; the crops are real image content, not a flat fill."""
+    config = stoplight.SceneConfig(backgrounds=("photo",), photos=(photo,), size=48)
+    info: list[dict] = []
+    images, _ = stoplight.generate(6, seed=5, config=config, info=info)
+    assert {f["photo"] for f in info} == {photo}
+    src, _ = stoplight._photo(photo)
+    assert src.ndim == 3 and min(src.shape[:2]) >= 256  # the whole photograph was decoded
+    assert all(im.std() > 3 for im in images)
+
+
+def test_different_photos_give_different_images() -> None:
+    def images(photo: str) -> np.ndarray:
+        config = stoplight.SceneConfig(backgrounds=("photo",), photos=(photo,), size=48)
+        return stoplight.generate(4, seed=6, config=config)[0]
+
+    assert not np.array_equal(images("coffee"), images("brick"))
+
+
+def test_missing_photo_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgepilot.errors import MissingDependencyError
+    from edgepilot.train import datasets
+
+    missing = ("no_such_package_xyz", "data/x.png", "export")
+    monkeypatch.setitem(stoplight._PHOTO_FILES, "coffee", missing)
+    monkeypatch.setattr(stoplight, "_PHOTO_CACHE", {})
+    config = stoplight.SceneConfig(backgrounds=("photo",), photos=("coffee",), size=32)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'edgepilot\[export\]'"):
+        stoplight.generate(1, config=config)
+    monkeypatch.setattr(datasets, "scene_config", lambda split: config)
+    with pytest.raises(MissingDependencyError, match=r"edgepilot\[export\]"):
+        datasets.load_dataset("stoplight", "val", 1, (32, 32))
+
+
+def _white_pixels(label: int, clipped: bool, n: int = 100) -> float:
+    """Mean count of near-white pixels in images whose lit lamp was (not) clipped to white."""
+    config = stoplight.SceneConfig(backgrounds=("night", "gradient"), jpeg_fraction=0.0)
+    info: list[dict] = []
+    images, _ = stoplight.generate(n, seed=41, config=config, labels=np.full(n, label), info=info)
+    counts = [(im.min(axis=2) > 235).sum()
+              for im, f in zip(images, info) if f["clipped"] == clipped]
+    assert len(counts) > 10
+    return float(np.mean(counts))
+
+
+@pytest.mark.parametrize("label", [RED, GREEN])
+def test_clipped_lamps_are_white_in_the_middle(label: int) -> None:
+    """A clipped lit lamp has a white core (the colour only at the rim and in the bloom)."""
+    assert _white_pixels(label, True) > 4 * _white_pixels(label, False) + 15
