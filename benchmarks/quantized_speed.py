@@ -3,7 +3,11 @@
 Models: the shipped stoplight classifier (64x64) and the MobileNet-style network (width 1.0)
 at 224x224. Each file is loaded once; rounds are interleaved (every model runs once per round,
 in a rotated order) so drift in machine load hits all alike; inputs are prepared outside the
-timed region. Prints p50 per file and the fp32/int8 speed-up per backend.
+timed region. Prints p50 per file and the fp32/int8 speed-up per backend, the int8 ONNX
+layout the exporter chose by timing every one on this CPU (QDQ or QOperator, int8 or uint8
+activations, per-channel or per-tensor weights), and the accuracy guard's verdict (default
+budget, 1 point, on 200 validation images; the MobileNet is untrained, so its accuracy is
+chance and what matters is that int8 keeps it).
 
     python benchmarks/quantized_speed.py [--rounds 30] [--runs 20] [--threads 1 2]
 """
@@ -39,8 +43,19 @@ def export_all(out: Path) -> dict[str, dict[tuple[str, str], str]]:
         reports = edgepilot.export(model, torch.zeros(1, 3, *model_meta.input_size),
                                    formats=["onnx", "tflite"], precision=["fp32", "int8"],
                                    out=out / name, meta=model_meta, calib=calib[0],
-                                   max_drop=None, quiet=True)
+                                   val_data=calib, quiet=True)
         files[name] = {(r.format, r.precision): r.path for r in reports}
+        for r in reports:
+            if r.precision == "int8":
+                settings = r.notes.get("int8_settings", {})
+                print(f"{name} {r.format} int8: accuracy {100 * r.accuracy_torch:.1f}% -> "
+                      f"{100 * r.accuracy_export:.1f}%, top-1 agreement "
+                      f"{100 * r.top1_agreement:.1f}%, {len(r.notes.get('kept_float', []))} "
+                      f"layer(s) kept float" + (f"; layout {settings['chosen']} "
+                                                f"({settings['chosen_by']})"
+                                                if "chosen" in settings else ""))
+                for layout, ms in settings.get("ms_1_thread", {}).items():
+                    print(f"    {layout:<58}{ms:8.3f} ms (fp32 {settings['fp32_ms']:.3f})")
     return files
 
 

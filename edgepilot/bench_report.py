@@ -15,7 +15,8 @@ __all__ = ["print_table", "to_json", "dump_json", "append_csv", "plot"]
 SCHEMA_VERSION = 1
 CSV_FIELDS = ("model", "format", "threads", "backend", "size_bytes", "runs", "min_ms", "p50_ms",
               "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput", "load_ms", "first_ms",
-              "peak_rss_mb", "memory_mb", "accuracy", "error", "cores", "cpu")
+              "peak_rss_mb", "memory_mb", "accuracy", "error", "cores", "cpu", "cpu_ms",
+              "auto_threads", "metric")
 
 
 def _ms(value: float | None) -> str:
@@ -30,20 +31,24 @@ def print_table(results: Sequence[BenchResult], console=None) -> None:
     info = machine_info()
     table = Table(title=f"edgepilot bench — {info['cores']} cores, {info['cpu']}")
     for column in ("model", "format", "threads", "p50 ms", "p90 ms", "p99 ms", "mean±std",
-                   "inf/s", "load ms", "first ms", "size", "model MB", "RSS MB", "accuracy",
-                   "backend"):
+                   "CPU ms", "inf/s", "load ms", "first ms", "size", "model MB", "RSS MB",
+                   "accuracy", "backend"):
         table.add_column(column, justify="left" if column in ("model", "backend") else "right",
-                         overflow="fold")
+                         overflow="fold",  # file names stay whole; the backend folds first
+                         min_width=min(48, max((len(r.model) for r in results), default=5))
+                         if column == "model" else None)
     for r in results:
         if r.error:
-            table.add_row(r.model, r.format, str(r.threads or "default"),
-                          f"[red]failed: {escape(r.error)}[/red]", *[""] * 11)
+            table.add_row(r.model, r.format, r.threads_shown,
+                          f"[red]failed: {escape(r.error)}[/red]", *[""] * 12)
             continue
         lat = r.latency_ms
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}% ({r.n_data})"
-        table.add_row(r.model, r.format, str(r.threads or "default"), _ms(lat["p50"]),
+        if r.accuracy is not None and r.metric != "top-1":
+            accuracy = f"{r.metric} {accuracy}"
+        table.add_row(r.model, r.format, r.threads_shown, _ms(lat["p50"]),
                       _ms(lat["p90"]), _ms(lat["p99"]), f"{lat['mean']:.3f}±{lat['std']:.3f}",
-                      f"{r.throughput:.0f}", f"{r.load_ms:.1f}", f"{r.first_ms:.2f}",
+                      _ms(r.cpu_ms), f"{r.throughput:.0f}", f"{r.load_ms:.1f}", f"{r.first_ms:.2f}",
                       f"{r.size_bytes / 1024:.0f} KiB",
                       "-" if r.memory_mb is None else f"{r.memory_mb:.1f}",
                       f"{r.peak_rss_mb:.0f}", accuracy,
@@ -55,10 +60,18 @@ def print_table(results: Sequence[BenchResult], console=None) -> None:
     console.print(table)
     for warning in slower_quantized(results):
         console.print(f"[yellow]warning[/yellow] {escape(warning)}")
+    if any(r.cpu_ms is not None for r in results):
+        console.print("CPU ms: the process's CPU time per inference, all threads (CPU ms / mean "
+                      "ms = cores kept busy)")
+    for r in results:
+        if r.thread_sweep_ms:
+            sweep = ", ".join(f"{n}: {ms:.3f}" for n, ms in sorted(r.thread_sweep_ms.items()))
+            console.print(f"auto threads {r.model}: {r.auto_threads} (ms per inference by "
+                          f"threads {sweep}; the fewest within 10% of the fastest)")
     for r in results:
         if r.pipeline_ms:
             stages = ", ".join(f"{k} {v:.3f} ms" for k, v in r.pipeline_ms.items())
-            console.print(f"pipeline {r.model} (threads {r.threads or 'default'}): {stages}")
+            console.print(f"pipeline {r.model} (threads {r.threads_shown}): {stages}")
         if r.skipped_data:
             console.print(f"{r.model}: skipped {r.skipped_data} file(s) in --data that are "
                           "not images")
@@ -87,8 +100,10 @@ def append_csv(results: Sequence[BenchResult], path: str | Path) -> Path:
                              **lat, "throughput": round(r.throughput, 1),
                              "load_ms": round(r.load_ms, 2), "first_ms": round(r.first_ms, 3),
                              "peak_rss_mb": r.peak_rss_mb, "memory_mb": r.memory_mb,
-                             "accuracy": r.accuracy,
-                             "error": r.error, "cores": info["cores"], "cpu": info["cpu"]})
+                             "accuracy": r.accuracy, "metric": r.metric,
+                             "error": r.error, "cores": info["cores"], "cpu": info["cpu"],
+                             "cpu_ms": None if r.cpu_ms is None else round(r.cpu_ms, 4),
+                             "auto_threads": r.auto_threads})
     return path
 
 
@@ -107,7 +122,7 @@ def plot(results: Sequence[BenchResult], path: str | Path) -> Path:
     ok = [r for r in results if not r.error]
     if not ok:
         raise EdgepilotError("Nothing to plot: every model failed")
-    labels = [f"{r.model}  ({r.threads or 'default'} thr)" for r in ok]
+    labels = [f"{r.model}  ({r.threads_shown} thr)" for r in ok]
     rows = list(range(len(ok)))
     fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(13, 0.32 * len(ok) + 2.0),
                                       gridspec_kw={"width_ratios": [3, 2]})

@@ -84,7 +84,8 @@ def _check_out(out: Path) -> None:
 
 
 def write_bundle(models: Sequence[Path], out: str | Path, *, profile=None,
-                 threads: int | None = None, title: str = "", _checked: bool = False) -> Path:
+                 threads: int | str | None = None, title: str = "",
+                 _checked: bool = False) -> Path:
     """Write a bundle around model files already made (copied in), for `profile` or for any
     machine that runs their formats. Returns the bundle folder."""
     from edgepilot.formats import format_for_path
@@ -113,7 +114,8 @@ def write_bundle(models: Sequence[Path], out: str | Path, *, profile=None,
         f"{f' on {profile.name}' if profile else ''}; pinned to what edgepilot was tested with"
         f" (Python {python}). No torch.\n" + "\n".join(requirements) + "\n")
     info = {"device": profile.name if profile else None, "models": names, "formats": formats,
-            "threads": threads if threads is not None else (profile.threads if profile else None),
+            # "auto": measured on the board at first load (and cached there), not guessed here
+            "threads": threads if threads is not None else "auto",
             "providers": list(profile.providers) if profile else [],
             "edgepilot": _version(), "requirements": requirements, "title": title}
     (out / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -218,11 +220,16 @@ sys.path.insert(0, str(HERE))  # edgepilot's runtime modules, shipped beside thi
 BUNDLE = json.loads((HERE / "bundle.json").read_text())
 
 
+def threads_arg(text: str):
+    return "auto" if text == "auto" else int(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="*", help="images to classify")
     parser.add_argument("--model", default=BUNDLE["models"][0], choices=BUNDLE["models"])
-    parser.add_argument("--threads", type=int, default=BUNDLE["threads"])
+    parser.add_argument("--threads", type=threads_arg, default=BUNDLE["threads"],
+                        help="model threads, or auto: measured here at first load, then cached")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--serve", nargs="?", const="0.0.0.0:8080", default=None,
                         metavar="HOST:PORT", help="live demo as a web page")

@@ -1,6 +1,7 @@
 """ONNX exporter: torch.onnx (dynamo) -> one self-contained, checked .onnx file with metadata;
-fp16 by onnxruntime's float16 converter, int8 by onnxruntime's static QDQ quantizer
-(per-channel weights, calibrated), guarded by per-tensor SQNR from its QDQ debugger."""
+fp16 by onnxruntime's float16 converter, int8 by onnxruntime's static quantizer (calibrated),
+in the layout that runs fastest on this CPU (see `choose_int8_settings`), guarded by per-tensor
+SQNR from its QDQ debugger."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import logging
 import os
 import re
 import tempfile
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +64,7 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
             raise EdgepilotError("int8 calibration of images needs the model's ModelMeta")
         inputs = as_inputs(calibration, meta)
         notes["calibration"] = {"method": method, "images": len(inputs)}
-        _to_int8(path, inputs, method, guard)
+        notes["int8_settings"] = _to_int8(path, inputs, method, guard)
         if guard is not None:
             notes["kept_float"] = guard.kept
             notes["guard_attempts"] = guard.attempts
@@ -186,40 +189,171 @@ class _Reader:
         return ({INPUT_NAME: x} for x in self.inputs)
 
 
-def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | None) -> None:
-    import onnx
+@dataclass(frozen=True)
+class Int8Settings:
+    """One layout of an int8 ONNX graph. onnxruntime's speed depends on it and on the CPU: x86
+    without VNNI runs uint8 activations through its fast u8s8 kernels and int8 QOperator ops
+    through slow reference ones; ARM has int8 dot products; per-channel weights cost a little
+    requantization and usually keep more accuracy."""
+
+    format: str  # "QDQ" (Quantize/DequantizeLinear pairs) or "QOperator" (QLinearConv ...)
+    activations: str  # "int8" or "uint8"; weights are always int8, symmetric
+    per_channel: bool
+
+    def options(self, q) -> dict:
+        return {"quant_format": getattr(q.QuantFormat, self.format),
+                "activation_type": q.QuantType.QInt8 if self.activations == "int8"
+                else q.QuantType.QUInt8,
+                "weight_type": q.QuantType.QInt8, "per_channel": self.per_channel}
+
+    def __str__(self) -> str:
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        return f"{self.format}, {self.activations} activations, {weights} int8 weights"
+
+
+#: Layouts tried, in order of preference where their speeds tie: QDQ first (every execution
+#: provider reads it, and the guard's debugger needs it), per-channel weights first.
+INT8_SETTINGS = tuple(Int8Settings(f, a, c) for f in ("QDQ", "QOperator")
+                      for c in (True, False) for a in ("int8", "uint8"))
+DEFAULT_INT8 = INT8_SETTINGS[0]
+#: The float model must take at least this long per inference (1 thread) for the search to
+#: run: below it the layout saves microseconds, and the search costs a quantization each.
+SEARCH_ABOVE_MS = 2.0
+#: Layouts within this fraction of the fastest count as fast as it.
+SPEED_TIE = 0.03
+#: Seconds of interleaved timing for all layouts together.
+SPEED_SECONDS = 3.0
+
+
+def _session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _time_ms(paths: dict, x: np.ndarray, seconds: float) -> dict:
+    """Per file, the fastest of its rounds' mean latencies (ms, 1 thread). Files are timed in
+    alternation, so load on the machine hits all alike; the fastest round is the one least
+    disturbed by other processes."""
+    sessions = {key: _session(path) for key, path in paths.items()}
+    runs = {}
+    for key, session in sessions.items():
+        session.run(None, {INPUT_NAME: x})  # warm-up: first-run allocations
+        started = time.perf_counter()
+        session.run(None, {INPUT_NAME: x})
+        runs[key] = max(1, int(0.02 / max(time.perf_counter() - started, 1e-6)))
+    best = dict.fromkeys(sessions, float("inf"))
+    deadline = time.perf_counter() + seconds
+    rounds = 0
+    while rounds < 3 or (time.perf_counter() < deadline and rounds < 50):
+        for key, session in sessions.items():
+            started = time.perf_counter()
+            for _ in range(runs[key]):
+                session.run(None, {INPUT_NAME: x})
+            best[key] = min(best[key], (time.perf_counter() - started) / runs[key] * 1000)
+        rounds += 1
+    return best
+
+
+def choose_int8_settings(float_path: Path, inputs: list[np.ndarray], quantize) -> dict:
+    """Time every layout in INT8_SETTINGS on this CPU (1 thread) and rank them, fastest first
+    (the preferred one first among ties). `quantize(settings, inputs, out)` writes one.
+
+    Returns the report's `int8_settings` note, with "ranked": the settings in that order.
+    """
+    float_ms = _time_ms({"fp32": float_path}, inputs[0], 0.2)["fp32"]
+    if float_ms < SEARCH_ABOVE_MS:
+        return {"ranked": [DEFAULT_INT8], "chosen_by":
+                f"default: the float model runs in {float_ms:.2f} ms, too fast for the layout "
+                "to matter", "fp32_ms": round(float_ms, 4)}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"fp32": float_path}
+        for number, settings in enumerate(INT8_SETTINGS):
+            paths[settings] = Path(tmp, f"layout{number}.onnx")
+            quantize(settings, inputs[:4], paths[settings])  # ranges do not change speed
+        ms = _time_ms(paths, inputs[0], SPEED_SECONDS)
+    fp32_ms = ms.pop("fp32")
+    fastest = min(ms.values())
+    ties = [k for k in INT8_SETTINGS if ms[k] <= fastest * (1 + SPEED_TIE)]
+    ranked = ties + sorted((k for k in INT8_SETTINGS if k not in ties), key=ms.__getitem__)
+    return {"ranked": ranked, "chosen_by": "fastest on this CPU, 1 thread",
+            "fp32_ms": round(fp32_ms, 4),
+            "ms_1_thread": {str(k): round(v, 4) for k, v in ms.items()}}
+
+
+def _quantize(float_path: Path, out: Path, inputs: list[np.ndarray], settings: Int8Settings,
+              method: str, exclude: list[str]) -> Path:
+    """onnxruntime's static quantizer, quietly: it logs and prints at length."""
     from onnxruntime import quantization as q
+
+    calibrate = {m.lower(): m for m in ("MinMax", "Entropy", "Percentile", "Distribution")}
+    root = logging.getLogger()  # the quantizer logs at root level; quiet it meanwhile
+    level = root.level
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        try:
+            q.quantize_static(
+                str(float_path), str(out), _Reader(inputs), nodes_to_exclude=exclude,
+                calibrate_method=getattr(q.CalibrationMethod, calibrate[method]),
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                **settings.options(q))
+        finally:
+            root.setLevel(level)
+    return out
+
+
+def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | None) -> dict:
+    """Quantize the float file at `path` in place; returns the `int8_settings` report note.
+
+    The layouts are tried fastest first; the first whose accuracy the guard accepts is kept
+    (a layout that loses too much falls back to the next), so speed never costs the budget.
+    """
+    import onnx
 
     float_path = path.with_name(path.name + ".float")
     os.replace(path, float_path)
     metadata = {p.key: p.value for p in onnx.load(str(float_path)).metadata_props}
-    calibrate = {m.lower(): m for m in ("MinMax", "Entropy", "Percentile", "Distribution")}
     counter = itertools.count()
-
-    def quantize(keep: list[str]) -> Path:
-        trial = path.with_name(f"{path.stem}.try{next(counter)}{path.suffix}")
-        exclude = _nodes_touching(float_path, keep)
-        root = logging.getLogger()  # the quantizer logs at root level; quiet it meanwhile
-        level = root.level
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            root.setLevel(logging.ERROR)
-            try:
-                q.quantize_static(
-                    str(float_path), str(trial), _Reader(inputs), quant_format=q.QuantFormat.QDQ,
-                    per_channel=True, activation_type=q.QuantType.QInt8,
-                    weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude,
-                    calibrate_method=getattr(q.CalibrationMethod, calibrate[method]),
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-            finally:
-                root.setLevel(level)
-        return trial
-
-    def rank(trial: Path) -> list[LayerError]:
-        return _rank_tensors(float_path, trial, inputs[:32])
-
     try:
-        trial = quantize([]) if guard is None else guard.run(quantize, rank, "onnx")
+        note = choose_int8_settings(
+            float_path, inputs, lambda k, xs, out: _quantize(float_path, out, xs, k, "minmax",
+                                                            []))
+        failures = []
+        for settings in note["ranked"][:3]:
+            twins: dict[Path, Path] = {}  # a QOperator trial -> its QDQ twin, for ranking
+
+            def quantize(keep: list[str], settings=settings, twins=twins) -> Path:
+                trial = path.with_name(f"{path.stem}.try{next(counter)}{path.suffix}")
+                exclude = _nodes_touching(float_path, keep)
+                _quantize(float_path, trial, inputs, settings, method, exclude)
+                if settings.format != "QDQ":  # the debugger matches QDQ graphs only
+                    twin = trial.with_name(trial.stem + ".qdq" + trial.suffix)
+                    qdq = Int8Settings("QDQ", settings.activations, settings.per_channel)
+                    twins[trial] = _quantize(float_path, twin, inputs, qdq, method, exclude)
+                return trial
+
+            def rank(trial: Path, twins=twins) -> list[LayerError]:
+                return _rank_tensors(float_path, twins.get(trial, trial), inputs[:32])
+
+            try:
+                trial = quantize([]) if guard is None else guard.run(quantize, rank, "onnx")
+            except EdgepilotError as err:  # over the accuracy budget in this layout
+                failures.append(f"{settings}: {first_line(err)}")
+                if guard is not None:
+                    guard.kept.clear()
+                continue
+            note.update(chosen=str(settings), format=settings.format,
+                        activations=settings.activations, per_channel=settings.per_channel)
+            if failures:
+                note["rejected"] = failures
+            break
+        else:
+            raise EdgepilotError(failures[0].split(": ", 1)[1])
+        note["ranked"] = [str(k) for k in note["ranked"]]
         model = onnx.load(str(trial))
         del model.metadata_props[:]
         for key, value in metadata.items():
@@ -229,6 +363,7 @@ def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | N
         for leftover in [float_path, *path.parent.glob(f"{path.stem}.try*{path.suffix}")]:
             if leftover.exists():
                 leftover.unlink()
+    return note
 
 
 def _nodes_touching(model_path: Path, tensors: list[str]) -> list[str]:

@@ -63,9 +63,17 @@ class InterpreterBackend(Backend):
 
 
 class LiteRTBackend(InterpreterBackend):
-    """Runs a .tflite file with the LiteRT interpreter (XNNPACK by default on CPU)."""
+    """Runs a .tflite file with the LiteRT interpreter (XNNPACK by default on CPU).
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    Args:
+        path: the .tflite file.
+        threads: interpreter threads (None: the interpreter's default).
+        spin: accepted for symmetry with onnxruntime, which has nothing to set here: XNNPACK's
+            thread pool waits only briefly for work before its workers sleep.
+    """
+
+    def __init__(self, path: Path, *, threads: int | None = None,
+                 spin: bool | None = None) -> None:
         module, dist = interpreter_module()
         data = Path(path).read_bytes()
         # Everything that reads the file, the interpreter and the metadata parser alike: a
@@ -86,6 +94,13 @@ class LiteRTBackend(InterpreterBackend):
                 _meta_from_standard(self.metadata, self.inputs[0]) if self.inputs else None)
         version = getattr(importlib.import_module(dist.replace("-", "_")), "__version__", "")
         self.description = f"{dist} {version} ({ops}, {threads or 'default'} threads)"
+
+    @staticmethod
+    def runtime(**_) -> str:
+        """What `threads="auto"` keys its cache on: the interpreter and its version."""
+        module, dist = interpreter_module()
+        version = getattr(importlib.import_module(dist.replace("-", "_")), "__version__", "")
+        return f"{dist} {version}"
 
     def _delegates(self) -> str:
         """What the interpreter delegated: XNNPACK partitions (more than one means ops in

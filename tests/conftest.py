@@ -71,6 +71,19 @@ def pytest_make_collect_report(collector):
             _strict_failure(report, reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """`threads="auto"` caches its choices under $XDG_CACHE_HOME: the suite (and the commands
+    it starts) keep theirs in a folder of the run, never in the user's ~/.cache."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def threads_after_loading():
     """count(path, threads): the OS threads of a fresh process after it loaded `path` with

@@ -136,6 +136,54 @@ def test_the_table_shows_an_error_with_brackets_as_written():
 def test_threads_must_be_positive():
     with pytest.raises(InputError, match="threads must be 1 or more"):
         benchmark(["x.onnx"], threads=[0])
+    with pytest.raises(InputError, match="'auto' or None, got 'all'"):
+        benchmark(["x.onnx"], threads=["all"])
+
+
+def test_cpu_time_per_inference_counts_the_timed_runs_only():
+    clock, cpu = FakeClock(), FakeClock()  # wall time; the process's CPU time
+    model = fake_model(clock, [0.004])
+    run, calls = model._backend.run, []
+
+    def busy(inputs):
+        before = clock.now
+        out = run(inputs)
+        # The first run and the 3 warm-ups keep 8 cores busy, the timed runs 2.5: only the
+        # timed runs may count.
+        cpu.now += (8.0 if len(calls) < 4 else 2.5) * (clock.now - before)
+        calls.append(1)
+        return out
+
+    model._backend.run = busy
+    [result] = benchmark([model], runs=10, warmup=3, rounds=2, clock=clock, cpu_clock=cpu)
+    # 10 timed runs of 4 ms with 2.5 cores busy: 10 ms of CPU per inference.
+    assert result.cpu_ms == pytest.approx(10.0) and result.cores_busy == pytest.approx(2.5)
+    assert to_json([result])["results"][0]["cpu_ms"] == pytest.approx(10.0)
+
+
+def test_the_table_shows_cpu_time_and_what_auto_chose():
+    from rich.console import Console
+
+    row = BenchResult(model="m.onnx", format="onnx", threads="auto", runs=5, cpu_ms=0.75,
+                      latency_ms={"min": 0.5, "p50": 0.5, "p90": 0.5, "p99": 0.5, "mean": 0.5,
+                                  "std": 0.0}, throughput=2000.0, auto_threads=2,
+                      thread_sweep_ms={1: 0.9, 2: 0.5, 4: 0.52})
+    console = Console(record=True, width=300)
+    print_table([row], console=console)
+    text = console.export_text()
+    assert "auto→2" in text and "0.750" in text and "CPU ms" in text
+    assert "auto threads m.onnx: 2 (ms per inference by threads 1: 0.900, 2: 0.500, " \
+           "4: 0.520" in text
+
+
+def test_auto_threads_are_recorded_for_a_real_file(tmp_path, monkeypatch):
+    from edgepilot.assets import shipped_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    [row] = benchmark([shipped_model()], runs=5, warmup=1, rounds=1)
+    assert row.threads == "auto" and row.auto_threads >= 1 and row.error is None
+    assert row.auto_threads in row.thread_sweep_ms and row.cpu_ms > 0
+    assert f"{row.auto_threads} thread" in row.backend
 
 
 def test_csv_rows_are_appended_with_one_header(tmp_path):

@@ -78,7 +78,7 @@ def test_file_without_metadata_runs_raw_but_explains_predict(tmp_path, trained_t
 def test_threads_are_applied_to_the_session(tiny_onnx):
     options = edgepilot.load(tiny_onnx.path, threads=3)._backend.session.get_session_options()
     assert options.intra_op_num_threads == 3
-    default = edgepilot.load(tiny_onnx.path)._backend.session.get_session_options()
+    default = edgepilot.load(tiny_onnx.path, threads=None)._backend.session.get_session_options()
     assert default.intra_op_num_threads == 0  # 0: onnxruntime picks, one per core
 
 

@@ -1,0 +1,125 @@
+"""The ONNX int8 layout chosen by timing on this CPU: ranking on fake timings, the threshold
+below which the default stays, the file really written in the chosen layout, and the fall back
+to the next layout when the accuracy guard rejects one."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import edgepilot
+from edgepilot.export import onnx as onnx_export
+from edgepilot.export.calibration import as_inputs
+from edgepilot.export.guard import Guard
+from edgepilot.export.onnx import DEFAULT_INT8, INT8_SETTINGS, Int8Settings
+
+QOP_U8_PT = Int8Settings("QOperator", "uint8", False)
+QDQ_U8_PC = Int8Settings("QDQ", "uint8", True)
+
+
+def fake_timings(monkeypatch, fp32_ms: float, layouts: dict):
+    calls = []
+
+    def time_ms(paths, x, seconds):
+        calls.append(list(paths))
+        if list(paths) == ["fp32"]:
+            return {"fp32": fp32_ms}
+        return {"fp32": fp32_ms, **{k: layouts.get(k, 100.0) for k in paths if k != "fp32"}}
+
+    monkeypatch.setattr(onnx_export, "_time_ms", time_ms)
+    return calls
+
+
+def test_layouts_are_ranked_fastest_first_with_the_preferred_one_among_ties(monkeypatch,
+                                                                           tiny_onnx):
+    fake_timings(monkeypatch, 20.0, {QOP_U8_PT: 8.0, QDQ_U8_PC: 8.2, DEFAULT_INT8: 12.0})
+    written = []
+    note = onnx_export.choose_int8_settings(
+        tiny_onnx.path, [np.zeros((1, 3, 32, 32), np.float32)] * 8,
+        lambda settings, xs, out: written.append((settings, len(xs))))
+    # Within 3% of the fastest: a tie, and QDQ is preferred (listed first in INT8_SETTINGS).
+    assert note["ranked"][:3] == [QDQ_U8_PC, QOP_U8_PT, DEFAULT_INT8]
+    assert [s for s, _ in written] == list(INT8_SETTINGS) and {n for _, n in written} == {4}
+    assert note["fp32_ms"] == 20.0 and len(note["ms_1_thread"]) == len(INT8_SETTINGS)
+
+
+def test_a_float_model_too_fast_to_matter_keeps_the_default_layout(monkeypatch, tiny_onnx):
+    calls = fake_timings(monkeypatch, 0.3, {QOP_U8_PT: 0.1})
+    written = []
+    note = onnx_export.choose_int8_settings(tiny_onnx.path, [np.zeros((1, 3, 32, 32),
+                                                                      np.float32)],
+                                            lambda *args: written.append(args))
+    assert note["ranked"] == [DEFAULT_INT8] and "too fast" in note["chosen_by"]
+    assert written == [] and calls == [["fp32"]]
+
+
+def op_types(path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.slow
+def test_the_file_is_written_in_the_layout_timed_fastest(monkeypatch, tmp_path, trained_tiny,
+                                                         tiny_meta, colour_data):
+    import torch
+
+    monkeypatch.setattr(onnx_export, "SEARCH_ABOVE_MS", 0.0)
+    real = onnx_export._time_ms
+
+    def time_ms(paths, x, seconds):  # really timed; then QOperator/uint8/per-tensor wins
+        measured = real(paths, x, min(seconds, 0.2))
+        if len(paths) > 1:
+            assert set(measured) == {"fp32", *INT8_SETTINGS}
+            measured[QOP_U8_PT] = 0.001
+        return measured
+
+    monkeypatch.setattr(onnx_export, "_time_ms", time_ms)
+    net, _ = trained_tiny
+    [report] = edgepilot.export(net, torch.zeros(1, 3, 32, 32), formats="onnx",
+                                precision="int8", out=tmp_path / "tiny", meta=tiny_meta,
+                                val_data=colour_data, quiet=True)
+    note = report.notes["int8_settings"]
+    assert note["chosen"] == str(QOP_U8_PT) and note["format"] == "QOperator"
+    assert note["activations"] == "uint8" and note["per_channel"] is False
+    ops = op_types(report.path)
+    assert "QLinearConv" in ops and "Conv" not in ops  # operator format, really
+    assert report.accuracy_export >= report.accuracy_torch - 0.01
+    assert not list(tmp_path.glob("*.try*"))  # no trial files left behind
+
+
+def test_a_layout_the_guard_rejects_falls_back_to_the_next(monkeypatch, tmp_path, tiny_onnx,
+                                                          tiny_meta, colour_data):
+    monkeypatch.setattr(onnx_export, "SEARCH_ABOVE_MS", 0.0)
+    fake_timings(monkeypatch, 5.0, {QOP_U8_PT: 1.0, DEFAULT_INT8: 2.0})
+    path = tmp_path / "tiny.onnx"
+    shutil.copy(tiny_onnx.path, path)
+    evaluated = []
+
+    def evaluate(trial):  # QOperator files lose 40 points, QDQ ones nothing
+        evaluated.append(trial)
+        return 0.5 if "QLinearConv" in op_types(trial) else 0.9
+
+    guard = Guard(evaluate=evaluate, baseline=0.9, max_drop=1.0, max_steps=0)
+    inputs = as_inputs(colour_data[0][:16], tiny_meta)
+    note = onnx_export._to_int8(path, inputs, "minmax", guard)
+    assert note["chosen"] == str(DEFAULT_INT8)
+    [rejected] = note["rejected"]
+    assert rejected.startswith(str(QOP_U8_PT)) and "loses 40.00 accuracy points" in rejected
+    assert "QuantizeLinear" in op_types(path) and "QLinearConv" not in op_types(path)
+    assert len(evaluated) == 2
+    model = edgepilot.load(path, threads=1)
+    assert model(inputs[0]).shape == (1, len(tiny_meta.labels))
+
+
+def test_every_layout_over_budget_fails_with_the_guards_reason(monkeypatch, tmp_path,
+                                                               tiny_onnx, tiny_meta,
+                                                               colour_data):
+    monkeypatch.setattr(onnx_export, "SEARCH_ABOVE_MS", 0.0)
+    fake_timings(monkeypatch, 5.0, {})
+    path = tmp_path / "tiny.onnx"
+    shutil.copy(tiny_onnx.path, path)
+    guard = Guard(evaluate=lambda trial: 0.1, baseline=0.9, max_drop=1.0, max_steps=0)
+    with pytest.raises(edgepilot.EdgepilotError, match="onnx int8 loses 80.00 accuracy points"):
+        onnx_export._to_int8(path, as_inputs(colour_data[0][:8], tiny_meta), "minmax", guard)
+    assert not list(tmp_path.glob("*.try*")) and not path.with_name("tiny.onnx.float").exists()
