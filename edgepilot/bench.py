@@ -28,18 +28,23 @@ class BenchResult:
 
     model: str
     format: str
-    threads: int | None
+    threads: int | str | None  # as asked: a count, "auto" or None (the backend's default)
     backend: str = ""
     size_bytes: int = 0
     runs: int = 0
     latency_ms: dict = field(default_factory=dict)  # min p50 p90 p99 mean std
     throughput: float = 0.0  # inferences per second, 1 / mean
+    cpu_ms: float | None = None  # process CPU time per inference over the timed runs
+    auto_threads: int | None = None  # the count threads="auto" chose
+    thread_sweep_ms: dict = field(default_factory=dict)  # {threads: p50 ms} auto chose from
     load_ms: float = 0.0
     first_ms: float = 0.0
     peak_rss_mb: float = 0.0  # peak resident memory of the process after this model ran
     memory_mb: float | None = None  # resident memory this model added (load + first runs)
     fallback_ops: list = field(default_factory=list)  # TFLite ops left outside the delegate
-    accuracy: float | None = None
+    accuracy: float | None = None  # top-1 accuracy, or mAP@0.5 for a detector (see metric)
+    metric: str = "top-1"  # or "mAP@0.5"
+    map50_95: float | None = None  # detectors: COCO's mAP@0.5:0.95
     n_data: int = 0
     skipped_data: int = 0
     pipeline_ms: dict | None = None  # stage -> p50 ms
@@ -52,6 +57,20 @@ class BenchResult:
         data = asdict(self)
         del data["samples_ms"]
         return data
+
+    @property
+    def cores_busy(self) -> float | None:
+        """CPU time over wall time while timed: 1.0 is one core kept busy."""
+        if self.cpu_ms is None or not self.latency_ms:
+            return None
+        return self.cpu_ms / self.latency_ms["mean"]
+
+    @property
+    def threads_shown(self) -> str:
+        """The thread count as a table shows it: ``auto→2``, ``1``, ``default``."""
+        if self.threads == "auto":
+            return f"auto→{self.auto_threads}" if self.auto_threads else "auto"
+        return str(self.threads or "default")
 
 
 def latency_stats(seconds: Sequence[float]) -> dict:
@@ -134,7 +153,7 @@ def _peak_rss_mb() -> float:
 class _Candidate:
     """A model file, or a PyTorch checkpoint run eagerly as the baseline."""
 
-    def __init__(self, spec, threads: int | None):
+    def __init__(self, spec, threads: int | str | None):
         self.spec, self.threads = spec, threads
         self.name = Path(str(getattr(spec, "path", spec))).name
         self.path = Path(str(getattr(spec, "path", spec)))
@@ -152,13 +171,13 @@ class _Candidate:
 class _TorchModel:
     """A checkpoint as a Model-like callable: numpy in, numpy out, eager PyTorch."""
 
-    def __init__(self, path: Path, threads: int | None):
+    def __init__(self, path: Path, threads: int | str | None):
         from edgepilot.errors import require
         from edgepilot.train.checkpoint import load_checkpoint
 
         torch = require("torch", "export", "Benchmarking a PyTorch checkpoint")
 
-        if threads:
+        if threads and threads != "auto":  # auto: torch's own default for the baseline
             torch.set_num_threads(threads)
         self._torch = torch
         self.module, self.meta, _ = load_checkpoint(path)
@@ -176,15 +195,17 @@ class _TorchModel:
         return to_prediction(self(preprocess(image, self.meta)), self.meta)
 
 
-def benchmark(models: Sequence, *, threads: Sequence[int | None] = (None,), runs: int = 100,
-              duration: float | None = None, warmup: int = 10, rounds: int = 10,
-              data: tuple[list, np.ndarray] | None = None, pipeline: bool = False,
-              clock: Callable[[], float] = time.perf_counter) -> list[BenchResult]:
+def benchmark(models: Sequence, *, threads: Sequence[int | str | None] = ("auto",),
+              runs: int = 100, duration: float | None = None, warmup: int = 10,
+              rounds: int = 10, data: tuple[list, np.ndarray] | None = None,
+              pipeline: bool = False, clock: Callable[[], float] = time.perf_counter,
+              cpu_clock: Callable[[], float] = time.process_time) -> list[BenchResult]:
     """Benchmark model files (any format `edgepilot.load` reads, or a .pt checkpoint).
 
     Args:
         models: paths (or loaded `Model` objects).
-        threads: thread counts to sweep; None is the backend's default.
+        threads: thread counts to sweep; "auto" (the default) lets each file choose by
+            measurement (see `edgepilot.load`), None is the backend's own default.
         runs: timed inferences per model (ignored when `duration` is set).
         duration: seconds of timed inferences per model instead of a run count.
         warmup: untimed inferences before timing.
@@ -193,6 +214,8 @@ def benchmark(models: Sequence, *, threads: Sequence[int | None] = (None,), runs
         pipeline: also time the full image path by stage (decode, preprocess, inference,
             postprocess), on the first data image or a generated one.
         clock: the monotonic clock (injectable for tests).
+        cpu_clock: the process's CPU time, all threads (injectable for tests): the timed runs'
+            CPU time per inference is reported beside their latency.
 
     Example:
         >>> results = edgepilot.benchmark(["m.onnx", "m_int8.tflite"], threads=[1, 2])
@@ -202,17 +225,17 @@ def benchmark(models: Sequence, *, threads: Sequence[int | None] = (None,), runs
     if duration is not None and not 0 < duration < float("inf"):  # NaN fails both
         raise InputError(f"duration must be a number of seconds more than 0, got {duration}")
     for count in threads:
-        if count is not None and count < 1:
-            raise InputError(f"threads must be 1 or more, got {count}")
+        if count != "auto" and count is not None and (not isinstance(count, int) or count < 1):
+            raise InputError(f"threads must be 1 or more, 'auto' or None, got {count!r}")
     results = []
     for count in threads:
         results += _bench_threads(models, count, runs, duration, warmup, rounds, data,
-                                  pipeline, clock)
+                                  pipeline, clock, cpu_clock)
     return results
 
 
 def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeline,
-                   clock) -> list[BenchResult]:
+                   clock, cpu_clock) -> list[BenchResult]:
     loaded, rows = [], []
     for spec in models:
         candidate = _Candidate(spec, threads)
@@ -237,15 +260,21 @@ def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeli
             if before is not None and after is not None:
                 row.memory_mb = round(max(after - before, 0.0), 1)
             row.backend = model.backend
+            choice = getattr(getattr(model, "_backend", None), "thread_choice", None)
+            if choice is not None:
+                row.auto_threads, row.thread_sweep_ms = choice.threads, dict(choice.timings_ms)
             row.fallback_ops = list(getattr(getattr(model, "_backend", None), "fallback_ops",
                                             None) or [])
             loaded.append((row, model, x))
         except Exception as err:  # one bad file is reported in its row, not fatal
             row.error = str(err).splitlines()[0] if str(err) else type(err).__name__
-    _time_interleaved(loaded, runs, duration, rounds, clock)
+    _time_interleaved(loaded, runs, duration, rounds, clock, cpu_clock)
     for row, model, _ in loaded:
         if data is not None:
-            _accuracy(row, model, data)
+            try:
+                _accuracy(row, model, data)
+            except EdgepilotError as err:  # data that does not fit this model: its row says so
+                row.error = str(err).splitlines()[0]
         if pipeline:
             row.pipeline_ms = _pipeline(model, data, clock)
         row.peak_rss_mb = round(_peak_rss_mb(), 1)
@@ -282,8 +311,9 @@ def _sample_input(model) -> np.ndarray:
     return preprocess(image, meta)
 
 
-def _time_interleaved(loaded, runs, duration, rounds, clock) -> None:
+def _time_interleaved(loaded, runs, duration, rounds, clock, cpu_clock) -> None:
     samples: dict[int, list[float]] = {i: [] for i in range(len(loaded))}
+    cpu = [0.0] * len(loaded)  # process CPU seconds (every thread) during each model's runs
     per_round = max(1, runs // rounds)
     deadline_per_model = None if duration is None else duration / rounds
     for r in range(rounds):
@@ -292,6 +322,7 @@ def _time_interleaved(loaded, runs, duration, rounds, clock) -> None:
         for i in order:
             _, model, x = loaded[i]
             spent, done = 0.0, 0
+            cpu_before = cpu_clock()
             while (done < per_round) if deadline_per_model is None else \
                     (spent < deadline_per_model - 1e-9 or done == 0):
                 started = clock()
@@ -300,16 +331,69 @@ def _time_interleaved(loaded, runs, duration, rounds, clock) -> None:
                 samples[i].append(elapsed)
                 spent += elapsed
                 done += 1
+            cpu[i] += cpu_clock() - cpu_before
     for i, (row, _, _) in enumerate(loaded):
         row.runs = len(samples[i])
         row.samples_ms = [1000 * t for t in samples[i]]
         row.latency_ms = latency_stats(samples[i])
         row.throughput = 1000 / row.latency_ms["mean"]
+        row.cpu_ms = 1000 * cpu[i] / row.runs
+
+
+@dataclass(frozen=True)
+class BoxesData:
+    """Detection data: image files and, per image, (boxes (n, 4) in pixels, class indices)."""
+
+    files: list
+    truths: list
+
+
+def bench_data(folder: str | Path):
+    """`--data`: one sub-folder of images per label (classifiers), or images with YOLO .txt
+    labels beside them or under a sibling labels/ folder (detectors)."""
+    root = Path(folder)
+    if root.is_dir() and next(root.rglob("*.txt"), None) is not None and \
+            not any(p.is_dir() and p.name not in ("images", "labels") for p in root.iterdir()):
+        from edgepilot.runtime.detection import read_boxes_folder
+
+        return BoxesData(*read_boxes_folder(root))
+    return labelled_folder(root)
+
+
+def _detection_map(row: BenchResult, model, data: BoxesData) -> None:
+    from edgepilot.runtime import read_image
+    from edgepilot.runtime.detection import evaluate
+
+    labels = model.meta.labels
+    largest = max((int(c.max()) for _, c in data.truths if len(c)), default=-1)
+    if largest >= len(labels):
+        raise EdgepilotError(f"--data has class {largest}, but {row.model} has "
+                             f"{len(labels)} labels ({', '.join(labels)})")
+    found, truths = [], []
+    for file, truth in zip(data.files, data.truths):
+        try:  # every detection down to a low score: mAP ranks them all
+            found.append(model.detect(read_image(file), score_threshold=0.05))
+        except InputError:  # a broken image is counted, not fatal
+            row.skipped_data += 1
+            continue
+        truths.append(truth)
+    row.n_data, row.metric = len(found), "mAP@0.5"
+    if found:
+        result = evaluate(found, truths, labels)
+        row.accuracy, row.map50_95 = result["map50"], result["map50_95"]
 
 
 def _accuracy(row: BenchResult, model, data) -> None:
     from edgepilot.runtime import read_image
 
+    detector = model.meta is not None and model.meta.task == "detection"
+    if isinstance(data, BoxesData) or detector:
+        if not (isinstance(data, BoxesData) and detector):
+            raise EdgepilotError(
+                f"--data holds {'boxes' if isinstance(data, BoxesData) else 'class folders'} "
+                f"but {row.model} is a {'detector' if detector else 'classifier'}: give "
+                "images with YOLO .txt labels to a detector, label sub-folders to a classifier")
+        return _detection_map(row, model, data)
     images, labels = data
     correct = total = 0
     for image, label in zip(images, labels):
@@ -334,9 +418,13 @@ def _pipeline(model, data, clock, repeats: int = 30) -> dict:
 
     if model.meta is None or not model.meta.is_image:
         return {}
+    from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode, letterbox
+
+    detector, size = model.meta.task == DETECTION_TASK, model.meta.input_size
+    params = DecodeParams.from_meta(model.meta) if detector else None
     image = None
     if data is not None:
-        first = data[0][0]
+        first = data.files[0] if isinstance(data, BoxesData) else data[0][0]
         image = first if not isinstance(first, (str, Path)) else None
     if image is None:
         image = np.random.default_rng(1).integers(0, 256, (480, 640, 3), np.uint8)
@@ -348,11 +436,14 @@ def _pipeline(model, data, clock, repeats: int = 30) -> dict:
         decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR),
                                cv2.COLOR_BGR2RGB)
         t1 = clock()
-        x = preprocess(decoded, model.meta)
+        x = preprocess(letterbox(decoded, size)[0] if detector else decoded, model.meta)
         t2 = clock()
         y = model(x)
         t3 = clock()
-        to_prediction(y, model.meta)
+        if detector:
+            decode(y[params.heatmap], y[params.box], params, model.meta.labels)
+        else:
+            to_prediction(y, model.meta)
         t4 = clock()
         for stage, (a, b) in zip(stages, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
             stages[stage].append(b - a)

@@ -49,6 +49,18 @@ _non_negative_int = _number(int, 0, inclusive=True)
 _positive_float = _number(float, 0, inclusive=False)
 
 
+def _threads(text: str) -> int | str:
+    """An argparse type for --threads: a whole number of 1 or more, or 'auto'."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got '{text}'") \
+            from None
+    return _positive_int(text)
+
+
 def _size(text: str) -> tuple[int, int]:
     """``224`` or ``224x160`` (height x width)."""
     parts = text.lower().split("x")
@@ -119,11 +131,24 @@ def cmd_train(args: argparse.Namespace) -> int:
                                progress=not args.quiet, log=_log)
         print(json.dumps(summary, indent=2))
         return 0
+    if args.task == "stoplight-detector":
+        from edgepilot.train.detector import DetectorConfig, train_detector
+
+        config = DetectorConfig(steps=args.steps or DetectorConfig.steps, seed=args.seed,
+                                batch_size=args.batch_size or DetectorConfig.batch_size,
+                                lr=args.lr or DetectorConfig.lr, init=args.init,
+                                progress=not args.quiet)
+        summary = train_detector(args.out or "runs/stoplight_detector", config=config,
+                                 n_val=args.n_val, n_holdout=args.n_val,
+                                 save_ranks=args.save_ranks, log=_log)
+        if summary:  # under torchrun only rank 0 evaluates and reports
+            print(json.dumps(summary, indent=2))
+        return 0
     from edgepilot.train.recipes import train_stoplight
     from edgepilot.train.trainer import TrainConfig
 
     config = TrainConfig(epochs=args.epochs, steps=args.steps, seed=args.seed,
-                         batch_size=args.batch_size, progress=not args.quiet)
+                         batch_size=args.batch_size or 128, progress=not args.quiet)
     summary = train_stoplight(args.out or "runs/stoplight", arch=args.arch or "stoplight_cnn",
                               size=args.size, n_train=args.n_train,
                               n_val=args.n_val, n_holdout=args.n_val, config=config,
@@ -213,6 +238,10 @@ def _validation_data(meta, n: int):
     dataset = meta.extra.get("dataset")
     if not dataset or n == 0:
         return None
+    if meta.task == "detection":
+        from edgepilot.train.detector import validation_scenes
+
+        return validation_scenes("val", n) if dataset == "streets" else None
     from edgepilot.train.datasets import load_dataset
 
     return load_dataset(dataset, "val", n, meta.input_size)
@@ -228,6 +257,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.images:
         raise InputError("Give image files to classify (or --inputs for a model that takes "
                          "a feature vector)")
+    draw = None
+    if args.draw:
+        if model.meta is None or model.meta.task != "detection":
+            raise InputError("--draw is for detectors; this model classifies whole images")
+        draw = _draw_target(args.draw, len(args.images))
     failures = 0
     results = []
     for image in args.images:
@@ -237,6 +271,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             failures += 1
             print(f"error: {err}", file=sys.stderr)
             continue
+        if isinstance(prediction, list):  # a detector: the lights it found
+            results.append({"image": image, "detections": [d.to_dict() for d in prediction]})
+            if draw is not None:
+                _draw(image, prediction, draw)
+            if not args.json:
+                _print_detections(image, prediction)
+            continue
         results.append({"image": image, **prediction.to_dict()})
         if not args.json:
             print(f"{image}\t{prediction.label}\t{prediction.score:.3f}")
@@ -244,6 +285,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps({"model": str(model.path), "backend": model.backend,
                           "predictions": results}, indent=2))
     return 1 if failures else 0
+
+
+def _print_detections(image: str, detections) -> None:
+    if not detections:
+        print(f"{image}\tnothing found")
+    for d in detections:
+        x0, y0, x1, y1 = (round(v) for v in d.box)
+        print(f"{image}\t{d.label}\t{d.score:.3f}\t{x0},{y0},{x1},{y1}")
+
+
+def _draw_target(target: str, count: int):
+    """Where --draw writes: a file for one image, a folder (created) for several. Refuses to
+    overwrite an input."""
+    path = Path(target)
+    if count > 1 or path.is_dir() or target.endswith(("/", os.sep)):
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    check_output_folder(path.parent, "--draw")
+    if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".webp"):
+        raise InputError(f"--draw {target}: give an image file name (.jpg, .png) or a folder")
+    return path
+
+
+def _draw(image: str, detections, target: Path) -> None:
+    import cv2
+
+    from edgepilot.runtime.image import read_image
+    from edgepilot.runtime.overlay import draw_detections
+
+    frame = draw_detections(read_image(image).copy(), detections)
+    out = target / (Path(image).stem + ".jpg") if target.is_dir() else target
+    if out.resolve() == Path(image).resolve():
+        raise InputError(f"--draw would overwrite the input {image}: choose another name")
+    if not cv2.imwrite(str(out), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)):
+        raise InputError(f"--draw: could not write {out}")
+    _log(f"drew {len(detections)} light(s) on {out}")
 
 
 def _predict_inputs(model, args: argparse.Namespace) -> int:
@@ -275,7 +352,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgepilot.assets import resolve_model
-    from edgepilot.bench import benchmark, export_matrix, labelled_folder
+    from edgepilot.bench import bench_data, benchmark, export_matrix
     from edgepilot.bench_report import append_csv, dump_json, plot, print_table, to_json
 
     for target, option in ((args.plot, "--plot"), (args.csv, "--csv"),
@@ -290,7 +367,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         files, failed, data = export_matrix(args.export, args.out)
         models = [Path(args.export), *files, *models]
     if args.data:
-        data = labelled_folder(args.data)
+        data = bench_data(args.data)
     if not models and not failed:
         raise InputError("Give model files to benchmark, or --export CHECKPOINT")
     results = benchmark(models, threads=args.threads, runs=args.runs, duration=args.duration,
@@ -323,7 +400,8 @@ def _bench_remote(args: argparse.Namespace, models: list) -> list:
     remotes = [parse_remote(spec) for spec in args.on]
     files = [m for m in models if m.suffix.lower() not in (".pt", ".pth")]
     with tempfile.TemporaryDirectory(prefix="edgepilot-bench-") as work:
-        rows = bench_on(remotes, files, runs=args.runs, threads=args.threads[0],
+        first = args.threads[0]  # "auto" is the bundle's own default on each host
+        rows = bench_on(remotes, files, runs=args.runs, threads=None if first == "auto" else first,
                         workdir=Path(work), log=_log)
     for row in dict((r.host, r) for r in rows).values():
         _log(f"{row.host}: {row.host_description or 'failed: ' + str(row.error)}")
@@ -355,6 +433,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_webcam(args: argparse.Namespace) -> int:
+    from edgepilot.window import check_opencv, window_setup
+
+    if args.window_setup:
+        print(window_setup())
+        return 0
+    check_opencv(log=_log)  # before cv2 is imported: it may be the broken half of two
     from edgepilot.webcam import run_webcam
 
     run_webcam(args.model, source=args.source, roi=args.roi, smooth=args.smooth,
@@ -389,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model: stoplight, neuron or digits")
-    p.add_argument("task", choices=["stoplight", "neuron", "digits"], help="what to train")
+    p.add_argument("task", choices=["stoplight", "stoplight-detector", "neuron", "digits"],
+                   help="what to train")
     p.add_argument("--out", default=None, help="output folder (default: runs/TASK)")
     p.add_argument("--arch", default=None,
                    help="architecture (stoplight: stoplight_cnn, mobilenet; digits: nielsen, "
@@ -399,11 +484,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, default=64, help="input size in pixels")
     p.add_argument("--epochs", type=_positive_int, default=8)
     p.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="default 128 (classifiers), 16 (detector)")
     p.add_argument("--n-train", type=_positive_int, default=60_000)
     p.add_argument("--n-val", type=_positive_int, default=2_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="detector: start from this checkpoint's weights (fine-tune)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="detector: peak learning rate (default 3e-3)")
+    p.add_argument("--save-ranks", action="store_true",
+                   help="detector under torchrun: also save each process's final weights")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="export any PyTorch model to deployable files")
@@ -463,25 +555,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation images for the parity report (0: random inputs)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", help="classify images with a model file")
+    p = sub.add_parser("predict", help="classify images (or find lights) with a model file")
     p.add_argument("model", help="model file, or 'stoplight' for the shipped model")
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--inputs", default=None,
                    help="a feature vector instead of images, e.g. 1,0,0 (green,yellow,red)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--draw", default=None, metavar="OUT",
+                   help="detectors: write the image with its boxes (one image: a file such as "
+                        "out.jpg; several: a folder)")
+    p.add_argument("--threads", type=_threads, default="auto",
+                   help="model threads, or auto (default): measured, see README")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("bench", help="latency, throughput, memory and accuracy of model files")
     p.add_argument("models", nargs="*", help="model files (.onnx, .tflite) or a .pt checkpoint")
-    p.add_argument("--threads", type=_positive_int, nargs="+", default=[None],
-                   help="thread counts to sweep, e.g. --threads 1 2")
+    p.add_argument("--threads", type=_threads, nargs="+", default=["auto"],
+                   help="thread counts to sweep, e.g. --threads 1 2 auto (default: auto, the "
+                        "fewest within 10%% of the fastest, measured per file)")
     p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per model")
     p.add_argument("--duration", type=_positive_float, default=None,
                    help="seconds of timed runs per model instead of --runs")
     p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed runs first")
     p.add_argument("--rounds", type=_positive_int, default=10, help="interleaved rounds")
-    p.add_argument("--data", default=None, help="labelled images: a folder of label sub-folders")
+    p.add_argument("--data", default=None,
+                   help="labelled images: a folder of label sub-folders (classifiers: "
+                        "accuracy), or images with YOLO .txt boxes (detectors: mAP)")
     p.add_argument("--pipeline", action="store_true",
                    help="time decode / preprocess / inference / postprocess")
     p.add_argument("--export", default=None, metavar="CHECKPOINT",
@@ -520,11 +619,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve a web page with the live stream (default host 127.0.0.1; "
                         "0.0.0.0 to open it to the network)")
     p.add_argument("--headless", action="store_true", help="no window: use with --frames/--save")
+    p.add_argument("--window-setup", action="store_true",
+                   help="print the pip commands that swap the headless OpenCV for the one with "
+                        "windows, and exit")
     p.add_argument("--frames", type=_positive_int, default=None, help="stop after N frames")
     p.add_argument("--save", default=None, help="record the annotated video (.mp4)")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="model threads (default: one fewer than the cores, leaving one for "
-                        "capture and overlay)")
+    p.add_argument("--threads", type=_threads, default="auto",
+                   help="model threads (default: auto, the fewest within 10%% of the fastest, "
+                        "measured per file); idle workers never spin here")
     p.set_defaults(func=cmd_webcam)
 
     p = sub.add_parser("info", help="inputs, outputs, metadata, layers, parameters, MACs")

@@ -19,7 +19,7 @@ __all__ = ["ModelMeta", "META_KEY"]
 #: Key of the JSON blob in ONNX metadata_props (and in checkpoints).
 META_KEY = "edgepilot"
 
-TASKS = ("classify",)
+TASKS = ("classify", "detection")
 LAYOUTS = ("NCHW", "NHWC", "NC")
 COLORS = ("RGB", "BGR", "GRAY")
 OUTPUTS = ("logits", "probs", "sigmoid")
@@ -59,7 +59,8 @@ class ModelMeta:
         std: per-channel standard deviation divided after the mean.
         output: ``"logits"`` (softmax applied by the runtime), ``"probs"``, or ``"sigmoid"``
             (one probability of the second label, e.g. the "go" of a single neuron).
-        task: what the outputs mean; ``"classify"`` for now.
+        task: what the outputs mean: ``"classify"``, or ``"detection"`` (then
+            ``extra["decode"]`` says how to read the outputs; see runtime/detection.py).
         preprocess: ``"resize"`` (images), ``"mnist"`` (digit images) or ``"none"`` (a raw
             feature vector; then input_size is (1, features) and layout ``"NC"``).
 

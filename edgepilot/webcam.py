@@ -22,7 +22,7 @@ from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.runtime.camera import FrameGrabber, SourceError, SyntheticSource, open_source
 from edgepilot.runtime.live import LiveState, parse_roi, run_live
 
-__all__ = ["run_webcam", "Recorder", "RecordingError", "Stopped", "default_threads"]
+__all__ = ["run_webcam", "Recorder", "RecordingError", "Stopped", "threads_used"]
 
 # Containers a recording can use. Matroska and AVI are readable up to the last frame written
 # even when the process is killed (SIGKILL, power loss); MP4 keeps its index at the end, so it
@@ -45,13 +45,13 @@ class Stopped(KeyboardInterrupt):
         self.reported = reported  # whether the CLI need not say "interrupted" again
 
 
-def default_threads() -> int:
-    """Model threads: the cores this process may use, less one for capture and overlay."""
-    try:
-        cores = len(os.sched_getaffinity(0))  # what a container or taskset really allows
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 2
-    return max(1, cores - 1)
+def threads_used(model, asked: int | str | None) -> str:
+    """The model's threads as the start-up line says them: ``1 model thread (auto)``."""
+    choice = getattr(getattr(model, "_backend", None), "thread_choice", None)
+    count = choice.threads if choice is not None else asked
+    if count in (None, "auto"):
+        return "the runtime's default model threads"
+    return f"{count} model thread{'s' if count > 1 else ''}" + (" (auto)" if choice else "")
 
 
 def _frame_size(source) -> tuple[int, int]:
@@ -61,21 +61,12 @@ def _frame_size(source) -> tuple[int, int]:
             int(source.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
 
 
-def _window() -> Callable:
-    if not os.environ.get("DISPLAY") and os.name != "nt":
-        raise EdgepilotError("No display here: use --serve HOST:PORT for a web page, or "
-                             "--headless --frames N --save out.mp4")
-    try:
-        cv2.namedWindow("edgepilot", cv2.WINDOW_NORMAL)
-    except cv2.error as err:
-        raise EdgepilotError("This OpenCV build has no windows (opencv-python-headless): use "
-                             "--serve, or pip install opencv-python") from err
+def _window(log: Callable[[str], None]):
+    """The window (q/Esc quit, space pause, s snapshot: see edgepilot/window.py), or None when
+    this OpenCV has no windows (the headless build): then the page opens in the browser."""
+    from edgepilot.window import open_window
 
-    def show(frame_rgb, state) -> bool:
-        cv2.imshow("edgepilot", cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
-        return (cv2.waitKey(1) & 0xFF) in (ord("q"), 27)  # q or Esc quits
-
-    return show
+    return open_window(log)
 
 
 def check_save_path(path: str | Path) -> Path:
@@ -176,14 +167,15 @@ def _stop_on_signals():
 def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                roi: str | None = None, smooth: int = 5, serve: str | None = None,
                headless: bool = False, frames: int | None = None, save: str | None = None,
-               threads: int | None = None, log: Callable[[str], None] = print) -> LiveState:
+               threads: int | str | None = "auto",
+               log: Callable[[str], None] = print) -> LiveState:
     """Run the live demo; returns the final state (with timings) when it ends.
 
     `frames` stops after that many frames reached the output (a recording of N frames holds
-    N). `threads` (model threads) defaults to one fewer than the cores: the capture thread
-    prepares the next frame while the model runs, and a model thread pool that spins on every
-    core would take its core away. A signal (Ctrl-C, SIGTERM) finalises the recording and
-    then raises `Stopped`."""
+    N). `threads` (model threads) is chosen by measurement by default (see `edgepilot.load`),
+    and the runtime's idle workers do not spin: frames come at the camera's pace, and workers
+    that spin between them keep their cores busy for nothing. A signal (Ctrl-C, SIGTERM)
+    finalises the recording and then raises `Stopped`."""
     import edgepilot
     from edgepilot.assets import resolve_model
     from edgepilot.runtime.web import LiveServer, parse_address
@@ -193,21 +185,26 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
     if save:
         check_save_path(save)  # before loading anything
     address = parse_address(serve) if serve else None
-    if threads is None:
-        threads = default_threads()
-    model = edgepilot.load(resolve_model(model_spec), threads=threads)
-    src = open_source(source)
+    model = edgepilot.load(resolve_model(model_spec), threads=threads, spin=False)
+    detector = model.meta is not None and model.meta.task == "detection"
+    src = open_source(source, **({"scene": "street"} if detector else {}))
     size = _frame_size(src)
     server = recorder = show = None
     try:
         region = parse_roi(roi, *size)
         with _stop_on_signals() as signals:
             recorder = Recorder(save, src.fps, size) if save else None
-            if address:
-                server = LiveServer(*address).start()
-                log(f"serving the live page on {server.url}  (Ctrl-C to stop)")
             if not headless and not address:
-                show = _window()
+                show = _window(log)
+            fallback = not headless and not address and show is None
+            if address or fallback:
+                server = LiveServer(*(address or ("127.0.0.1", 0))).start()
+                if fallback:  # OpenCV without windows: the page, in the user's browser
+                    from edgepilot.window import open_page
+
+                    open_page(server.url, log)
+                else:
+                    log(f"serving the live page on {server.url}  (Ctrl-C to stop)")
             quit_requested = []
 
             def on_frame(frame, state: LiveState) -> None:
@@ -222,7 +219,7 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                 log("note: an .mp4 is playable once finalised (at the end, Ctrl-C, SIGTERM); "
                     "record to .mkv to keep every frame even if the process is killed")
             log(f"{model.path.name} on {source} ({size[0]}x{size[1]}), {model.backend}, "
-                f"{threads} model thread{'s' if threads > 1 else ''}"
+                f"{threads_used(model, threads)}"
                 + (f", recording to {save}" if save else ""))
             with FrameGrabber(src) as grabber:
                 state = run_live(model, grabber, roi=region, smooth=smooth, frames=frames,
@@ -246,4 +243,4 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
         if server is not None:
             server.close()
         if show is not None:
-            cv2.destroyAllWindows()
+            show.close()

@@ -312,13 +312,15 @@ class _Probe:
                     f"The model does not run on the sample input of shape "
                     f"{tuple(sample_input.shape)}: {first_line(err)}") from err
         self.shapes = [tuple(t.shape[1:]) for t in first]
+        self.detector = _detector(meta, self.shapes)
         if meta is not None and len(first) == 1:
             _check_labels(meta, self.shapes[0])
         if val_data is not None:
             if meta is None:
                 raise EdgepilotError("val_data needs meta= (labels and preprocessing) to turn "
                                      "its images into model inputs")
-            self.images, self.labels = _check_val_data(val_data, meta, len(first))
+            check = _check_detection_data if self.detector else _check_val_data
+            self.images, self.labels = check(val_data, meta, len(first))
         elif meta is not None and meta.is_image:
             # Random images, preprocessed for each file as its runtime will: the module and
             # every file see the same pixels, whatever their layout and normalisation.
@@ -339,8 +341,22 @@ class _Probe:
                 self.outputs = _in_batches(lambda b: module(torch.from_numpy(b)), x)
             except Exception:  # a model that only takes a batch of one runs row by row
                 self.outputs = _in_batches(lambda b: module(torch.from_numpy(b)), x, rows=1)
-        self.baseline = None if self.labels is None else \
-            float((decisions(self.outputs[0]) == self.labels).mean())
+        self.baseline = None if self.labels is None else self._score(self.outputs)
+
+    def _score(self, outputs: list[np.ndarray]) -> float:
+        """The guard's measure of a set of outputs: top-1 accuracy, or a detector's mAP@0.5."""
+        if self.detector is None:
+            return float((decisions(outputs[0]) == self.labels).mean())
+        from edgepilot.runtime.detection import evaluate
+
+        return evaluate(self._detections(outputs), self.labels, self.meta.labels)["map50"]
+
+    def _detections(self, outputs: list[np.ndarray], score_threshold: float = 0.05):
+        from edgepilot.runtime.detection import decode
+
+        heat, box = outputs[self.detector.heatmap], outputs[self.detector.box]
+        return [decode(h, b, self.detector, self.meta.labels, score_threshold=score_threshold)
+                for h, b in zip(heat, box)]
 
     def inputs_for(self, meta) -> np.ndarray:
         """The images as the runtime feeds a file with this metadata."""
@@ -381,8 +397,7 @@ class _Probe:
         from edgepilot.runtime import load
 
         model = load(path)
-        outputs = self._run_file(model, path)
-        return float((decisions(outputs[0]) == self.labels).mean())
+        return self._score(self._run_file(model, path))
 
     def check(self, path: Path, fmt: str, precision: str, seconds: float,
               notes: dict) -> ExportReport:
@@ -429,6 +444,9 @@ class _Probe:
             notes.setdefault("warnings", []).append(
                 f"the delegate is split ({model.backend}): {named} fall back to builtin CPU "
                 "kernels between its partitions")
+        if self.detector is not None:
+            return ExportReport(**common, backend=model.backend,
+                                **self._detector_check(expected, exported, notes))
         result = compare(expected[0], exported[0], self.labels)
         result["max_abs_diff"] = max(o["max_abs_diff"] for o in per_output)
         if len(per_output) > 1:
@@ -436,6 +454,65 @@ class _Probe:
             result.pop("accuracy_torch", None)
             result.pop("accuracy_export", None)
         return ExportReport(**common, backend=model.backend, **result)
+
+
+    def _detector_check(self, expected, exported, notes: dict) -> dict:
+        """A detector file against the module: the same lights (label, box within 2 px) at
+        the runtime's score threshold, and mAP@0.5 of both when scenes are given."""
+        from edgepilot.runtime.detection import agreement
+
+        threshold = self.detector.score_threshold
+        low = max(0.0, threshold - 0.05)  # scores near the threshold may fall either side
+        notes["detections"] = agreement(self._detections(expected, low),
+                                        self._detections(exported, low), threshold=threshold)
+        result = {"n_inputs": len(exported[0]), "top1_agreement": None,
+                  "max_abs_diff": max(o["max_abs_diff"] for o in notes["outputs"])}
+        if self.labels is not None:
+            notes["metric"] = "mAP@0.5"
+            result["accuracy_torch"] = self.baseline
+            result["accuracy_export"] = self._score(exported)
+        return result
+
+
+def _detector(meta: ModelMeta | None, shapes: list[tuple]):
+    """The decode parameters of a detector (metadata task: detection), checked against the
+    module's outputs; None for any other model."""
+    from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams
+
+    if meta is None or meta.task != DETECTION_TASK:
+        return None
+    try:
+        params = DecodeParams.from_meta(meta)
+    except EdgepilotError as err:
+        raise EdgepilotError(f"meta says task: detection, but {err}") from err
+    want = {params.heatmap: len(meta.labels), params.box: 4}
+    if len(shapes) != 2 or any(len(shapes[i]) != 3 or shapes[i][-1] != n
+                               for i, n in want.items()):
+        raise EdgepilotError(
+            f"A detector must output a heatmap (N, h, w, {len(meta.labels)}) and a box map "
+            f"(N, h, w, 4), channels last; this module outputs "
+            f"{', '.join(str(s) for s in shapes)} per input")
+    return params
+
+
+def _check_detection_data(val_data, meta: ModelMeta, n_outputs: int):
+    """val_data of a detector: images (N, H, W, 3) and, per image, (boxes (n, 4), labels)."""
+    if not isinstance(val_data, (tuple, list)) or len(val_data) != 2:
+        raise EdgepilotError("val_data of a detector must be a pair (images, targets)")
+    images, targets = np.asarray(val_data[0]), list(val_data[1])
+    if not len(images) or len(images) != len(targets):
+        raise EdgepilotError(f"val_data has {len(images)} image(s) and {len(targets)} "
+                             "target(s); give one (boxes, labels) pair per image")
+    checked = []
+    for boxes, labels in targets:
+        boxes, labels = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels)
+        if len(boxes) != len(labels) or (len(labels) and (
+                labels.dtype.kind not in "iu" or labels.min() < 0 or
+                labels.max() >= len(meta.labels))):
+            raise EdgepilotError("val_data targets must be (boxes (n, 4), labels (n,)) with "
+                                 f"label indices 0..{len(meta.labels) - 1}")
+        checked.append((boxes, labels.astype(np.int64)))
+    return images, checked
 
 
 def _check_labels(meta: ModelMeta, shape: tuple) -> None:

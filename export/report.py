@@ -92,6 +92,16 @@ def print_reports(reports: list[ExportReport], console=None) -> None:
         if not console.is_terminal:  # logs and CI: do not squeeze the table into 80 columns
             console = Console(stderr=True, width=150)
     console.print(table)
+    metrics = {r.notes["metric"] for r in reports if r.notes.get("metric")}
+    if metrics:  # detectors: the accuracy columns hold mAP, and agreement is per light
+        console.print(f"acc columns: {', '.join(sorted(metrics))} (detector)")
+    for r in reports:
+        agree = r.notes.get("detections")
+        if agree:
+            console.print(f"{Path(r.path).name}: {100 * agree['agree']:.1f}% of PyTorch's "
+                          f"{agree['detections']} detections found with the same label, box "
+                          f"edges within {agree['tolerance_px']:g} px (largest gap "
+                          f"{agree['max_box_px']:g} px)")
     for r in reports:
         for warning in r.notes.get("warnings", []):
             console.print(f"[yellow]warning[/yellow] {Path(r.path).name}: {warning}")

@@ -79,23 +79,34 @@ class SyntheticSource:
     """A generated 640x480 street scene whose light cycles red -> green -> yellow -> red,
     `period` seconds per state, with moving clutter, so demos and tests need no camera.
 
-    Frame `i` is a pure function of (seed, i); `truth(i)` is its label."""
+    Frame `i` is a pure function of (seed, i); `truth(i)` is its label. `scene="street"`
+    draws a wider street with several lights (for detectors), all in the same state."""
 
     CYCLE = ("red", "green", "yellow")
     is_file = False
 
     def __init__(self, *, width: int = 640, height: int = 480, fps: float = 30.0,
-                 period: float = 2.0, seed: int = 0, frames: int | None = None):
-        from edgepilot.train import stoplight  # numpy/OpenCV only
+                 period: float = 2.0, seed: int = 0, frames: int | None = None,
+                 scene: str = "light"):
+        from edgepilot.train import scenes, stoplight  # numpy/OpenCV only
 
+        if scene not in ("light", "street"):
+            raise InputError(f"scene must be 'light' or 'street', got {scene!r}")
         self.width, self.height, self.fps, self.period = width, height, fps, period
         self.frames = frames  # None: endless
         self.index = 0
         labels = {name: stoplight.LABELS.index(name) for name in self.CYCLE}
         # One scene, rendered once per light state: the same seed gives the same street.
-        self.base = {name: stoplight.render_scene(np.random.default_rng(seed), label, width,
-                                                  height, scale=(0.45, 0.75))
-                     for name, label in labels.items()}
+        if scene == "light":
+            self.base = {name: stoplight.render_scene(np.random.default_rng(seed), label,
+                                                      width, height, scale=(0.45, 0.75))
+                         for name, label in labels.items()}
+        else:
+            config = scenes.StreetConfig(width, height, lightings=("day",), unlit_fraction=0)
+            seed = _street_seed(seed, config)
+            self.base = {name: scenes.render_street(np.random.default_rng(seed), config,
+                                                    state=scenes.STATES.index(name))[0]
+                         for name in self.CYCLE}
         self.rng = np.random.default_rng(seed + 1)
 
     def truth(self, index: int) -> str:
@@ -124,6 +135,18 @@ class SyntheticSource:
 
     def close(self) -> None:
         pass
+
+
+def _street_seed(seed: int, config) -> int:
+    """The first seed from `seed` whose street has two or more lights (a demo of a detector
+    should show it choosing between lights)."""
+    from edgepilot.train import scenes
+
+    for candidate in range(seed, seed + 50):
+        rng = np.random.default_rng(candidate)
+        if len(scenes.render_street(rng, config)[2]) >= 2:
+            return candidate
+    return seed
 
 
 def open_source(spec: str, **synthetic_options):

@@ -213,15 +213,18 @@ def decode(heatmap: np.ndarray, box: np.ndarray, params: DecodeParams,
 
 
 def agreement(reference: list[list[Detection]], other: list[list[Detection]],
-              tolerance_px: float = 2.0) -> dict:
+              tolerance_px: float = 2.0, *, threshold: float = 0.0,
+              margin: float = 0.05) -> dict:
     """How far two runs of a detector agree, image by image: the share of the reference's
-    detections that the other run has too (same label, every box edge within
-    `tolerance_px`), the largest edge difference of the pairs, and detections only one run
-    has."""
+    detections (score >= `threshold`) that the other run has too (same label, every box edge
+    within `tolerance_px`), the largest edge difference of the pairs, and detections only one
+    run has. A light scored just above the threshold by one run and just below by the other
+    is the same answer: the other run's detections count down to `threshold - margin`, and
+    its extras only from `threshold` up."""
     pairs, matched, extra, worst = 0, 0, 0, 0.0
     for ref, got in zip(reference, other):
-        free = list(got)
-        for d in ref:
+        free = [g for g in got if g.score >= threshold - margin]
+        for d in (d for d in ref if d.score >= threshold):
             pairs += 1
             if not free:
                 continue
@@ -232,7 +235,7 @@ def agreement(reference: list[list[Detection]], other: list[list[Detection]],
                 matched += 1
                 worst = max(worst, gaps[best])
                 free.pop(best)
-        extra += len(free)
+        extra += sum(1 for g in free if g.score >= threshold)
     return {"detections": pairs, "agree": round(matched / pairs, 4) if pairs else 1.0,
             "max_box_px": round(worst, 3), "unmatched": pairs - matched + extra,
             "tolerance_px": tolerance_px}
@@ -348,7 +351,7 @@ def _label_file(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def read_boxes_folder(folder: str | Path, labels: tuple[str, ...]):
+def read_boxes_folder(folder: str | Path, labels: tuple[str, ...] | None = None):
     """Images and their boxes from a folder in YOLO's text format: per image a ``.txt`` with
     one line per object, ``class cx cy w h``, the centre and size as fractions of the image.
 
@@ -380,13 +383,15 @@ def read_boxes_folder(folder: str | Path, labels: tuple[str, ...]):
             fields = line.split()
             try:
                 c, cx, cy, w, h = int(fields[0]), *map(float, fields[1:5])
-                if len(fields) != 5 or not 0 <= c < len(labels) or \
+                if len(fields) != 5 or c < 0 or (labels is not None and c >= len(labels)) or \
                         not all(0 <= v <= 1 for v in (cx, cy, w, h)):
                     raise ValueError
             except (ValueError, IndexError):
+                classes_ok = "a class index" if labels is None else \
+                    f"class 0..{len(labels) - 1}"
                 raise EdgepilotError(
-                    f"{txt}:{number}: expected 'class cx cy w h' with class 0..{len(labels) - 1}"
-                    f" and fractions 0..1, got {line.strip()[:80]!r}") from None
+                    f"{txt}:{number}: expected 'class cx cy w h' with {classes_ok} and "
+                    f"fractions 0..1, got {line.strip()[:80]!r}") from None
             boxes.append(((cx - w / 2) * width, (cy - h / 2) * height,
                           (cx + w / 2) * width, (cy + h / 2) * height))
             classes.append(c)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -22,7 +22,9 @@ import numpy as np
 from edgepilot.errors import InputError
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.camera import FrameGrabber, FrameTimeout
+from edgepilot.runtime.detection import DETECTION_TASK, letterbox
 from edgepilot.runtime.newest import Newest
+from edgepilot.runtime.overlay import draw_light
 
 __all__ = ["LiveState", "Reading", "Smoother", "parse_roi", "decide", "model_input", "annotate",
            "run_live"]
@@ -44,6 +46,8 @@ class Reading:
     inference_ms: float
     fps: float  # frames inferred per second, over the last 30
     captured_at: float
+    lights: tuple = ()  # detectors: every light followed now (Track.to_dict())
+    reason: str = ""  # detectors: why the light that decides was chosen
 
 
 @dataclass
@@ -57,22 +61,42 @@ class LiveState:
     fps: float = 0.0
     inference_ms: float = 0.0
     latency_ms: float = 0.0  # capture -> overlay done
+    # The process's CPU time over wall time in the last second, every thread counted (capture,
+    # model workers, overlay, server): 1.0 is one core kept busy. The energy proxy.
+    cores_busy: float = 0.0
+    lights: list = field(default_factory=list)  # detectors: the lights followed now
+    reason: str = ""  # detectors: which light decides, and why
     processed: int = 0  # frames the model ran on
     shown: int = 0  # frames drawn and handed to the output (the newest wins if it lags)
     # Seconds per frame, for the last TIMING_WINDOW frames: prepare (capture thread),
     # inference (the model call), stage (the inference thread's whole work on a frame),
     # overlay and output (caller's thread), latency (capture -> overlay done); "wall" (the
-    # run's seconds) is added at the end.
+    # run's seconds) and "cpu" (the process's CPU seconds meanwhile) are added at the end.
     timings: dict = field(default_factory=lambda: {name: deque(maxlen=TIMING_WINDOW)
                                                    for name in TIMINGS})
+    _cpu_marks: deque = field(default_factory=lambda: deque(maxlen=4096), repr=False)
 
     def public(self) -> dict:
         return {k: getattr(self, k) for k in ("frame_id", "label", "score", "decision", "fps",
-                                             "inference_ms", "latency_ms", "processed")}
+                                             "inference_ms", "latency_ms", "processed",
+                                             "cores_busy", "lights", "reason")}
+
+    def measure_cpu(self, window: float = 1.0, now: tuple[float, float] | None = None) -> None:
+        """Update `cores_busy` from the process's CPU time over the last `window` seconds.
+        `now`: (wall, CPU) seconds, by default the clocks' readings."""
+        marks = self._cpu_marks
+        now = now or (time.perf_counter(), time.process_time())
+        marks.append(now)
+        while len(marks) > 2 and now[0] - marks[1][0] >= window:
+            marks.popleft()
+        if now[0] > marks[0][0]:
+            self.cores_busy = (now[1] - marks[0][1]) / (now[0] - marks[0][0])
 
     def show(self, reading: Reading) -> None:
-        for name in ("frame_id", "label", "score", "decision", "fps", "inference_ms"):
+        for name in ("frame_id", "label", "score", "decision", "fps", "inference_ms",
+                     "reason"):
             setattr(self, name, getattr(reading, name))
+        self.lights = list(reading.lights)
 
 
 class Smoother:
@@ -115,11 +139,14 @@ def model_input(meta: ModelMeta, roi=None) -> Callable[[np.ndarray], np.ndarray]
 
     if meta is None or not meta.is_image:
         raise InputError("The live demo needs an image model with edgepilot metadata")
+    detector = meta.task == DETECTION_TASK
 
     def prepare(frame: np.ndarray) -> np.ndarray:
         if roi is not None:
             x, y, w, h = roi
             frame = frame[y:y + h, x:x + w]
+        if detector:  # aspect ratio kept; boxes are mapped back with the same geometry
+            frame = letterbox(frame, meta.input_size)[0]
         return preprocess(frame, meta)
 
     return prepare
@@ -131,25 +158,69 @@ def annotate(frame: np.ndarray, state: LiveState, roi=None) -> np.ndarray:
     if roi is not None:
         x, y, w, h = roi
         cv2.rectangle(frame, (x, y), (x + w, y + h), (255, 255, 0), 2)
+    for light in state.lights:  # detectors: each light in its state's colour
+        draw_light(frame, light["box"], light["state"], light["score"],
+                   thick=light.get("decides", False), top=64)
     go = state.decision == "GO"
     colour = (40, 200, 60) if go else (220, 40, 40)
     cv2.rectangle(frame, (0, 0), (frame.shape[1], 64), (0, 0, 0), -1)
-    cv2.putText(frame, f"{state.decision}  {state.label} {state.score:.2f}", (10, 28),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.9, colour, 2, cv2.LINE_AA)
+    why = f"  ({state.reason})" if state.reason else ""
+    cv2.putText(frame, f"{state.decision}  {state.label} {state.score:.2f}{why}", (10, 28),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.9 if not why else 0.7, colour, 2, cv2.LINE_AA)
     cv2.putText(frame, f"{state.fps:5.1f} FPS  inference {state.inference_ms:.2f} ms  "
-                f"latency {state.latency_ms:.1f} ms", (10, 54), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                (230, 230, 230), 1, cv2.LINE_AA)
+                f"latency {state.latency_ms:.1f} ms  CPU {state.cores_busy:.2f} cores", (10, 54),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (230, 230, 230), 1, cv2.LINE_AA)
     return frame
+
+
+class _Lights:
+    """A detector's outputs -> the lights followed across frames and the one that decides.
+
+    `--smooth k` is the tracker's vote window: a light's state is what most of its last k
+    detections said."""
+
+    def __init__(self, meta: ModelMeta, smoother: Smoother, roi=None):
+        from edgepilot.runtime.detection import DecodeParams
+        from edgepilot.runtime.tracker import Tracker
+
+        self.meta, self.params = meta, DecodeParams.from_meta(meta)
+        self.tracker = Tracker(window=smoother.window.maxlen or 1)
+        self.offset = (roi[0], roi[1]) if roi is not None else (0, 0)
+        self.size = (roi[3], roi[2]) if roi is not None else None
+        self._geometry: dict = {}
+
+    def __call__(self, outputs, frame_shape: tuple[int, int]):
+        from edgepilot.runtime.detection import decode, fit
+        from edgepilot.runtime.tracker import relevant
+
+        shape = self.size or frame_shape
+        if shape not in self._geometry:
+            self._geometry[shape] = fit(shape, self.meta.input_size)[:2]
+        scale, pad = self._geometry[shape]
+        found = decode(outputs[self.params.heatmap], outputs[self.params.box], self.params,
+                       self.meta.labels, scale=scale, pad=pad, image_size=shape)
+        dx, dy = self.offset
+        if dx or dy:
+            found = [replace(d, box=(d.box[0] + dx, d.box[1] + dy, d.box[2] + dx,
+                                     d.box[3] + dy)) for d in found]
+        tracks = self.tracker.update(found)
+        chosen, reason = relevant(tracks, frame_shape)
+        lights = tuple({**t.to_dict(), "decides": t is chosen} for t in tracks)
+        if chosen is None:
+            return "none", 0.0, {"lights": lights, "reason": reason}
+        return chosen.state, chosen.score, {"lights": lights, "reason": reason}
 
 
 class _InferenceStage(threading.Thread):
     """Runs the model on the newest captured frame and posts a Reading per frame."""
 
     def __init__(self, model, grabber: FrameGrabber, prepare, smoother: Smoother,
-                 state: LiveState, timeout: float = 5.0):
+                 state: LiveState, timeout: float = 5.0, roi=None):
         super().__init__(name="edgepilot-inference", daemon=True)
         self.model, self.grabber, self.prepare, self.smoother = model, grabber, prepare, smoother
         self.state, self.timeout = state, timeout
+        meta = model.meta
+        self.lights = _Lights(meta, smoother, roi) if meta.task == DETECTION_TASK else None
         self.results = Newest()  # (Reading, frame) for the caller's thread
         self.error: BaseException | None = None
         self._halt = threading.Event()
@@ -192,13 +263,17 @@ class _InferenceStage(threading.Thread):
             t1 = time.perf_counter()
             raw = model(x)
             t2 = time.perf_counter()
-            scores = self.smoother(output_scores(raw, meta))
-            best = max(range(len(scores)), key=scores.__getitem__)
             recent.append(t2)
             fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
-            label = meta.labels[best]
-            self.results.put((Reading(got.frame_id, label, scores[best], decide(label),
-                                      (t2 - t1) * 1000, fps, got.captured_at), got.frame))
+            if self.lights is not None:
+                label, score, extra = self.lights(raw, got.frame.shape[:2])
+            else:
+                scores = self.smoother(output_scores(raw, meta))
+                best = max(range(len(scores)), key=scores.__getitem__)
+                label, score, extra = meta.labels[best], scores[best], {}
+            self.results.put((Reading(got.frame_id, label, score, decide(label),
+                                      (t2 - t1) * 1000, fps, got.captured_at, **extra),
+                              got.frame))
             state.processed += 1
             timings["prepare"].append(got.prepare_s if got.input is not None else t1 - t0)
             timings["inference"].append(t2 - t1)
@@ -222,8 +297,9 @@ def run_live(model, grabber: FrameGrabber, *, roi=None, smooth: int = 1,
     smoother = Smoother(smooth)
     grabber.prepare = prepare
     state = LiveState()
-    stage = _InferenceStage(model, grabber, prepare, smoother, state)
-    started = time.perf_counter()
+    stage = _InferenceStage(model, grabber, prepare, smoother, state, roi=roi)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    state.measure_cpu()
     stage.start()
     last, timings = 0, state.timings
     try:
@@ -246,10 +322,12 @@ def run_live(model, grabber: FrameGrabber, *, roi=None, smooth: int = 1,
             timings["overlay"].append(t1 - t0)
             timings["output"].append(time.perf_counter() - t1)
             timings["latency"].append(t1 - reading.captured_at)
+            state.measure_cpu()
     finally:
         stage.stop()
         stage.join(timeout=10)
     if stage.error is not None:
         raise stage.error
     timings["wall"] = time.perf_counter() - started
+    timings["cpu"] = time.process_time() - cpu_started  # the process's CPU seconds, all threads
     return state

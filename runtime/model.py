@@ -18,7 +18,8 @@ from edgepilot.errors import InputError, ModelFileError
 from edgepilot.formats import Format, format_for_path
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import Backend, TensorInfo, describe, file_errors
-from edgepilot.runtime.image import preprocess, read_image
+from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, Detection, decode, letterbox
+from edgepilot.runtime.image import check_image, preprocess, read_image
 
 __all__ = ["load", "Model", "Prediction", "to_prediction", "output_scores", "meta_mismatch"]
 
@@ -37,14 +38,20 @@ class Prediction:
                 "scores": self.scores}
 
 
-def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | None = None,
-         **backend_options) -> Model:
+def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | str | None = "auto",
+         spin: bool | None = None, **backend_options) -> Model:
     """Load a model file with the backend its suffix calls for.
 
     Args:
         path: a model file (see `edgepilot.formats.FORMATS` for the suffixes).
         meta: labels and preprocessing, for files that carry no edgepilot metadata.
-        threads: inference threads (None: the backend's default).
+        threads: inference threads; ``"auto"`` (the default) times the model briefly at 1, 2,
+            4 ... threads and keeps the smallest count within 10% of the fastest, cached per
+            file and host (`edgepilot.runtime.threads`); None: the backend's own default.
+            Backends without a thread setting (Core ML, Edge TPU, ExecuTorch) treat ``"auto"``
+            as None.
+        spin: whether idle worker threads spin waiting for work (onnxruntime; None: the
+            backend's default). Pass False for a loop paced by a camera.
         **backend_options: passed to the backend, e.g. ``providers=[...]`` for ONNX.
 
     Example:
@@ -56,12 +63,25 @@ def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | None
     fmt = format_for_path(path)  # fails on an unknown suffix before touching the file
     if not (path.is_dir() if fmt.folder else path.is_file()):  # .mlpackage: a folder
         raise ModelFileError(f"Model file not found: '{path}'")
-    if threads is not None and threads < 1:
-        raise InputError(f"threads must be 1 or more, got {threads}")
+    if threads != "auto" and threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be 1 or more, 'auto' or None, got {threads!r}")
     # The backend module is imported only now that a file needs it. Backends turn whatever
     # their library or parser raises on a bad file into ModelFileError.
     module = importlib.import_module(f"edgepilot.runtime.{fmt.backend}")
-    backend = getattr(module, fmt.backend_class)(path, threads=threads, **backend_options)
+    cls = getattr(module, fmt.backend_class)
+    if spin is not None and hasattr(cls, "runtime"):  # the backends with thread options
+        backend_options["spin"] = spin
+    runtime = cls.runtime(**backend_options) if hasattr(cls, "runtime") else None
+    if threads == "auto" and runtime:
+        from edgepilot.runtime.threads import auto_threads
+
+        with file_errors("", path, failed=f"Timing '{path}' to choose its threads failed"):
+            choice, backend = auto_threads(
+                path, lambda n: cls(path, threads=n, **backend_options), runtime=runtime)
+        backend.thread_choice = choice
+    else:
+        backend = cls(path, threads=None if threads == "auto" else threads, **backend_options)
     given = meta is not None
     if not given and backend.meta_json:
         try:
@@ -102,6 +122,8 @@ def meta_mismatch(meta: ModelMeta, inputs: list[TensorInfo],
     # The batch dim is not the metadata's business: predict feeds one image.
     if any(d is not None and d != w for d, w in zip(first.shape[1:], want[1:])):
         return f"its metadata claims {claim}, but input '{first.name}' is {got}"
+    if meta.task == DETECTION_TASK:
+        return _detector_mismatch(meta, outputs)
     # One value per label per image: the dims after the batch, when all of them are static.
     per_image = outputs[0].shape[1:] if len(outputs) == 1 and len(outputs[0].shape) > 1 else ()
     if per_image and all(d is not None for d in per_image):
@@ -110,6 +132,21 @@ def meta_mismatch(meta: ModelMeta, inputs: list[TensorInfo],
         if values != labels and not (meta.output == "sigmoid" and values == 1 and labels == 2):
             return (f"output '{outputs[0].name}' holds {values} values but the metadata has "
                     f"{labels} labels")
+    return None
+
+
+def _detector_mismatch(meta: ModelMeta, outputs: list[TensorInfo]) -> str | None:
+    try:
+        params = DecodeParams.from_meta(meta)
+    except ModelFileError as err:
+        return str(err)
+    if len(outputs) != 2:
+        return f"a detector has a heatmap and a box output, this file has {len(outputs)}"
+    for index, channels in ((params.heatmap, len(meta.labels)), (params.box, 4)):
+        shape = outputs[index].shape
+        if len(shape) != 4 or shape[-1] not in (None, channels):
+            return (f"output '{outputs[index].name}' is {shape}, but a detector's must be "
+                    f"(1, h, w, {channels})")
     return None
 
 
@@ -132,6 +169,7 @@ class Model:
         # Interpreters are not re-entrant; one lock makes a Model safe to share across threads.
         self._lock = threading.Lock()
         self._run_failed = f"Running '{path}' failed"  # built once, off the hot path
+        self._decode = None  # a detector's DecodeParams, read from meta on first use
 
     @property
     def backend(self) -> str:
@@ -169,12 +207,39 @@ class Model:
         outputs = [_from_output(y, info) for y, info in zip(raw, self.outputs)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def predict(self, image: np.ndarray | str | Path) -> Prediction:
-        """Classify one image: an (H, W, 3) uint8 RGB array of any size, or an image file."""
+    def predict(self, image: np.ndarray | str | Path) -> Prediction | list[Detection]:
+        """Classify one image: an (H, W, 3) uint8 RGB array of any size, or an image file.
+
+        A detector (metadata ``task: detection``) returns what it finds instead: a list of
+        `Detection` (box in the image's pixels, label, score), best first; see `detect`."""
         meta = self._require_meta()
         if isinstance(image, (str, Path)):
             image = read_image(image)
+        if meta.task == DETECTION_TASK:
+            return self.detect(image)
         return to_prediction(self(preprocess(image, meta)), meta)
+
+    def detect(self, image: np.ndarray | str | Path, *,
+               score_threshold: float | None = None) -> list[Detection]:
+        """The objects a detector finds in one image, best first, boxes in the image's pixels.
+
+        The image is letterboxed into the model's input (aspect ratio kept); decoding and
+        suppression follow the file's metadata, `score_threshold` overrides its threshold."""
+        meta = self._require_meta()
+        if meta.task != DETECTION_TASK:
+            raise InputError(f"{self.path.name} is a classifier (task: {meta.task}): use "
+                             "predict(image)")
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        image = check_image(image)
+        if self._decode is None:
+            self._decode = DecodeParams.from_meta(meta)
+        params = self._decode
+        canvas, scale, pad = letterbox(image, meta.input_size)
+        outputs = self(preprocess(canvas, meta))
+        return decode(outputs[params.heatmap], outputs[params.box], params, meta.labels,
+                      scale=scale, pad=pad, image_size=image.shape[:2],
+                      score_threshold=score_threshold)
 
     def predict_inputs(self, values) -> Prediction:
         """Classify one raw feature vector (models with ``preprocess="none"``, such as the

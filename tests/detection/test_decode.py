@@ -9,8 +9,16 @@ import pytest
 
 from edgepilot.errors import InputError, ModelFileError
 from edgepilot.meta import ModelMeta
-from edgepilot.runtime.detection import (DecodeParams, Detection, agreement, decode, evaluate,
-                                         iou_matrix, letterbox, nms)
+from edgepilot.runtime.detection import (
+    DecodeParams,
+    Detection,
+    agreement,
+    decode,
+    evaluate,
+    iou_matrix,
+    letterbox,
+    nms,
+)
 
 LABELS = ("red", "yellow", "green")
 PARAMS = DecodeParams(stride=4, score_threshold=0.3, iou_threshold=0.5, max_detections=50)
@@ -170,6 +178,11 @@ def test_agreement_counts_boxes_within_two_pixels():
     assert result["agree"] == 0.5 and result["max_box_px"] == 1.0
     assert result["unmatched"] == 2  # one missing, one extra
     assert agreement(ref, ref)["agree"] == 1.0
+    # Near the threshold: 0.31 in one run, 0.28 in the other is the same light.
+    edge = [[det(0, (0, 0, 10, 20), 0.31)]]
+    below = [[det(0, (0, 0, 10, 20), 0.28)]]
+    assert agreement(edge, below, threshold=0.3)["agree"] == 1.0
+    assert agreement(edge, below, threshold=0.3, margin=0.0)["agree"] == 0.0
 
 
 def test_yolo_folder_round_trip(tmp_path):

@@ -1,0 +1,125 @@
+"""The stoplight detector's figures: mAP per format and precision, agreement with PyTorch, and
+the live demo's speed with the int8 file on 320x240 frames.
+
+    python benchmarks/detector.py [--checkpoint runs/stoplight_detector/stoplight_detector.pt]
+                                  [--scenes 500] [--frames 300] [--out DIR]
+
+1. Exports the checkpoint (the shipped one by default) to ONNX and TFLite, fp32 and int8 (the
+   accuracy guard measures mAP@0.5 on validation scenes).
+2. On `--scenes` held-out scenes of training's families ("val") and as many made only of the
+   families training never saw ("holdout"): mAP@0.5 per state and mean, mAP@0.5:0.95, and
+   mAP@0.5 of small lights (< 24 px tall), for PyTorch and each file through edgepilot's
+   runtime (`Model.detect`, letterboxing and decoding included).
+3. Agreement of each file with PyTorch at the runtime's score threshold: the share of
+   PyTorch's detections the file also makes with the same label and every box edge within
+   2 px.
+4. The live loop (`edgepilot webcam`'s pipeline, headless) on the synthetic street at
+   320x240, int8 TFLite: at camera pace (30 frames/s) and flat out; FPS, inference time and
+   the process's CPU use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import edgepilot
+from edgepilot.assets import shipped_model
+from edgepilot.runtime.camera import FrameGrabber, SyntheticSource
+from edgepilot.runtime.detection import agreement
+from edgepilot.runtime.live import run_live
+from edgepilot.train.checkpoint import load_checkpoint
+from edgepilot.train.detector import SMALL, detect_batch, summarise, validation_scenes
+
+
+def export_files(net, meta, folder: Path) -> dict[str, str]:
+    val = validation_scenes("val", 200)
+    files = {}
+    for precision in ("fp32", "int8"):
+        for report in edgepilot.export(net, torch.zeros(meta.input_shape),
+                                       formats=["onnx", "tflite"], precision=precision,
+                                       out=folder / "stoplight_detector", meta=meta,
+                                       val_data=val, quiet=True):
+            files[f"{report.format} {precision}"] = report.path
+            print(f"  {Path(report.path).name}: {report.size_bytes / 1024:.1f} KiB, "
+                  f"guard mAP@0.5 torch {report.accuracy_torch:.4f} -> "
+                  f"{report.accuracy_export:.4f}, kept float: "
+                  f"{len(report.notes.get('kept_float', []))}")
+    return files
+
+
+def file_detections(path: str, images: np.ndarray, threshold: float | None = None):
+    model = edgepilot.load(path, threads=2)
+    return [model.detect(image, score_threshold=threshold) for image in images]
+
+
+def live(path: str, frames: int, pace: float | None) -> dict:
+    model = edgepilot.load(path)
+    source = SyntheticSource(width=320, height=240, fps=pace or 30.0, scene="street")
+    with FrameGrabber(source, pace=pace is not None) as grabber:
+        started, cpu = time.perf_counter(), time.process_time()
+        state = run_live(model, grabber, frames=frames, smooth=5)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    inference = np.array(state.timings["inference"]) * 1000
+    return {"fps": round(state.processed / wall, 1), "shown": state.shown,
+            "inference_ms_p50": round(float(np.median(inference)), 2),
+            "cores_busy": round(cpu / wall, 2), "decision": state.decision,
+            "reason": state.reason, "backend": model.backend}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--scenes", type=int, default=500)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--out", default=None, help="keep the exported files here")
+    args = parser.parse_args()
+    checkpoint = args.checkpoint or shipped_model("stoplight-detector", ".pt")
+    net, meta, _ = load_checkpoint(checkpoint)
+    folder = Path(args.out or tempfile.mkdtemp(prefix="detector-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"exporting {checkpoint} -> {folder}")
+    files = export_files(net, meta, folder)
+    results = {}
+    for split in ("val", "holdout"):
+        images, truths = validation_scenes(split, args.scenes)
+        n_small = sum(int(((b[:, 3] - b[:, 1]) < SMALL).sum()) for b, _ in truths)
+        print(f"\n{split}: {len(images)} scenes, {sum(len(c) for _, c in truths)} lights "
+              f"({n_small} under {SMALL:.0f} px)")
+        torch_found = detect_batch(net, images, meta)
+        rows = {"pytorch": summarise(torch_found, truths, meta.labels)}
+        strict = meta.extra["decode"]["score_threshold"]
+        torch_strict = [[d for d in found if d.score >= strict] for found in torch_found]
+        for name, path in files.items():
+            found = file_detections(path, images, threshold=0.05)
+            rows[name] = summarise(found, truths, meta.labels)
+            shown = [[d for d in f if d.score >= strict] for f in found]
+            rows[name]["agreement"] = agreement(torch_strict, shown)
+        for name, row in rows.items():
+            ap = " ".join(f"{k} {v:.3f}" for k, v in row["ap50"].items())
+            extra = ""
+            if "agreement" in row:
+                a = row["agreement"]
+                extra = f"  agree {100 * a['agree']:.1f}% (max {a['max_box_px']} px)"
+            print(f"  {name:12s} mAP@0.5 {row['map50']:.4f} ({ap})  mAP@0.5:0.95 "
+                  f"{row['map50_95']:.4f}  small {row['small_map50']:.4f}{extra}")
+        results[split] = rows
+    print("\nlive, int8 TFLite, synthetic street 320x240:")
+    for pace in (30.0, None):
+        row = live(files["tflite int8"], args.frames, pace)
+        results[f"live {'camera' if pace else 'flat-out'}"] = row
+        print(f"  {'camera pace' if pace else 'flat out':11s} {row['fps']:6.1f} FPS  "
+              f"inference p50 {row['inference_ms_p50']} ms  CPU {row['cores_busy']} cores  "
+              f"({row['decision']}: {row['reason']}; {row['backend']})")
+    (folder / "detector_bench.json").write_text(json.dumps(results, indent=2, default=float))
+    print(f"\nfigures in {folder / 'detector_bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

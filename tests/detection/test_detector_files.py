@@ -1,0 +1,163 @@
+"""The shipped detector through every path a user takes: export, load, predict, draw, live."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import edgepilot
+from edgepilot.assets import shipped_model
+from edgepilot.runtime.camera import FrameGrabber, SyntheticSource
+from edgepilot.runtime.detection import agreement
+from edgepilot.runtime.live import run_live
+
+torch = pytest.importorskip("torch")
+
+from edgepilot.train.checkpoint import load_checkpoint  # noqa: E402
+from edgepilot.train.detector import detect_batch, validation_scenes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return load_checkpoint(shipped_model("stoplight-detector", ".pt"))[:2]
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return validation_scenes("val", 40)
+
+
+@pytest.fixture(scope="module")
+def exported(detector, scenes, tmp_path_factory):
+    net, meta = detector
+    out = tmp_path_factory.mktemp("detector") / "det"
+    reports = edgepilot.export(net, torch.zeros(meta.input_shape), formats=["onnx", "tflite"],
+                               out=out, meta=meta, val_data=scenes, quiet=True)
+    return {r.format: r for r in reports}
+
+
+def test_exported_files_find_what_pytorch_finds(detector, scenes, exported):
+    """ONNX and TFLite against PyTorch on generated scenes: same lights, same labels, every
+    box edge within 2 px, through the runtime's letterboxing and decoding."""
+    net, meta = detector
+    images, _ = scenes
+    threshold = meta.extra["decode"]["score_threshold"]
+    reference = detect_batch(net, images, meta, score_threshold=threshold - 0.05)
+    assert sum(d.score >= threshold for found in reference for d in found) >= 30
+    for fmt, report in exported.items():
+        model = edgepilot.load(report.path)
+        assert model.meta.task == "detection"
+        assert all(d.score >= threshold for d in model.predict(images[0]))
+        found = [model.detect(image, score_threshold=threshold - 0.05) for image in images]
+        result = agreement(reference, found, threshold=threshold)
+        assert result["agree"] >= 0.98 and result["max_box_px"] <= 2.0, (fmt, result)
+        # The export report says the same, and carries mAP@0.5 as its accuracy.
+        assert report.notes["detections"]["agree"] >= 0.98, fmt
+        assert report.notes["metric"] == "mAP@0.5"
+        assert abs(report.accuracy_export - report.accuracy_torch) < 0.01, fmt
+
+
+def test_shipped_int8_file_keeps_the_detectors_map(detector):
+    """The int8 TFLite file the live demo runs, against PyTorch, on 150 held-out scenes."""
+    from edgepilot.runtime.detection import evaluate
+
+    net, meta = detector
+    images, truths = validation_scenes("val", 150)
+    model = edgepilot.load(shipped_model("stoplight-detector", "_int8.tflite"))
+    assert model.inputs[0].dtype == np.int8 or model.inputs[0].quantized
+    torch_map = evaluate(detect_batch(net, images, meta), truths, meta.labels)["map50"]
+    int8 = [model.detect(image, score_threshold=0.05) for image in images]
+    int8_map = evaluate(int8, truths, meta.labels)["map50"]
+    # Against the figure recorded when it was trained (500 scenes), and int8 against PyTorch.
+    recorded = json.loads(shipped_model("stoplight-detector", ".metrics.json").read_text())
+    assert torch_map > recorded["val"]["map50"] - 0.05, (torch_map, recorded["val"])
+    assert torch_map - int8_map <= 0.02, (torch_map, int8_map)
+
+
+def test_predict_prints_boxes_and_draws_them(scenes, tmp_path: Path):
+    images, truths = scenes
+    model = edgepilot.load(shipped_model("stoplight-detector"))
+    index = next(i for i, image in enumerate(images) if len(model.predict(image)) >= 2)
+    photo = tmp_path / "street.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(images[index], cv2.COLOR_RGB2BGR))
+    drawn = tmp_path / "out.jpg"
+    result = subprocess.run(
+        [sys.executable, "-m", "edgepilot.cli", "predict", "stoplight-detector", str(photo),
+         "--json", "--draw", str(drawn)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (entry,) = json.loads(result.stdout)["predictions"]
+    found = entry["detections"]
+    # What the API finds in the same file, boxes in the file's pixels.
+    expected = model.predict(str(photo))
+    assert found == [d.to_dict() for d in expected] and len(found) >= 2
+    picture = cv2.imread(str(drawn))
+    assert picture is not None and picture.shape == images[index].shape
+    assert np.abs(picture.astype(int) - images[index][..., ::-1]).mean() > 0.5  # boxes drawn
+    # Text output: one line per light, with its box.
+    text = subprocess.run([sys.executable, "-m", "edgepilot.cli", "predict",
+                           "stoplight-detector", str(photo)], capture_output=True, text=True,
+                          timeout=300)
+    assert text.returncode == 0 and len(text.stdout.strip().splitlines()) == len(found)
+
+
+def test_bench_reports_map_for_a_detector(scenes, tmp_path: Path):
+    """`bench --data` on a folder of images with YOLO labels: mAP instead of accuracy; the
+    same folder given to a classifier is a one-line error in its row."""
+    from edgepilot.runtime.detection import write_boxes_folder
+
+    images, truths = scenes
+    write_boxes_folder(tmp_path / "data", images[:20], truths[:20])
+    result = subprocess.run(
+        [sys.executable, "-m", "edgepilot.cli", "bench", "stoplight-detector", "stoplight",
+         "--data", str(tmp_path / "data"), "--json", "--runs", "5", "--threads", "1"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode in (0, 1), result.stderr
+    rows = {Path(r["model"]).stem: r for r in json.loads(result.stdout)["results"]}
+    detector, classifier = rows["stoplight_detector"], rows["stoplight"]
+    assert detector["metric"] == "mAP@0.5" and detector["n_data"] == 20
+    # The same figure as scoring the files by hand (read back from the folder's labels).
+    from edgepilot.runtime.detection import evaluate, read_boxes_folder
+
+    model = edgepilot.load(shipped_model("stoplight-detector"))
+    files, read = read_boxes_folder(tmp_path / "data")
+    expected = evaluate([model.detect(str(f), score_threshold=0.05) for f in files], read,
+                        model.meta.labels)
+    assert detector["accuracy"] == pytest.approx(expected["map50"], abs=1e-9)
+    assert detector["map50_95"] == pytest.approx(expected["map50_95"], abs=1e-9)
+    assert 0 < detector["map50_95"] < detector["accuracy"]
+    assert "YOLO .txt labels to a detector" in classifier["error"]
+
+
+def test_draw_refuses_classifiers(tmp_path: Path):
+    photo = tmp_path / "x.png"
+    cv2.imwrite(str(photo), np.zeros((64, 64, 3), np.uint8))
+    result = subprocess.run([sys.executable, "-m", "edgepilot.cli", "predict", "stoplight",
+                             str(photo), "--draw", str(tmp_path / "o.jpg")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "--draw is for detectors" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("state", ["red", "green"])
+def test_live_demo_follows_the_lights_and_decides(state):
+    """The webcam pipeline with the detector on the synthetic street (all its lights in one
+    state): the lights are followed, one decides, and GO/STOP is that light's state."""
+    model = edgepilot.load(shipped_model("stoplight-detector", "_int8.tflite"))
+    source = SyntheticSource(width=320, height=240, scene="street", period=1000.0)
+    source.index = SyntheticSource.CYCLE.index(state) * int(1000.0 * source.fps)
+    with FrameGrabber(source, pace=False) as grabber:
+        live = run_live(model, grabber, frames=12, smooth=5)
+    assert live.lights, "no light followed"
+    (deciding,) = [light for light in live.lights if light["decides"]]
+    assert live.label == deciding["state"]
+    assert live.score == pytest.approx(deciding["score"], abs=1e-3)
+    assert live.decision == ("GO" if live.label == "green" else "STOP")
+    assert live.reason.startswith("largest")
+    tallest = max(light["box"][3] - light["box"][1] for light in live.lights)
+    assert deciding["box"][3] - deciding["box"][1] >= 0.85 * tallest
