@@ -106,9 +106,22 @@ def _output_step(interpreter) -> float:
 def test_tflite_runtime_agrees_with_litert(compared, precision):
     theirs, ours, step, _ = compared[precision]
     assert theirs.shape == ours.shape == (N_IMAGES, 1, 4)
-    agree = np.mean(theirs.argmax(-1) == ours.argmax(-1))
-    assert agree == 1.0, f"{precision}: top-1 agrees on {agree:.1%} of {N_IMAGES} images"
+    differ = theirs.argmax(-1) != ours.argmax(-1)
+    agree = 1 - np.mean(differ)
     diff = np.abs(theirs.astype(np.float64) - ours.astype(np.float64)).max()
+    if precision != "int8":
+        assert agree == 1.0, f"{precision}: top-1 agrees on {agree:.1%} of {N_IMAGES} images"
+    else:
+        # The kernels round differently (below), so an image whose two best classes are about
+        # as close as the two runtimes' scores may flip: only such near-ties may disagree
+        # (measured: 2 of 500 for the classifier shipped at stop 11, none for the one before).
+        flat_ours, flat_theirs = ours.reshape(N_IMAGES, -1), theirs.reshape(N_IMAGES, -1)
+        top2 = np.sort(flat_ours, axis=1)[:, -2:]
+        gaps = (top2[:, 1] - top2[:, 0])[differ.reshape(-1)]
+        apart = np.abs(flat_theirs - flat_ours).max(1)[differ.reshape(-1)]
+        # A flip is explained when the two best scores are closer than twice the runtimes'
+        # difference on that very image.
+        assert agree >= 0.99 and (gaps <= 2 * apart).all(), (agree, gaps, apart, step)
     if precision == "int8":
         # Measured: scores within one step of the final int8 logits (0.0306) on 99.2% of the
         # images, at most 1.7 steps (0.053); the logits themselves differ by up to 9 steps
