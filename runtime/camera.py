@@ -102,7 +102,11 @@ class SyntheticSource:
                                                       width, height, scale=(0.45, 0.75))
                          for name, label in labels.items()}
         else:
-            config = scenes.StreetConfig(width, height, lightings=("day",), unlit_fraction=0)
+            # Drawn backgrounds only: the photographs come from packages a runtime-only
+            # install (pip install edgepilot) does not have.
+            drawn = tuple(b for b in stoplight.BACKGROUNDS if b not in ("photo", "night"))
+            config = scenes.StreetConfig(width, height, lightings=("day",), unlit_fraction=0,
+                                         backgrounds=drawn)
             seed = _street_seed(seed, config)
             self.base = {name: scenes.render_street(np.random.default_rng(seed), config,
                                                     state=scenes.STATES.index(name))[0]
