@@ -22,9 +22,10 @@ import numpy as np
 from edgepilot.errors import InputError
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.camera import FrameGrabber, FrameTimeout
-from edgepilot.runtime.detection import DETECTION_TASK, letterbox
+from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode, fit, letterbox
 from edgepilot.runtime.newest import Newest
 from edgepilot.runtime.overlay import draw_light
+from edgepilot.runtime.tracker import Tracker, relevant
 
 __all__ = ["LiveState", "Reading", "Smoother", "parse_roi", "decide", "model_input", "annotate",
            "run_live"]
@@ -180,9 +181,6 @@ class _Lights:
     detections said."""
 
     def __init__(self, meta: ModelMeta, smoother: Smoother, roi=None):
-        from edgepilot.runtime.detection import DecodeParams
-        from edgepilot.runtime.tracker import Tracker
-
         self.meta, self.params = meta, DecodeParams.from_meta(meta)
         self.tracker = Tracker(window=smoother.window.maxlen or 1)
         self.offset = (roi[0], roi[1]) if roi is not None else (0, 0)
@@ -190,9 +188,6 @@ class _Lights:
         self._geometry: dict = {}
 
     def __call__(self, outputs, frame_shape: tuple[int, int]):
-        from edgepilot.runtime.detection import decode, fit
-        from edgepilot.runtime.tracker import relevant
-
         shape = self.size or frame_shape
         if shape not in self._geometry:
             self._geometry[shape] = fit(shape, self.meta.input_size)[:2]
