@@ -46,11 +46,11 @@ class _Reader(q.CalibrationDataReader):
 
 
 def layer_files(folder: Path, layer) -> dict[str, Path]:
-    name, c_in, c_out, kernel, stride, groups, side = layer
+    _, c_in, c_out, kernel, stride, groups, side = layer
     conv = torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2,
                                                groups=groups), torch.nn.ReLU()).eval()
     x = torch.rand(1, c_in, side, side)
-    stem = folder / name.split(",")[0].replace(" ", "_")
+    stem = folder / f"layer{LAYERS.index(layer)}"
     files = {"fp32": stem.with_suffix(".onnx")}
     with warnings.catch_warnings():  # the TorchScript exporter: one plain layer needs no more
         warnings.simplefilter("ignore")
