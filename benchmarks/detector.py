@@ -2,10 +2,11 @@
 the live demo's speed with the int8 file on 320x240 frames.
 
     python benchmarks/detector.py [--checkpoint runs/stoplight_detector/stoplight_detector.pt]
-                                  [--scenes 500] [--frames 300] [--out DIR]
+                                  [--scenes 500] [--frames 300] [--out DIR | --files DIR]
 
 1. Exports the checkpoint (the shipped one by default) to ONNX and TFLite, fp32 and int8 (the
-   accuracy guard measures mAP@0.5 on validation scenes).
+   accuracy guard measures mAP@0.5 on validation scenes), or, with `--files DIR`, takes the
+   four files `edgepilot export CKPT --format onnx tflite --precision fp32 int8` wrote there.
 2. On `--scenes` held-out scenes of training's families ("val") and as many made only of the
    families training never saw ("holdout"): mAP@0.5 per state and mean, mAP@0.5:0.95, and
    mAP@0.5 of small lights (< 24 px tall), for PyTorch and each file through edgepilot's
@@ -79,13 +80,28 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=500)
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--out", default=None, help="keep the exported files here")
+    parser.add_argument("--files", default=None,
+                        help="folder with stoplight_detector{,_int8}.{onnx,tflite} already "
+                             "exported from the checkpoint: measure those, export nothing")
     args = parser.parse_args()
     checkpoint = args.checkpoint or shipped_model("stoplight-detector", ".pt")
     net, meta, _ = load_checkpoint(checkpoint)
-    folder = Path(args.out or tempfile.mkdtemp(prefix="detector-bench-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"exporting {checkpoint} -> {folder}")
-    files = export_files(net, meta, folder)
+    if args.files:
+        folder = Path(args.files)
+        files = {f"{fmt} {precision}": folder / f"stoplight_detector{suffix}.{fmt}"
+                 for fmt in ("onnx", "tflite")
+                 for precision, suffix in (("fp32", ""), ("int8", "_int8"))}
+        missing = [str(path) for path in files.values() if not path.is_file()]
+        if missing:
+            raise SystemExit(f"--files {folder}: missing {', '.join(missing)}; export the "
+                             f"checkpoint there first")
+        files = {name: str(path) for name, path in files.items()}
+        print(f"measuring the files in {folder} against {checkpoint}")
+    else:
+        folder = Path(args.out or tempfile.mkdtemp(prefix="detector-bench-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"exporting {checkpoint} -> {folder}")
+        files = export_files(net, meta, folder)
     results = {}
     for split in ("val", "holdout"):
         images, truths = validation_scenes(split, args.scenes)
