@@ -482,11 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
                    help="digits: plain SGD as in Nielsen's book, or AdamW")
     p.add_argument("--size", type=_positive_int, default=64, help="input size in pixels")
-    p.add_argument("--epochs", type=_positive_int, default=8)
+    p.add_argument("--epochs", type=_positive_int, default=6)
     p.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="default 128 (classifiers), 16 (detector)")
-    p.add_argument("--n-train", type=_positive_int, default=60_000)
+    p.add_argument("--n-train", type=_positive_int, default=120_000)
     p.add_argument("--n-val", type=_positive_int, default=2_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

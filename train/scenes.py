@@ -158,7 +158,8 @@ def render_street(rng: np.random.Generator, config: StreetConfig = StreetConfig(
         lit = None if rng.random() < config.unlit_fraction else rng.integers(3)
         if state is not None and lit is not None:
             lit = state
-        box = sl._draw_light(rng, img, lit, long_px, vertical, led, ambient, night, at=(cx, cy))
+        box = sl._draw_light(rng, img, lit, long_px, vertical, led, ambient, night, at=(cx, cy),
+                             weights=sl.STREET_HOUSING_WEIGHTS)
         taken.append(box)
         if lit is None:
             continue

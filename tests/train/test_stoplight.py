@@ -143,7 +143,7 @@ def test_config_rejects_unknown_names_and_lists_valid_ones(field: str, valid: tu
 
 @pytest.mark.parametrize("kwargs", [{"size": 15}, {"size": 0}, {"size": 32.5},
                                     {"empty_fraction": -0.1}, {"empty_fraction": 1.5},
-                                    {"jpeg_fraction": 2.0}])
+                                    {"jpeg_fraction": 2.0}, {"tilt": -0.2}, {"tilt": 1.1}])
 def test_config_rejects_bad_numbers(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         stoplight.SceneConfig(**kwargs)
@@ -259,6 +259,40 @@ def test_housing_restriction_is_obeyed() -> None:
     config = stoplight.SceneConfig(housings=("yellow",), empty_fraction=0.0, size=48)
     stoplight.generate(20, seed=4, config=config, info=info)
     assert {f["housing"] for f in info} == {"yellow"}
+
+
+@pytest.mark.parametrize("tilt", [0.0, 1.0])
+def test_tilt_sets_the_share_of_rolled_lights(tilt: float) -> None:
+    info: list[dict] = []
+    config = stoplight.SceneConfig(tilt=tilt, empty_fraction=0.0, size=32)
+    _, labels = stoplight.generate(40, seed=6, config=config, info=info)
+    tilted = [abs(f["angle"]) >= 12 for f in info if f["light"]]
+    assert len(tilted) == 40 and all(tilted) == (tilt == 1.0) and any(tilted) == (tilt == 1.0)
+
+
+def test_light_sizes_are_log_uniform_so_small_lights_are_common() -> None:
+    """Upright lights span 20-90% of the frame, log-uniformly: a third of them under 1/3 of
+    the frame (a uniform draw gives a fifth), the far lights a camera sees most."""
+    info: list[dict] = []
+    config = stoplight.SceneConfig(layouts=("vertical",), empty_fraction=0.0, size=24)
+    stoplight.generate(600, seed=8, config=config, info=info)
+    sizes = np.array([f["size"] for f in info if f["light"]])
+    assert len(sizes) == 600 and sizes.min() >= 0.2 and sizes.max() <= 0.9
+    small, large = np.mean(sizes < 1 / 3), np.mean(sizes >= 0.6)
+    assert 0.28 <= small <= 0.40 and 0.20 <= large <= 0.32, (small, large)
+
+
+def test_housings_are_drawn_as_often_as_their_weights() -> None:
+    """The classifier's images draw light-coloured housings more often than the detector's
+    street scenes do (the street weights are the ones the shipped detector was trained on)."""
+    assert stoplight.STREET_HOUSING_WEIGHTS["aluminium"] < stoplight._HOUSING_WEIGHTS["aluminium"]
+    info: list[dict] = []
+    config = stoplight.SceneConfig(empty_fraction=0.0, size=24)
+    stoplight.generate(800, seed=10, config=config, info=info)
+    housings = [f["housing"] for f in info if f["light"]]
+    weights = stoplight._HOUSING_WEIGHTS
+    expected = weights["aluminium"] / sum(weights.values())
+    assert abs(housings.count("aluminium") / len(housings) - expected) < 0.04
 
 
 @pytest.mark.parametrize("photo", ["coffee", "brick", "astronaut", "grace_hopper", "flower"])
