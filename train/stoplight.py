@@ -675,7 +675,8 @@ def render_scene(rng: np.random.Generator, label: int, width: int, height: int,
                  scale: tuple[float, float] = (0.12, 0.6), info: dict | None = None) -> np.ndarray:
     """One (height, width, 3) uint8 RGB frame, e.g. a 640x480 street scene for a live demo.
 
-    The light's long side spans `scale` x min(width, height) (horizontal lights a bit more).
+    The light's long side spans `scale` x min(width, height), drawn log-uniformly (horizontal
+    lights a bit more); `config.tilt` of the lights are rolled.
     `config.size` is ignored here. `info`, when given, receives the factors drawn: background
     (and photo), night, light (drawn or not), size (long side / short side of the frame),
     lamp_style, housing, orientation, clipped, blur, jpeg, white_balance."""
