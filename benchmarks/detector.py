@@ -88,14 +88,13 @@ def main() -> None:
     net, meta, _ = load_checkpoint(checkpoint)
     if args.files:
         folder = Path(args.files)
-        files = {f"{fmt} {precision}": folder / f"stoplight_detector{suffix}.{fmt}"
+        files = {f"{fmt} {precision}": str(folder / f"stoplight_detector{suffix}.{fmt}")
                  for fmt in ("onnx", "tflite")
                  for precision, suffix in (("fp32", ""), ("int8", "_int8"))}
-        missing = [str(path) for path in files.values() if not path.is_file()]
+        missing = [path for path in files.values() if not Path(path).is_file()]
         if missing:
             raise SystemExit(f"--files {folder}: missing {', '.join(missing)}; export the "
                              f"checkpoint there first")
-        files = {name: str(path) for name, path in files.items()}
         print(f"measuring the files in {folder} against {checkpoint}")
     else:
         folder = Path(args.out or tempfile.mkdtemp(prefix="detector-bench-"))

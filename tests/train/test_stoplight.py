@@ -273,7 +273,7 @@ def test_housing_restriction_is_obeyed() -> None:
 def test_tilt_sets_the_share_of_rolled_lights(tilt: float) -> None:
     info: list[dict] = []
     config = stoplight.SceneConfig(tilt=tilt, empty_fraction=0.0, size=32)
-    _, labels = stoplight.generate(40, seed=6, config=config, info=info)
+    stoplight.generate(40, seed=6, config=config, info=info)
     tilted = [abs(f["angle"]) >= 12 for f in info if f["light"]]
     assert len(tilted) == 40 and all(tilted) == (tilt == 1.0) and any(tilted) == (tilt == 1.0)
 
