@@ -148,11 +148,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from edgepilot.train.trainer import TrainConfig
 
     config = TrainConfig(epochs=args.epochs, steps=args.steps, seed=args.seed,
-                         batch_size=args.batch_size or 128, progress=not args.quiet)
+                         batch_size=args.batch_size or 128, lr=args.lr or TrainConfig.lr,
+                         progress=not args.quiet)
     summary = train_stoplight(args.out or "runs/stoplight", arch=args.arch or "stoplight_cnn",
                               size=args.size, n_train=args.n_train,
                               n_val=args.n_val, n_holdout=args.n_val, config=config,
-                              log=_log)
+                              init=args.init, log=_log)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -481,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "digit_cnn)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
                    help="digits: plain SGD as in Nielsen's book, or AdamW")
-    p.add_argument("--size", type=_positive_int, default=64, help="input size in pixels")
+    p.add_argument("--size", type=_positive_int, default=96, help="input size in pixels")
     p.add_argument("--epochs", type=_positive_int, default=6)
     p.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
     p.add_argument("--batch-size", type=_positive_int, default=None,
@@ -491,9 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
-                   help="detector: start from this checkpoint's weights (fine-tune)")
+                   help="start from this checkpoint's weights (fine-tune; stoplight: same "
+                        "--arch and --size)")
     p.add_argument("--lr", type=_positive_float, default=None,
-                   help="detector: peak learning rate (default 3e-3)")
+                   help="peak learning rate (default: stoplight 4e-3, detector 3e-3)")
     p.add_argument("--save-ranks", action="store_true",
                    help="detector under torchrun: also save each process's final weights")
     p.set_defaults(func=cmd_train)

@@ -84,6 +84,36 @@ def test_train_export_predict_round_trip(tmp_path):
     assert out.split("\t")[1] in ("red", "yellow", "green", "none")
 
 
+@pytest.mark.slow
+def test_fine_tune_starts_from_the_checkpoint_and_refuses_another_kind(tmp_path):
+    import torch
+
+    from edgepilot.train.checkpoint import load_checkpoint
+
+    common = ("--n-train", "128", "--n-val", "32", "--batch-size", "32", "--quiet")
+    run("train", "stoplight", "--out", tmp_path / "a", "--steps", "4", *common)
+    start = tmp_path / "a" / "stoplight.pt"
+    # A learning rate this small leaves the weights where --init put them.
+    run("train", "stoplight", "--out", tmp_path / "b", "--steps", "1", "--lr", "1e-9",
+        "--init", start, "--seed", "1", *common)
+    metrics = json.loads((tmp_path / "b" / "stoplight.metrics.json").read_text())
+    assert metrics["init"] == str(start)
+    (a, _, _), (b, _, _) = load_checkpoint(start), load_checkpoint(tmp_path / "b" / "stoplight.pt")
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)
+    # A fresh model's first layer is nowhere near the trained one.
+    run("train", "stoplight", "--out", tmp_path / "c", "--steps", "1", "--lr", "1e-9",
+        "--seed", "1", *common)
+    c, _, _ = load_checkpoint(tmp_path / "c" / "stoplight.pt")
+    assert not torch.allclose(next(a.parameters()), next(c.parameters()), atol=1e-3)
+
+    result = run("train", "stoplight", "--out", tmp_path / "d", "--init", start, "--size", "48",
+                 *common, check_code=1)
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --init {start} is a stoplight_cnn") and "at 48x48" in line
+    assert "Pass the matching --arch and --size" in line and not (tmp_path / "d").exists()
+
+
 def test_info_on_the_shipped_model_and_checkpoint():
     from edgepilot.assets import shipped_model
 
