@@ -71,7 +71,8 @@ def test_info_reads_the_program(files):
     info = inspect_model(files["int8"].path)
     assert info.format == "executorch"
     assert list(info.meta["labels"]) == ["red", "yellow", "green", "none"]
-    assert [t.shape for t in info.inputs] == [(1, 3, 64, 64)]
+    h, w = info.meta["input_size"]
+    assert [t.shape for t in info.inputs] == [(1, 3, h, w)]
     assert info.details["delegated subgraphs"] == {"XnnpackBackend": 1}
 
 

@@ -24,7 +24,7 @@ def reports(tmp_path_factory):
     result = []
     for fmt in ("onnx", "tflite"):
         precisions = list(edgepilot.formats.format_by_name(fmt).precisions)
-        result += edgepilot.export(net, torch.zeros(1, 3, 64, 64), formats=fmt,
+        result += edgepilot.export(net, torch.zeros(meta.input_shape), formats=fmt,
                                    precision=precisions, out=out, meta=meta, val_data=val,
                                    quiet=True)
     return {(r.format, r.precision): r for r in result}
@@ -94,13 +94,14 @@ def test_full_int8_tflite_has_int8_io_nhwc_and_standard_metadata(reports):
     path = reports["tflite", "int8"].path
     model = edgepilot.load(path)
     [image], [scores] = model.inputs, model.outputs
-    assert image.shape == (1, 64, 64, 3) and image.dtype == np.int8
+    h, w = model.meta.input_size
+    assert image.shape == (1, h, w, 3) and image.dtype == np.int8
     assert (image.scale, image.zero_point) == (1.0, -128)  # pixel - 128, exactly
     assert scores.dtype == np.float32  # int8 logits, then the softmax in float (#18)
     metadata = read_metadata(Path(path).read_bytes())
     assert metadata.labels == ["red", "yellow", "green", "none"]
     assert metadata.mean == [0.0] and metadata.std == [1.0] and metadata.color == "RGB"
-    assert metadata.image_size == (64, 64)
+    assert metadata.image_size == (h, w)
     # The runtime hides the int8 boundary: uint8 image in, probabilities out.
-    p = model.predict(np.zeros((64, 64, 3), np.uint8))
+    p = model.predict(np.zeros((h, w, 3), np.uint8))
     assert abs(sum(p.scores.values()) - 1) < 0.02

@@ -32,13 +32,15 @@ from edgepilot.runtime.backend import Backend, TensorInfo
 from edgepilot.runtime.image import check_image, read_image
 from edgepilot.runtime.model import Model
 
+#: Side of the shipped stoplight model's square input, read from the model itself.
+SIDE = edgepilot.load(shipped_model("stoplight")).meta.input_size[0]
 STOPLIGHT_META = json.loads(ModelMeta(
-    name="stoplight", labels=("red", "yellow", "green", "none"), input_size=(64, 64),
+    name="stoplight", labels=("red", "yellow", "green", "none"), input_size=(SIDE, SIDE),
     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).to_json())
 
 
 def onnx_with_meta(tmp_path: Path, entry: str, name: str = "m.onnx") -> Path:
-    """The shipped stoplight .onnx (input 1x3x64x64, 4 logits) with `entry` as its
+    """The shipped stoplight .onnx (input 1x3xSIDExSIDE, 4 logits) with `entry` as its
     edgepilot metadata."""
     onnx = pytest.importorskip("onnx")
     model = onnx.load(str(shipped_model("stoplight")))
@@ -59,10 +61,10 @@ def meta_json(**changes) -> str:
 
 @pytest.mark.parametrize("changes,needle", [
     ({"input_size": [20000, 20000]}, "larger than 4096"),  # predict resized to this: 15 GB
-    ({"input_size": [1e300, 64]}, "whole numbers"),
+    ({"input_size": [1e300, SIDE]}, "whole numbers"),
     ({"input_size": [128, 128]}, "does not fit its own model.*1x3x128x128.*input 'input'"),
-    ({"layout": "NHWC"}, "does not fit.*1x64x64x3"),
-    ({"color": "GRAY", "mean": [0.5], "std": [0.25]}, "does not fit.*1x1x64x64"),
+    ({"layout": "NHWC"}, f"does not fit.*1x{SIDE}x{SIDE}x3"),
+    ({"color": "GRAY", "mean": [0.5], "std": [0.25]}, f"does not fit.*1x1x{SIDE}x{SIDE}"),
     ({"labels": ["a", "b"]}, "holds 4 values but the metadata has 2 labels"),
     ({"mean": [0.5, 0.5, 0.5, 0.5], "std": [1, 1, 1, 1]}, "mean has 4 items, more than 3"),
     ({"color": "GRAY", "mean": [0.5, 0.5], "std": [1, 1]}, "2 values but color GRAY has 1"),
@@ -80,8 +82,9 @@ def test_metadata_is_checked_against_the_model_at_load(tmp_path, changes, needle
 
 
 def test_a_meta_argument_that_does_not_fit_is_an_input_error(tmp_path):
-    meta = ModelMeta.from_json(meta_json(input_size=[96, 96]))
-    with pytest.raises(InputError, match="meta passed.*does not fit.*1x3x96x96"):
+    other = SIDE + 32  # any size but the model's own
+    meta = ModelMeta.from_json(meta_json(input_size=[other, other]))
+    with pytest.raises(InputError, match=f"meta passed.*does not fit.*1x3x{other}x{other}"):
         edgepilot.load(shipped_model("stoplight"), meta=meta)
 
 
@@ -435,7 +438,7 @@ def test_external_data_inside_the_folder_loads(tmp_path):
     path = _external(tmp_path, "m.data")
     model = edgepilot.load(path)
     expected = edgepilot.load(shipped_model("stoplight"))
-    x = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(1, 3, SIDE, SIDE)).astype(np.float32)
     np.testing.assert_allclose(model(x), expected(x), rtol=1e-5, atol=1e-5)
 
 
@@ -523,4 +526,4 @@ def test_nan_outputs_are_not_a_prediction():
 def test_empty_edgepilot_entry_is_no_metadata(tmp_path, entry):
     model = edgepilot.load(onnx_with_meta(tmp_path, entry))
     assert model.meta is None
-    assert model(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 4)
+    assert model(np.zeros((1, 3, SIDE, SIDE), np.float32)).shape == (1, 4)
