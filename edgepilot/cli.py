@@ -118,6 +118,10 @@ def check_output_file(target: str | Path, option: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out:
         check_output_folder(args.out, "--out")
+    for flag, value in (("--init", args.init), ("--lr", args.lr)):
+        if value is not None and args.task in ("neuron", "digits"):
+            raise InputError(f"{flag} applies to 'train stoplight' and 'train stoplight-detector', "
+                             f"not '{args.task}': leave it out")
     if args.task == "neuron":
         from edgepilot.train.classic import train_neuron
 

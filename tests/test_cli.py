@@ -50,6 +50,8 @@ def test_one_bad_image_is_reported_and_the_rest_still_run(tmp_path):
     (["predict", "model.onxx", "x.png"], "Did you mean '.onnx'?"),
     (["predict", "missing.onnx", "x.png"], "Model file not found"),
     (["export", "missing.pt"], "Model not found: 'missing.pt'"),
+    (["train", "digits", "--init", "runs/x.pt"], "--init applies to 'train stoplight'"),
+    (["train", "neuron", "--lr", "0.1"], "--lr applies to 'train stoplight'"),
 ])
 def test_errors_are_one_line_and_exit_1(args, needle):
     result = run(*args, check_code=1)
