@@ -122,6 +122,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None and args.task in ("neuron", "digits"):
             raise InputError(f"{flag} applies to 'train stoplight' and 'train stoplight-detector', "
                              f"not '{args.task}': leave it out")
+    if args.light_size is not None and args.task != "stoplight":
+        raise InputError(f"--light-size applies to 'train stoplight', not '{args.task}': "
+                         "leave it out")
     if args.task == "neuron":
         from edgepilot.train.classic import train_neuron
 
@@ -157,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train_stoplight(args.out or "runs/stoplight", arch=args.arch or "stoplight_cnn",
                               size=args.size, n_train=args.n_train,
                               n_val=args.n_val, n_holdout=args.n_val, config=config,
-                              init=args.init, log=_log)
+                              init=args.init, light_size=args.light_size, log=_log)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -500,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--arch and --size)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="peak learning rate (default: stoplight 4e-3, detector 3e-3)")
+    p.add_argument("--light-size", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="stoplight: range of the light's long side in training images, as a "
+                        "share of the frame (default 0.2 0.9; validation keeps the default)")
     p.add_argument("--save-ranks", action="store_true",
                    help="detector under torchrun: also save each process's final weights")
     p.set_defaults(func=cmd_train)

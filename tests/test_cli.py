@@ -52,6 +52,8 @@ def test_one_bad_image_is_reported_and_the_rest_still_run(tmp_path):
     (["export", "missing.pt"], "Model not found: 'missing.pt'"),
     (["train", "digits", "--init", "runs/x.pt"], "--init applies to 'train stoplight'"),
     (["train", "neuron", "--lr", "0.1"], "--lr applies to 'train stoplight'"),
+    (["train", "digits", "--light-size", "0.1", "0.5"], "--light-size applies to"),
+    (["train", "stoplight", "--light-size", "0.5", "0.2"], "light_size must be two numbers"),
 ])
 def test_errors_are_one_line_and_exit_1(args, needle):
     result = run(*args, check_code=1)
@@ -97,9 +99,11 @@ def test_fine_tune_starts_from_the_checkpoint_and_refuses_another_kind(tmp_path)
     start = tmp_path / "a" / "stoplight.pt"
     # A learning rate this small leaves the weights where --init put them.
     run("train", "stoplight", "--out", tmp_path / "b", "--steps", "1", "--lr", "1e-9",
-        "--init", start, "--seed", "1", *common)
+        "--init", start, "--seed", "1", "--light-size", "0.15", "0.9", *common)
     metrics = json.loads((tmp_path / "b" / "stoplight.metrics.json").read_text())
-    assert metrics["init"] == str(start)
+    assert metrics["init"] == str(start) and metrics["light_size"] == [0.15, 0.9]
+    assert json.loads((tmp_path / "a" / "stoplight.metrics.json").read_text())[
+        "light_size"] == [0.2, 0.9]
     (a, _, _), (b, _, _) = load_checkpoint(start), load_checkpoint(tmp_path / "b" / "stoplight.pt")
     for (name, x), y in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)

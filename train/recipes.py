@@ -14,7 +14,7 @@ from pathlib import Path
 from edgepilot.errors import InputError, require
 from edgepilot.meta import ModelMeta
 from edgepilot.train.checkpoint import load_checkpoint, save_checkpoint
-from edgepilot.train.datasets import HOLDOUT, load_dataset
+from edgepilot.train.datasets import HOLDOUT, load_dataset, scene_config
 from edgepilot.train.models import count_parameters, create_model
 from edgepilot.train.robustness import format_report, robustness_report, worst
 from edgepilot.train.stoplight import LABELS
@@ -36,11 +36,13 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                     size: int = 96, n_train: int = 120_000, n_val: int = 2_000,
                     n_holdout: int = 2_000, arch_config: dict | None = None,
                     config: TrainConfig | None = None, init: str | Path | None = None,
-                    log=print) -> dict:
+                    light_size: tuple[float, float] | None = None, log=print) -> dict:
     """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.
 
     `init`: a stoplight checkpoint of the same architecture and input size to start from
     (fine-tuning, e.g. on another seed's images at a lower learning rate).
+    `light_size`: range of light sizes of the training images (`SceneConfig.light_size`);
+    validation and the robustness report keep the generator's default range.
 
     Returns a summary: parameters, accuracies on the validation and held-out sets, the worst
     factors of the robustness report, time.
@@ -54,13 +56,19 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     meta = stoplight_meta(size)
+    try:  # a bad range is refused before any work
+        scenes = scene_config("train", light_size)
+    except ValueError as err:
+        raise InputError(f"light size: {err}") from None
     arch_config = {"num_classes": len(LABELS), **(arch_config or {})}
     model = create_model(arch, **arch_config)
     if init is not None:
         _start_from(model, init, arch, arch_config, meta)
     log(f"{arch}: {count_parameters(model):,} parameters; generating {n_train:,} training "
-        f"images (held out of training: {HOLDOUT})")
-    train = load_dataset("stoplight", "train", n_train, (size, size), seed=config.seed)
+        f"images, lights {scenes.light_size[0]:g}-{scenes.light_size[1]:g} of the frame "
+        f"(held out of training: {HOLDOUT})")
+    train = load_dataset("stoplight", "train", n_train, (size, size), seed=config.seed,
+                         light_size=light_size)
     val = load_dataset("stoplight", "val", n_val, (size, size))
     log(f"data ready in {time.perf_counter() - started:.1f} s")
     history = fit(model, train, val, meta, config)
@@ -74,6 +82,7 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
         "arch": arch,
         "input_size": list(meta.input_size),
         "init": str(init) if init is not None else None,
+        "light_size": list(scenes.light_size),
         "parameters": count_parameters(model),
         "val_accuracy": history["val_accuracy"],
         "n_val": n_val,

@@ -118,6 +118,9 @@ class SceneConfig:
     empty_fraction: float = 0.5  # share of `none` images with no light at all (rest: unlit housing)
     jpeg_fraction: float = 0.3
     tilt: float = 0.3  # share of lights rolled by 12-40 degrees
+    # Range of the light's long side as a share of the frame's short side (`render`), drawn
+    # log-uniformly. Training on a lower floor than the evaluation sets use teaches far lights.
+    light_size: tuple[float, float] = (0.2, 0.9)
 
     def __post_init__(self) -> None:
         names = {"layouts": LAYOUTS, "backgrounds": BACKGROUNDS, "lamp_styles": LAMP_STYLES,
@@ -136,6 +139,14 @@ class SceneConfig:
         for field in ("empty_fraction", "jpeg_fraction", "tilt"):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 raise ValueError(f"{field} must be in [0, 1], got {getattr(self, field)!r}")
+        try:
+            lo, hi = (float(v) for v in self.light_size)
+        except (TypeError, ValueError):
+            lo = hi = math.nan
+        if not 0.05 <= lo <= hi <= 1.0:  # also False for NaN
+            raise ValueError(f"light_size must be two numbers 0.05 <= low <= high <= 1 (share of "
+                             f"the frame's short side), got {self.light_size!r}")
+        object.__setattr__(self, "light_size", (lo, hi))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -677,9 +688,9 @@ def render_scene(rng: np.random.Generator, label: int, width: int, height: int,
 
     The light's long side spans `scale` x min(width, height), drawn log-uniformly (horizontal
     lights a bit more); `config.tilt` of the lights are rolled.
-    `config.size` is ignored here. `info`, when given, receives the factors drawn: background
-    (and photo), night, light (drawn or not), size (long side / short side of the frame),
-    lamp_style, housing, orientation, clipped, blur, jpeg, white_balance."""
+    `config.size` and `config.light_size` are ignored here. `info`, when given, receives the
+    factors drawn: background (and photo), night, light (drawn or not), size (long side / short
+    side of the frame), lamp_style, housing, orientation, clipped, blur, jpeg, white_balance."""
     if label not in range(len(LABELS)):
         raise ValueError(f"label must be in 0..{len(LABELS) - 1} {LABELS}, got {label!r}")
     info = {} if info is None else info
@@ -718,8 +729,9 @@ def render_scene(rng: np.random.Generator, label: int, width: int, height: int,
 
 def render(rng: np.random.Generator, label: int, config: SceneConfig = SceneConfig(),
            info: dict | None = None) -> np.ndarray:
-    """One image, (size, size, 3) uint8 RGB; the housing spans ~20-90% of the frame."""
-    return render_scene(rng, label, config.size, config.size, config, scale=(0.2, 0.9),
+    """One image, (size, size, 3) uint8 RGB; the housing spans `config.light_size` of the
+    frame (default 20-90%)."""
+    return render_scene(rng, label, config.size, config.size, config, scale=config.light_size,
                         info=info)
 
 

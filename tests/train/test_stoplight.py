@@ -290,6 +290,29 @@ def test_light_sizes_are_log_uniform_so_small_lights_are_common() -> None:
     assert 0.28 <= small <= 0.40 and 0.20 <= large <= 0.32, (small, large)
 
 
+def test_light_size_sets_the_range_and_leaves_the_default_images_alone() -> None:
+    """A lower floor draws far lights down to it; the default range renders the same images as
+    before the option existed (the shipped model's report must not move)."""
+    info: list[dict] = []
+    config = stoplight.SceneConfig(layouts=("vertical",), empty_fraction=0.0, size=24,
+                                   light_size=(0.1, 0.3))
+    stoplight.generate(200, seed=8, config=config, info=info)
+    sizes = np.array([f["size"] for f in info])
+    assert sizes.min() >= 0.1 and sizes.max() <= 0.3 and np.mean(sizes < 0.2) > 0.5
+    default = stoplight.SceneConfig(size=24)
+    same = stoplight.SceneConfig(size=24, light_size=[0.2, 0.9])
+    assert same.light_size == default.light_size == (0.2, 0.9)
+    assert np.array_equal(stoplight.generate(6, seed=2, config=default)[0],
+                          stoplight.generate(6, seed=2, config=same)[0])
+
+
+@pytest.mark.parametrize("bad", [(0.5, 0.2), (0.0, 0.5), (0.2, 1.5), (0.2, float("nan")),
+                                 (0.2,), "0.2 0.9", None])
+def test_bad_light_size_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="light_size must be two numbers 0.05 <= low <= high"):
+        stoplight.SceneConfig(light_size=bad)
+
+
 def test_housings_are_drawn_as_often_as_their_weights() -> None:
     """The classifier's images draw light-coloured housings more often than the detector's
     street scenes do (the street weights are the ones the shipped detector was trained on)."""
@@ -323,6 +346,20 @@ def test_different_photos_give_different_images() -> None:
     assert not np.array_equal(images("coffee"), images("brick"))
 
 
+def test_light_size_reaches_the_training_split_only() -> None:
+    from edgepilot.errors import EdgepilotError
+    from edgepilot.train import datasets
+
+    assert datasets.scene_config("train", (0.1, 0.4)).light_size == (0.1, 0.4)
+    assert datasets.scene_config("val").light_size == stoplight.SceneConfig().light_size
+    default = datasets.load_dataset("stoplight", "train", 8, (32, 32), seed=3)[0]
+    small = datasets.load_dataset("stoplight", "train", 8, (32, 32), seed=3,
+                                  light_size=(0.1, 0.2))[0]
+    assert not np.array_equal(default, small)
+    with pytest.raises(EdgepilotError, match="Dataset 'digits' takes no options"):
+        datasets.load_dataset("digits", "val", 1, (28, 28), light_size=(0.1, 0.2))
+
+
 def test_missing_photo_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from edgepilot.errors import MissingDependencyError
     from edgepilot.train import datasets
@@ -333,7 +370,7 @@ def test_missing_photo_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     config = stoplight.SceneConfig(backgrounds=("photo",), photos=("coffee",), size=32)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'edgepilot\[export\]'"):
         stoplight.generate(1, config=config)
-    monkeypatch.setattr(datasets, "scene_config", lambda split: config)
+    monkeypatch.setattr(datasets, "scene_config", lambda split, light_size=None: config)
     with pytest.raises(MissingDependencyError, match=r"edgepilot\[export\]"):
         datasets.load_dataset("stoplight", "val", 1, (32, 32))
 
