@@ -122,9 +122,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None and args.task in ("neuron", "digits"):
             raise InputError(f"{flag} applies to 'train stoplight' and 'train stoplight-detector', "
                              f"not '{args.task}': leave it out")
-    if args.light_size is not None and args.task != "stoplight":
-        raise InputError(f"--light-size applies to 'train stoplight', not '{args.task}': "
-                         "leave it out")
+    for flag, value in (("--light-size", args.light_size), ("--interpolate", args.interpolate)):
+        if value is not None and args.task != "stoplight":
+            raise InputError(f"{flag} applies to 'train stoplight', not '{args.task}': "
+                             "leave it out")
+    if args.interpolate is not None and args.init is None:
+        raise InputError("--interpolate needs --init: it blends the fine-tuned weights with "
+                         "the starting checkpoint's")
     if args.task == "neuron":
         from edgepilot.train.classic import train_neuron
 
@@ -160,7 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train_stoplight(args.out or "runs/stoplight", arch=args.arch or "stoplight_cnn",
                               size=args.size, n_train=args.n_train,
                               n_val=args.n_val, n_holdout=args.n_val, config=config,
-                              init=args.init, light_size=args.light_size, log=_log)
+                              init=args.init, light_size=args.light_size,
+                              interpolate=args.interpolate, log=_log)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -506,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--light-size", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="stoplight: range of the light's long side in training images, as a "
                         "share of the frame (default 0.2 0.9; validation keeps the default)")
+    p.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
+                   help="stoplight, with --init: save init + ALPHA x (fine-tuned - init), "
+                        "0..1 (weight-space interpolation, WiSE-FT; default: the fine-tune)")
     p.add_argument("--save-ranks", action="store_true",
                    help="detector under torchrun: also save each process's final weights")
     p.set_defaults(func=cmd_train)

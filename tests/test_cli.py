@@ -54,6 +54,9 @@ def test_one_bad_image_is_reported_and_the_rest_still_run(tmp_path):
     (["train", "neuron", "--lr", "0.1"], "--lr applies to 'train stoplight'"),
     (["train", "digits", "--light-size", "0.1", "0.5"], "--light-size applies to"),
     (["train", "stoplight", "--light-size", "0.5", "0.2"], "light_size must be two numbers"),
+    (["train", "stoplight", "--interpolate", "0.5"], "--interpolate needs --init"),
+    (["train", "stoplight", "--init", "x.pt", "--interpolate", "2"], "must be in [0, 1]"),
+    (["train", "digits", "--interpolate", "0.5"], "--interpolate applies to 'train stoplight'"),
 ])
 def test_errors_are_one_line_and_exit_1(args, needle):
     result = run(*args, check_code=1)
@@ -107,6 +110,22 @@ def test_fine_tune_starts_from_the_checkpoint_and_refuses_another_kind(tmp_path)
     (a, _, _), (b, _, _) = load_checkpoint(start), load_checkpoint(tmp_path / "b" / "stoplight.pt")
     for (name, x), y in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)
+    # --interpolate blends the fine-tune with its start (WiSE-FT): half way, every float tensor.
+    run("train", "stoplight", "--out", tmp_path / "e", "--steps", "2", "--lr", "1e-2",
+        "--init", start, "--seed", "1", *common)
+    run("train", "stoplight", "--out", tmp_path / "h", "--steps", "2", "--lr", "1e-2",
+        "--init", start, "--seed", "1", "--interpolate", "0.5", *common)
+    (e, _, _), (h, _, _) = load_checkpoint(tmp_path / "e" / "stoplight.pt"), load_checkpoint(
+        tmp_path / "h" / "stoplight.pt")
+    moved = 0.0
+    for name, x in a.state_dict().items():
+        if x.dtype.is_floating_point:
+            y, z = e.state_dict()[name], h.state_dict()[name]
+            torch.testing.assert_close(z, (x + y) / 2, rtol=0, atol=1e-6, msg=name)
+            moved = max(moved, float((y - x).abs().max()))
+    assert moved > 1e-3  # the fine-tune did change the weights
+    assert json.loads((tmp_path / "h" / "stoplight.metrics.json").read_text())[
+        "interpolate"] == 0.5
     # A fresh model's first layer is nowhere near the trained one.
     run("train", "stoplight", "--out", tmp_path / "c", "--steps", "1", "--lr", "1e-9",
         "--seed", "1", *common)

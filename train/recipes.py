@@ -18,7 +18,7 @@ from edgepilot.train.datasets import HOLDOUT, load_dataset, scene_config
 from edgepilot.train.models import count_parameters, create_model
 from edgepilot.train.robustness import format_report, robustness_report, worst
 from edgepilot.train.stoplight import LABELS
-from edgepilot.train.trainer import TrainConfig, fit, predict_logits
+from edgepilot.train.trainer import TrainConfig, accuracy, fit, predict_logits
 
 # torch comes with the export extra; say so instead of a bare ModuleNotFoundError.
 torch = require("torch", "export", "Training")
@@ -36,13 +36,18 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                     size: int = 96, n_train: int = 120_000, n_val: int = 2_000,
                     n_holdout: int = 2_000, arch_config: dict | None = None,
                     config: TrainConfig | None = None, init: str | Path | None = None,
-                    light_size: tuple[float, float] | None = None, log=print) -> dict:
+                    light_size: tuple[float, float] | None = None,
+                    interpolate: float | None = None, log=print) -> dict:
     """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.
 
     `init`: a stoplight checkpoint of the same architecture and input size to start from
     (fine-tuning, e.g. on another seed's images at a lower learning rate).
     `light_size`: range of light sizes of the training images (`SceneConfig.light_size`);
     validation and the robustness report keep the generator's default range.
+    `interpolate` (with `init`): the saved weights are `init + interpolate * (fine-tuned - init)`,
+    every float tensor including batch-norm statistics: weight-space interpolation between a
+    model and its fine-tune (WiSE-FT, Wortsman et al. 2022), which keeps much of what the start
+    knew while adding what the fine-tune learned. 1 (or None) saves the plain fine-tune.
 
     Returns a summary: parameters, accuracies on the validation and held-out sets, the worst
     factors of the robustness report, time.
@@ -60,6 +65,9 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
         scenes = scene_config("train", light_size)
     except ValueError as err:
         raise InputError(f"light size: {err}") from None
+    if interpolate is not None and (init is None or not 0.0 <= interpolate <= 1.0):
+        raise InputError(f"interpolate must be in [0, 1] and needs a checkpoint to start from "
+                         f"(--init), got {interpolate!r} with init={init!r}")
     arch_config = {"num_classes": len(LABELS), **(arch_config or {})}
     model = create_model(arch, **arch_config)
     if init is not None:
@@ -71,7 +79,15 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                          light_size=light_size)
     val = load_dataset("stoplight", "val", n_val, (size, size))
     log(f"data ready in {time.perf_counter() - started:.1f} s")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
     history = fit(model, train, val, meta, config)
+    if interpolate is not None and interpolate != 1.0:
+        _interpolate(model, start, interpolate)
+        fine_tuned = history["val_accuracy"]
+        history["val_accuracy"] = accuracy(model, *val, meta)
+        log(f"weights interpolated {interpolate:g} of the way from --init to the fine-tune: "
+            f"validation {100 * fine_tuned:.2f}% -> {100 * history['val_accuracy']:.2f}%")
+    del start
     del train  # the robustness report renders its own images
     report = robustness_report(
         {"pytorch": lambda images: predict_logits(model, images, meta).argmax(1)},
@@ -83,6 +99,7 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
         "input_size": list(meta.input_size),
         "init": str(init) if init is not None else None,
         "light_size": list(scenes.light_size),
+        "interpolate": interpolate,
         "parameters": count_parameters(model),
         "val_accuracy": history["val_accuracy"],
         "n_val": n_val,
@@ -102,6 +119,14 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     (out / "stoplight.metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["checkpoint"] = str(path)
     return summary
+
+
+def _interpolate(model, start: dict, alpha: float) -> None:
+    """Set every float tensor of `model` to start + alpha * (current - start), in place."""
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.copy_(torch.lerp(start[name], value, alpha))
 
 
 def _start_from(model, init: str | Path, arch: str, arch_config: dict, meta: ModelMeta) -> None:
