@@ -5,7 +5,9 @@ Silent accuracy collapse is the failure users hit most with int8. After each int
 guard measures accuracy on validation images; while the drop exceeds `max_drop` points it asks
 the format's exporter which layers lose the most signal-to-quantization-noise ratio (SQNR,
 float vs quantized activations on calibration images), tries the worst few in float, and keeps
-the one that recovers the most accuracy.
+the one that recovers the most accuracy. Once within budget, it tries each kept layer back in
+int8 and leaves it there if the budget still holds: a layer kept early can be made useless by
+one kept later, and every float layer costs size and speed.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ class Guard:
                           f"{chosen.sqnr_db:.1f} dB); in float the drop is "
                           f"{self._drop(accuracy):.2f} points (best of {len(trials)} tried)"})
         if self._drop(accuracy) <= self.max_drop:
-            return path
+            return self._prune(quantize, keep, path, accuracy, fmt, over, trial_s)
         names = ", ".join(shown.get(k, k) for k in keep) or "none could be"
         spent = self.clock() - started
         why = (f"the guard stopped at its time budget ({self.budget_s:.0f} s; {spent:.0f} s "
@@ -182,6 +184,29 @@ class Guard:
             "(--calib), another calibration method, a larger --max-drop or --guard-budget, "
             "or fp16 / dynamic precision."
         )
+
+    def _prune(self, quantize: Callable[[list[str]], Path], keep: list[str], path: Path,
+               accuracy: float, fmt: str, over: Callable[[float], bool], trial_s: float) -> Path:
+        """Put kept layers back in int8, first kept first, while the budget still holds."""
+        if len(keep) < 2:  # one layer was needed: without it the drop was over budget
+            return path
+        for layer in list(keep):
+            if over(trial_s):
+                break
+            rest = [k for k in keep if k != layer]
+            if not rest:  # all int8 was measured first, and it was over budget
+                break
+            trial = quantize(rest)
+            trial_accuracy = self.evaluate(trial)
+            self._attempt(rest, trial_accuracy)
+            if self._drop(trial_accuracy) > self.max_drop:
+                continue
+            keep[:], path, accuracy = rest, trial, trial_accuracy
+            entry = next(k for k in self.kept if k["tensor"] == layer)
+            self.kept.remove(entry)
+            self._say(f"{fmt} int8: {entry['layer']} is not needed in float after all: "
+                      f"accuracy {100 * accuracy:.2f}% (drop {self._drop(accuracy):.2f} points)")
+        return path
 
     def _say(self, line: str) -> None:
         if self.progress is not None:

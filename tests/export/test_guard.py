@@ -123,3 +123,28 @@ def test_accuracy_decides_among_the_proposed_layers(tmp_path):
     layers = [LayerError("x", 1.0, 30.0), LayerError("y", 2.0, 20.0)]
     assert guard.run(quantize, lambda path: layers, "onnx").name == "y"
     assert [k["layer"] for k in guard.kept] == ["y"]
+
+
+def test_a_layer_made_useless_by_a_later_one_goes_back_to_int8(tmp_path):
+    def quantize(keep):
+        return tmp_path / ("+".join(keep) or "none")
+
+    # One candidate per step: "x" (ranked worst) is kept first though only "y" matters.
+    guard = Guard(evaluate=lambda p: 0.9 if "y" in p.name.split("+") else 0.5, baseline=0.9,
+                  candidates=1)
+    ranked = [LayerError("x", 1.0, 30.0), LayerError("y", 2.0, 20.0)]
+    assert guard.run(quantize, lambda path: ranked, "onnx").name == "y"
+    assert [k["layer"] for k in guard.kept] == ["y"]
+    assert [a["kept_float"] for a in guard.attempts] == [[], ["x"], ["x", "y"], ["y"]]
+
+
+def test_layers_needed_together_both_stay_in_float(tmp_path):
+    def quantize(keep):
+        return tmp_path / ("+".join(sorted(keep)) or "none")
+
+    guard = Guard(evaluate=lambda p: 0.9 if p.name == "x+y" else 0.5, baseline=0.9,
+                  candidates=1)
+    ranked = [LayerError("x", 1.0, 30.0), LayerError("y", 2.0, 20.0)]
+    assert guard.run(quantize, lambda path: ranked, "onnx").name == "x+y"
+    assert [k["layer"] for k in guard.kept] == ["x", "y"]
+    assert [a["kept_float"] for a in guard.attempts][-2:] == [["y"], ["x"]]  # both tried back
