@@ -79,9 +79,10 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                          light_size=light_size)
     val = load_dataset("stoplight", "val", n_val, (size, size))
     log(f"data ready in {time.perf_counter() - started:.1f} s")
-    start = {k: v.clone() for k, v in model.state_dict().items()}
+    blend = interpolate is not None and interpolate != 1.0
+    start = {k: v.clone() for k, v in model.state_dict().items()} if blend else {}
     history = fit(model, train, val, meta, config)
-    if interpolate is not None and interpolate != 1.0:
+    if blend:
         _interpolate(model, start, interpolate)
         fine_tuned = history["val_accuracy"]
         history["val_accuracy"] = accuracy(model, *val, meta)
