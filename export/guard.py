@@ -188,8 +188,6 @@ class Guard:
     def _prune(self, quantize: Callable[[list[str]], Path], keep: list[str], path: Path,
                accuracy: float, fmt: str, over: Callable[[float], bool], trial_s: float) -> Path:
         """Put kept layers back in int8, first kept first, while the budget still holds."""
-        if len(keep) < 2:  # one layer was needed: without it the drop was over budget
-            return path
         for layer in list(keep):
             if over(trial_s):
                 break
