@@ -126,9 +126,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None and args.task != "stoplight":
             raise InputError(f"{flag} applies to 'train stoplight', not '{args.task}': "
                              "leave it out")
-    if args.interpolate is not None and args.init is None:
-        raise InputError("--interpolate needs --init: it blends the fine-tuned weights with "
-                         "the starting checkpoint's")
     if args.task == "neuron":
         from edgepilot.train.classic import train_neuron
 

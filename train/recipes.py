@@ -65,9 +65,11 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
         scenes = scene_config("train", light_size)
     except ValueError as err:
         raise InputError(f"light size: {err}") from None
-    if interpolate is not None and (init is None or not 0.0 <= interpolate <= 1.0):
-        raise InputError(f"interpolate must be in [0, 1] and needs a checkpoint to start from "
-                         f"(--init), got {interpolate!r} with init={init!r}")
+    if interpolate is not None and init is None:
+        raise InputError("--interpolate needs --init: it blends the fine-tuned weights with "
+                         "the starting checkpoint's")
+    if interpolate is not None and not 0.0 <= interpolate <= 1.0:
+        raise InputError(f"--interpolate must be in [0, 1], got {interpolate!r}")
     arch_config = {"num_classes": len(LABELS), **(arch_config or {})}
     model = create_model(arch, **arch_config)
     if init is not None:
