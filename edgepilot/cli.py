@@ -122,7 +122,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None and args.task in ("neuron", "digits"):
             raise InputError(f"{flag} applies to 'train stoplight' and 'train stoplight-detector', "
                              f"not '{args.task}': leave it out")
-    for flag, value in (("--light-size", args.light_size), ("--interpolate", args.interpolate)):
+    for flag, value in (("--light-size", args.light_size), ("--glare", args.glare),
+                        ("--interpolate", args.interpolate)):
         if value is not None and args.task != "stoplight":
             raise InputError(f"{flag} applies to 'train stoplight', not '{args.task}': "
                              "leave it out")
@@ -161,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train_stoplight(args.out or "runs/stoplight", arch=args.arch or "stoplight_cnn",
                               size=args.size, n_train=args.n_train,
                               n_val=args.n_val, n_holdout=args.n_val, config=config,
-                              init=args.init, light_size=args.light_size,
+                              init=args.init, light_size=args.light_size, glare=args.glare,
                               interpolate=args.interpolate, log=_log)
     print(json.dumps(summary, indent=2))
     return 0
@@ -508,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--light-size", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="stoplight: range of the light's long side in training images, as a "
                         "share of the frame (default 0.2 0.9; validation keeps the default)")
+    p.add_argument("--glare", type=float, default=None, metavar="SHARE",
+                   help="stoplight: share 0..1 of the non-signal lights in training images "
+                        "drawn as bright as a lit lamp, with no housing (hard negatives; "
+                        "default 0; validation keeps 0)")
     p.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
                    help="stoplight, with --init: save init + ALPHA x (fine-tuned - init), "
                         "0..1 (weight-space interpolation, WiSE-FT; default: the fine-tune)")

@@ -55,6 +55,9 @@ def test_one_bad_image_is_reported_and_the_rest_still_run(tmp_path):
     (["train", "digits", "--light-size", "0.1", "0.5"], "--light-size applies to"),
     (["train", "stoplight", "--light-size", "0.5", "0.2"], "light_size must be two numbers"),
     (["train", "stoplight", "--interpolate", "0.5"], "--interpolate needs --init"),
+    (["train", "stoplight", "--glare", "1.5"], "glare must be in [0, 1], got 1.5"),
+    (["train", "stoplight", "--glare", "nan"], "glare must be in [0, 1], got nan"),
+    (["train", "neuron", "--glare", "0.5"], "--glare applies to 'train stoplight'"),
     (["train", "stoplight", "--init", "x.pt", "--interpolate", "2"], "must be in [0, 1]"),
     (["train", "digits", "--interpolate", "0.5"], "--interpolate applies to 'train stoplight'"),
 ])
@@ -102,11 +105,13 @@ def test_fine_tune_starts_from_the_checkpoint_and_refuses_another_kind(tmp_path)
     start = tmp_path / "a" / "stoplight.pt"
     # A learning rate this small leaves the weights where --init put them.
     run("train", "stoplight", "--out", tmp_path / "b", "--steps", "1", "--lr", "1e-9",
-        "--init", start, "--seed", "1", "--light-size", "0.15", "0.9", *common)
+        "--init", start, "--seed", "1", "--light-size", "0.15", "0.9", "--glare", "0.25",
+        *common)
     metrics = json.loads((tmp_path / "b" / "stoplight.metrics.json").read_text())
     assert metrics["init"] == str(start) and metrics["light_size"] == [0.15, 0.9]
-    assert json.loads((tmp_path / "a" / "stoplight.metrics.json").read_text())[
-        "light_size"] == [0.2, 0.9]
+    assert metrics["glare"] == 0.25
+    first = json.loads((tmp_path / "a" / "stoplight.metrics.json").read_text())
+    assert first["light_size"] == [0.2, 0.9] and first["glare"] == 0.0
     (a, _, _), (b, _, _) = load_checkpoint(start), load_checkpoint(tmp_path / "b" / "stoplight.pt")
     for (name, x), y in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)

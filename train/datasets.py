@@ -29,13 +29,12 @@ RENDER_SIZE = 96
 _SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "holdout": 2_000_003}
 
 
-def scene_config(split: str,
-                 light_size: tuple[float, float] | None = None) -> stoplight.SceneConfig:
+def scene_config(split: str, **overrides) -> stoplight.SceneConfig:
     """The generator settings of a stoplight split (holdout: only the held-out families).
 
     A held-out image has a held-out background (a held-out photograph when it is a photo) and,
-    when it shows a light, a held-out housing paint. `light_size` replaces the generator's
-    range of light sizes (`SceneConfig.light_size`)."""
+    when it shows a light, a held-out housing paint. `overrides` replace `SceneConfig` fields
+    (training uses `light_size` and `glare`); None leaves a field at its default."""
     everything = stoplight.SceneConfig()
     fields = {}
     for field, held in HOLDOUT.items():
@@ -44,18 +43,16 @@ def scene_config(split: str,
             fields[field] = held if split == "holdout" else kept
     if split == "holdout" and HOLDOUT["photos"]:
         fields["backgrounds"] += ("photo",)
-    if light_size is not None:
-        fields["light_size"] = light_size
+    fields.update({k: v for k, v in overrides.items() if v is not None})
     return stoplight.SceneConfig(size=RENDER_SIZE, **fields)
 
 
 def stoplight_split(split: str, n: int, size: tuple[int, int], seed: int = 0,
-                    info: list | None = None, light_size: tuple[float, float] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    info: list | None = None, **overrides) -> tuple[np.ndarray, np.ndarray]:
     """`n` stoplight images of a split at `size`, rendered and resized in chunks (the full-size
     renders of a large training set never sit in memory at once); `info` as in
-    `stoplight.generate`, `light_size` as in `scene_config`."""
-    seed, config = _SPLIT_SEEDS[split] + seed, scene_config(split, light_size)
+    `stoplight.generate`, `overrides` as in `scene_config`."""
+    seed, config = _SPLIT_SEEDS[split] + seed, scene_config(split, **overrides)
     images = np.empty((n, *size, 3), np.uint8)
     labels = np.empty(n, np.int64)
     chunk = 2048
@@ -68,10 +65,9 @@ def stoplight_split(split: str, n: int, size: tuple[int, int], seed: int = 0,
     return images, labels
 
 
-def _stoplight(split: str, n: int, size: tuple[int, int], seed: int,
-               light_size: tuple[float, float] | None = None):
+def _stoplight(split: str, n: int, size: tuple[int, int], seed: int, **overrides):
     try:
-        return stoplight_split(split, n, size, seed, light_size=light_size)
+        return stoplight_split(split, n, size, seed, **overrides)
     except ModuleNotFoundError as err:  # a photograph's package is missing: say which extra
         extras = {package: extra for package, _, extra in stoplight._PHOTO_FILES.values()}
         if err.name not in extras:
@@ -109,7 +105,7 @@ def load_dataset(name: str, split: str, n: int, size: tuple[int, int],
                  seed: int = 0, **options) -> tuple[np.ndarray, np.ndarray]:
     """`n` images (n, H, W, 3) uint8 RGB and labels (n,) int64 of a dataset split (the
     neuron's dataset is its 8-row truth table, float features). `options` go to the dataset's
-    maker (stoplight: `light_size`)."""
+    maker (stoplight: `SceneConfig` fields such as `light_size`, `glare`)."""
     if name not in DATASETS:
         raise EdgepilotError(f"Unknown dataset '{name}'.{did_you_mean(name, DATASETS)} "
                              f"Known datasets: {', '.join(DATASETS)}")

@@ -37,13 +37,16 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                     n_holdout: int = 2_000, arch_config: dict | None = None,
                     config: TrainConfig | None = None, init: str | Path | None = None,
                     light_size: tuple[float, float] | None = None,
-                    interpolate: float | None = None, log=print) -> dict:
+                    glare: float | None = None, interpolate: float | None = None,
+                    log=print) -> dict:
     """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.
 
     `init`: a stoplight checkpoint of the same architecture and input size to start from
     (fine-tuning, e.g. on another seed's images at a lower learning rate).
     `light_size`: range of light sizes of the training images (`SceneConfig.light_size`);
     validation and the robustness report keep the generator's default range.
+    `glare`: share of the clutter's non-signal lights drawn as bright as a lit lamp in the
+    training images (`SceneConfig.glare`, hard negatives); validation keeps the default, 0.
     `interpolate` (with `init`): the saved weights are `init + interpolate * (fine-tuned - init)`,
     every float tensor including batch-norm statistics: weight-space interpolation between a
     model and its fine-tune (WiSE-FT, Wortsman et al. 2022), which keeps much of what the start
@@ -62,9 +65,9 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     started = time.perf_counter()
     meta = stoplight_meta(size)
     try:  # a bad range is refused before any work
-        scenes = scene_config("train", light_size)
+        scenes = scene_config("train", light_size=light_size, glare=glare)
     except ValueError as err:
-        raise InputError(f"light size: {err}") from None
+        raise InputError(f"scene settings: {err}") from None
     if interpolate is not None and init is None:
         raise InputError("--interpolate needs --init: it blends the fine-tuned weights with "
                          "the starting checkpoint's")
@@ -75,10 +78,11 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     if init is not None:
         _start_from(model, init, arch, arch_config, meta)
     log(f"{arch}: {count_parameters(model):,} parameters; generating {n_train:,} training "
-        f"images, lights {scenes.light_size[0]:g}-{scenes.light_size[1]:g} of the frame "
+        f"images, lights {scenes.light_size[0]:g}-{scenes.light_size[1]:g} of the frame, "
+        f"glare {scenes.glare:g} "
         f"(held out of training: {HOLDOUT})")
     train = load_dataset("stoplight", "train", n_train, (size, size), seed=config.seed,
-                         light_size=light_size)
+                         light_size=light_size, glare=glare)
     val = load_dataset("stoplight", "val", n_val, (size, size))
     log(f"data ready in {time.perf_counter() - started:.1f} s")
     blend = interpolate is not None and interpolate != 1.0
@@ -102,6 +106,7 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
         "input_size": list(meta.input_size),
         "init": str(init) if init is not None else None,
         "light_size": list(scenes.light_size),
+        "glare": scenes.glare,
         "interpolate": interpolate,
         "parameters": count_parameters(model),
         "val_accuracy": history["val_accuracy"],

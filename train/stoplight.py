@@ -121,6 +121,10 @@ class SceneConfig:
     # Range of the light's long side as a share of the frame's short side (`render`), drawn
     # log-uniformly. Training on a lower floor than the evaluation sets use teaches far lights.
     light_size: tuple[float, float] = (0.2, 0.9)
+    # Share of the non-signal lights in the clutter drawn as bright as a lit lamp: a clipped
+    # white core in a coloured halo, with no housing (`_glare`). Such a disc alone looks like a
+    # lit lamp; training on them teaches that the housing decides. 0 draws them as before.
+    glare: float = 0.0
 
     def __post_init__(self) -> None:
         names = {"layouts": LAYOUTS, "backgrounds": BACKGROUNDS, "lamp_styles": LAMP_STYLES,
@@ -136,7 +140,7 @@ class SceneConfig:
             object.__setattr__(self, field, tuple(value))  # lists are accepted, stored as tuples
         if not isinstance(self.size, numbers.Integral) or self.size < 16:
             raise ValueError(f"size must be an integer >= 16, got {self.size!r}")
-        for field in ("empty_fraction", "jpeg_fraction", "tilt"):
+        for field in ("empty_fraction", "jpeg_fraction", "tilt", "glare"):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 raise ValueError(f"{field} must be in [0, 1], got {getattr(self, field)!r}")
         try:
@@ -401,8 +405,11 @@ _SIGN_SHAPES = tuple(np.stack([np.cos(a), np.sin(a)], -1) * stretch for a, stret
     (np.arange(4) * math.pi / 2 + math.pi / 4, (1.3, 0.8))))
 
 
-def _clutter(rng: _Rand, img: np.ndarray, ambient: float, night: bool) -> None:
-    """Non-signal objects, drawn in every class so that colour alone never gives the label away."""
+def _clutter(rng: _Rand, img: np.ndarray, ambient: float, night: bool,
+             glare: float = 0.0) -> None:
+    """Non-signal objects, drawn in every class so that colour alone never gives the label away.
+
+    `glare`: share of the emissive ones drawn as bright as a lit lamp (`_glare`)."""
     h, w = img.shape[:2]
     s = min(w, h)
     for _ in range(rng.integers(0, 4)):
@@ -438,9 +445,29 @@ def _clutter(rng: _Rand, img: np.ndarray, ambient: float, night: bool) -> None:
             cv2.line(img, _pt(cx, cy), _pt(x2, y2), grey, thick, AA, _SHIFT)
         else:  # emissive light that is not a signal: street lamp, neon, brake light
             hue = (0, 15, 30, 45, 120, 200)[rng.integers(6)]
+            if glare and rng.random() < glare:  # as bright as a lamp: clipped core, halo
+                _glare(rng, img, cx, cy, s, hue)
+                continue
             glow = _hsv(hue, rng.uniform(0, 0.9)) * rng.uniform(0.6, 1.0)
             radius = int(size * rng.uniform(0.08, 0.25) * _ONE) + 8
             cv2.circle(img, _pt(cx, cy), radius, glow.tolist(), -1, AA, _SHIFT)
+
+
+def _glare(rng: _Rand, img: np.ndarray, cx: float, cy: float, s: int, hue: float) -> None:
+    """A bright light that is not a signal, as a camera sees a lamp: a white clipped core, the
+    colour left in its rim and its bloom, at a signal lamp's sizes and hues (a brake light,
+    a green pharmacy cross, an amber street lamp), but with no housing around it."""
+    r = s * math.exp(rng.uniform(math.log(0.015), math.log(0.13)))
+    if hue == 120:  # the signals' bluish green
+        hue = rng.uniform(128, 168)
+    color = _hsv(hue + rng.uniform(-5, 5), rng.uniform(0.7, 0.95))
+    sx = rng.uniform(0.6, 1.0)  # round, or an oval lamp / a lamp seen at an angle
+    angle = rng.uniform(0, 180)
+    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    pose = np.array([[ca * sx, -sa], [sa * sx, ca]])
+    _lit_lens(img, cx, cy, r, pose, color, rng.random() < 0.3, 0.0, rng.uniform(1.3, 6.0))
+    _glow(img, cx, cy, (r * sx, r), angle, color, r * rng.uniform(0.4, 1.4),
+          rng.uniform(0.5, 1.3))
 
 
 # ------------------------------------------------------------------------ traffic light
@@ -705,7 +732,7 @@ def render_scene(rng: np.random.Generator, label: int, width: int, height: int,
     img = cv2.merge(list(np.clip(bg, 0, 255, out=bg).astype(np.uint8)))
     img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
     ambient = rng.uniform(0.1, 0.3) if night else rng.uniform(0.7, 1.05)  # on non-emissive things
-    _clutter(rng, img, ambient, night)
+    _clutter(rng, img, ambient, night, config.glare)
     if label != NONE or rng.random() >= config.empty_fraction:
         vertical = config.layouts[rng.integers(len(config.layouts))] == "vertical"
         led = config.lamp_styles[rng.integers(len(config.lamp_styles))] == "led"

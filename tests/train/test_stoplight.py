@@ -350,14 +350,49 @@ def test_light_size_reaches_the_training_split_only() -> None:
     from edgepilot.errors import EdgepilotError
     from edgepilot.train import datasets
 
-    assert datasets.scene_config("train", (0.1, 0.4)).light_size == (0.1, 0.4)
+    assert datasets.scene_config("train", light_size=(0.1, 0.4)).light_size == (0.1, 0.4)
     assert datasets.scene_config("val").light_size == stoplight.SceneConfig().light_size
+    assert datasets.scene_config("train", glare=0.5).glare == 0.5
+    assert datasets.scene_config("holdout").glare == datasets.scene_config("val").glare == 0.0
     default = datasets.load_dataset("stoplight", "train", 8, (32, 32), seed=3)[0]
     small = datasets.load_dataset("stoplight", "train", 8, (32, 32), seed=3,
                                   light_size=(0.1, 0.2))[0]
     assert not np.array_equal(default, small)
     with pytest.raises(EdgepilotError, match="Dataset 'digits' takes no options"):
         datasets.load_dataset("digits", "val", 1, (28, 28), light_size=(0.1, 0.2))
+
+
+@pytest.mark.parametrize("hue,channel", [(0, 0), (120, 1)])
+def test_glare_is_a_clipped_lamp_with_its_colour_in_the_rim(hue: int, channel: int) -> None:
+    """A non-signal light as bright as a lamp: white at the centre, the colour (red; the
+    signals' bluish green for hue 120) only around it, and no housing drawn."""
+    img = np.zeros((96, 96, 3), np.uint8)
+    stoplight._glare(stoplight._Rand(np.random.default_rng(4)), img, 48.0, 48.0, 96, hue)
+    assert img[48, 48].min() >= 235  # clipped core
+    lit = img.max(axis=2) > 60
+    coloured = lit & (img.argmax(axis=2) == channel) & (img.min(axis=2) < 0.6 * img.max(axis=2))
+    assert coloured.sum() >= 4  # the colour survives in the rim and the bloom
+    assert not lit[0].any() and not lit[:, 0].any()  # a lamp alone: nothing else was drawn
+
+
+def test_glare_turns_some_clutter_lights_into_lamps_without_housings() -> None:
+    """glare=1 draws every emissive clutter light as a clipped lamp: far more clutter layers
+    then hold a white core; the default, 0, draws them as plain discs."""
+    assert stoplight.SceneConfig().glare == 0.0
+
+    def with_white(glare: float) -> int:
+        count = 0
+        for seed in range(300):
+            img = np.zeros((96, 96, 3), np.uint8)
+            stoplight._clutter(stoplight._Rand(np.random.default_rng(seed)), img, 1.0, False,
+                               glare)
+            count += bool((img.min(axis=2) >= 235).any())
+        return count
+
+    plain, glare = with_white(0.0), with_white(1.0)
+    assert plain < 20 and glare > 3 * plain + 30, (plain, glare)  # measured 6 and 85
+    with pytest.raises(ValueError, match=r"glare must be in \[0, 1\]"):
+        stoplight.SceneConfig(glare=-0.1)
 
 
 def test_missing_photo_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -370,7 +405,7 @@ def test_missing_photo_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     config = stoplight.SceneConfig(backgrounds=("photo",), photos=("coffee",), size=32)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'edgepilot\[export\]'"):
         stoplight.generate(1, config=config)
-    monkeypatch.setattr(datasets, "scene_config", lambda split, light_size=None: config)
+    monkeypatch.setattr(datasets, "scene_config", lambda split, **overrides: config)
     with pytest.raises(MissingDependencyError, match=r"edgepilot\[export\]"):
         datasets.load_dataset("stoplight", "val", 1, (32, 32))
 
