@@ -64,8 +64,9 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     meta = stoplight_meta(size)
+    scene_overrides = {"light_size": light_size, "glare": glare}  # training split only
     try:  # a bad range is refused before any work
-        scenes = scene_config("train", light_size=light_size, glare=glare)
+        scenes = scene_config("train", **scene_overrides)
     except ValueError as err:
         raise InputError(f"scene settings: {err}") from None
     if interpolate is not None and init is None:
@@ -82,7 +83,7 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
         f"glare {scenes.glare:g} "
         f"(held out of training: {HOLDOUT})")
     train = load_dataset("stoplight", "train", n_train, (size, size), seed=config.seed,
-                         light_size=light_size, glare=glare)
+                         **scene_overrides)
     val = load_dataset("stoplight", "val", n_val, (size, size))
     log(f"data ready in {time.perf_counter() - started:.1f} s")
     blend = interpolate is not None and interpolate != 1.0
