@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} applies to 'train stoplight' and 'train stoplight-detector', "
                              f"not '{args.task}': leave it out")
     for flag, value in (("--light-size", args.light_size), ("--glare", args.glare),
-                        ("--interpolate", args.interpolate)):
+                        ("--photo-share", args.photo_share), ("--interpolate", args.interpolate)):
         if value is not None and args.task != "stoplight":
             raise InputError(f"{flag} applies to 'train stoplight', not '{args.task}': "
                              "leave it out")
@@ -163,7 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                               size=args.size, n_train=args.n_train,
                               n_val=args.n_val, n_holdout=args.n_val, config=config,
                               init=args.init, light_size=args.light_size, glare=args.glare,
-                              interpolate=args.interpolate, log=_log)
+                              photo_share=args.photo_share, interpolate=args.interpolate,
+                              log=_log)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -513,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stoplight: share 0..1 of the non-signal lights in training images "
                         "drawn as bright as a lit lamp, with no housing (hard negatives; "
                         "default 0; validation keeps 0)")
+    p.add_argument("--photo-share", type=float, default=None, metavar="SHARE",
+                   help="stoplight: share 0..1 of training images drawn on a real photograph "
+                        "(default: as often as each other background; validation keeps that)")
     p.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
                    help="stoplight, with --init: save init + ALPHA x (fine-tuned - init), "
                         "0..1 (weight-space interpolation, WiSE-FT; default: the fine-tune)")

@@ -58,6 +58,8 @@ def test_one_bad_image_is_reported_and_the_rest_still_run(tmp_path):
     (["train", "stoplight", "--glare", "1.5"], "glare must be in [0, 1], got 1.5"),
     (["train", "stoplight", "--glare", "nan"], "glare must be in [0, 1], got nan"),
     (["train", "neuron", "--glare", "0.5"], "--glare applies to 'train stoplight'"),
+    (["train", "stoplight", "--photo-share", "-0.1"], "photo_share must be in [0, 1], got -0.1"),
+    (["train", "digits", "--photo-share", "0.4"], "--photo-share applies to 'train stoplight'"),
     (["train", "stoplight", "--init", "x.pt", "--interpolate", "2"], "must be in [0, 1]"),
     (["train", "digits", "--interpolate", "0.5"], "--interpolate applies to 'train stoplight'"),
 ])
@@ -106,12 +108,13 @@ def test_fine_tune_starts_from_the_checkpoint_and_refuses_another_kind(tmp_path)
     # A learning rate this small leaves the weights where --init put them.
     run("train", "stoplight", "--out", tmp_path / "b", "--steps", "1", "--lr", "1e-9",
         "--init", start, "--seed", "1", "--light-size", "0.15", "0.9", "--glare", "0.25",
-        *common)
+        "--photo-share", "0.4", *common)
     metrics = json.loads((tmp_path / "b" / "stoplight.metrics.json").read_text())
     assert metrics["init"] == str(start) and metrics["light_size"] == [0.15, 0.9]
-    assert metrics["glare"] == 0.25
+    assert metrics["glare"] == 0.25 and metrics["photo_share"] == 0.4
     first = json.loads((tmp_path / "a" / "stoplight.metrics.json").read_text())
     assert first["light_size"] == [0.2, 0.9] and first["glare"] == 0.0
+    assert first["photo_share"] is None
     (a, _, _), (b, _, _) = load_checkpoint(start), load_checkpoint(tmp_path / "b" / "stoplight.pt")
     for (name, x), y in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)

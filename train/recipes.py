@@ -37,7 +37,8 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                     n_holdout: int = 2_000, arch_config: dict | None = None,
                     config: TrainConfig | None = None, init: str | Path | None = None,
                     light_size: tuple[float, float] | None = None,
-                    glare: float | None = None, interpolate: float | None = None,
+                    glare: float | None = None, photo_share: float | None = None,
+                    interpolate: float | None = None,
                     log=print) -> dict:
     """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.
 
@@ -47,6 +48,8 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     validation and the robustness report keep the generator's default range.
     `glare`: share of the clutter's non-signal lights drawn as bright as a lit lamp in the
     training images (`SceneConfig.glare`, hard negatives); validation keeps the default, 0.
+    `photo_share`: share of the training images drawn on a real photograph
+    (`SceneConfig.photo_share`); by default every background family is drawn equally often.
     `interpolate` (with `init`): the saved weights are `init + interpolate * (fine-tuned - init)`,
     every float tensor including batch-norm statistics: weight-space interpolation between a
     model and its fine-tune (WiSE-FT, Wortsman et al. 2022), which keeps much of what the start
@@ -64,7 +67,8 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     meta = stoplight_meta(size)
-    scene_overrides = {"light_size": light_size, "glare": glare}  # training split only
+    # training split only
+    scene_overrides = {"light_size": light_size, "glare": glare, "photo_share": photo_share}
     try:  # a bad range is refused before any work
         scenes = scene_config("train", **scene_overrides)
     except ValueError as err:
@@ -80,7 +84,8 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
         _start_from(model, init, arch, arch_config, meta)
     log(f"{arch}: {count_parameters(model):,} parameters; generating {n_train:,} training "
         f"images, lights {scenes.light_size[0]:g}-{scenes.light_size[1]:g} of the frame, "
-        f"glare {scenes.glare:g} "
+        f"glare {scenes.glare:g}, photographs "
+        f"{'1 in ' + str(len(scenes.backgrounds)) if photo_share is None else f'{photo_share:g}'} "
         f"(held out of training: {HOLDOUT})")
     train = load_dataset("stoplight", "train", n_train, (size, size), seed=config.seed,
                          **scene_overrides)
@@ -108,6 +113,7 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
         "init": str(init) if init is not None else None,
         "light_size": list(scenes.light_size),
         "glare": scenes.glare,
+        "photo_share": scenes.photo_share,
         "interpolate": interpolate,
         "parameters": count_parameters(model),
         "val_accuracy": history["val_accuracy"],

@@ -125,6 +125,10 @@ class SceneConfig:
     # white core in a coloured halo, with no housing (`_glare`). Such a disc alone looks like a
     # lit lamp; training on them teaches that the housing decides. 0 draws them as before.
     glare: float = 0.0
+    # Share of images drawn on a real photograph (when "photo" is among `backgrounds`); the rest
+    # pick uniformly among the other backgrounds. None: every background equally often.
+    # Photographs are the nearest to a camera's world and the weakest seen backgrounds.
+    photo_share: float | None = None
 
     def __post_init__(self) -> None:
         names = {"layouts": LAYOUTS, "backgrounds": BACKGROUNDS, "lamp_styles": LAMP_STYLES,
@@ -143,6 +147,14 @@ class SceneConfig:
         for field in ("empty_fraction", "jpeg_fraction", "tilt", "glare"):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 raise ValueError(f"{field} must be in [0, 1], got {getattr(self, field)!r}")
+        if self.photo_share is not None:
+            if not 0.0 <= self.photo_share <= 1.0:  # also False for NaN
+                raise ValueError(f"photo_share must be in [0, 1], got {self.photo_share!r}")
+            if "photo" not in self.backgrounds:
+                raise ValueError(f"photo_share needs 'photo' among the backgrounds, got "
+                                 f"{self.backgrounds}")
+            if self.photo_share < 1.0 and set(self.backgrounds) == {"photo"}:
+                raise ValueError("photo_share below 1 needs a background other than 'photo'")
         try:
             lo, hi = (float(v) for v in self.light_size)
         except (TypeError, ValueError):
@@ -707,6 +719,16 @@ def _camera(rng: _Rand, img: np.ndarray, config: SceneConfig, night: bool,
     return img
 
 
+def _background(rng: _Rand, config: SceneConfig) -> str:
+    """The background family of one scene: uniform, or photographs at `config.photo_share`."""
+    if config.photo_share is None:  # one draw, as the generator always made
+        return config.backgrounds[rng.integers(len(config.backgrounds))]
+    if rng.random() < config.photo_share:
+        return "photo"
+    others = tuple(b for b in config.backgrounds if b != "photo")
+    return others[rng.integers(len(others))]
+
+
 # ---------------------------------------------------------------------------- public API
 def render_scene(rng: np.random.Generator, label: int, width: int, height: int,
                  config: SceneConfig = SceneConfig(),
@@ -722,7 +744,7 @@ def render_scene(rng: np.random.Generator, label: int, width: int, height: int,
         raise ValueError(f"label must be in 0..{len(LABELS) - 1} {LABELS}, got {label!r}")
     info = {} if info is None else info
     rng = _Rand(rng)
-    bg_name = config.backgrounds[rng.integers(len(config.backgrounds))]
+    bg_name = _background(rng, config)
     night = bg_name == "night"
     info.update(background=bg_name, night=night, light=False)
     # Backgrounds are rendered at half resolution: 4x cheaper, and real backgrounds are softer

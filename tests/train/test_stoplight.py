@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 from pathlib import Path
 
 import cv2
@@ -354,6 +355,8 @@ def test_light_size_reaches_the_training_split_only() -> None:
     assert datasets.scene_config("val").light_size == stoplight.SceneConfig().light_size
     assert datasets.scene_config("train", glare=0.5).glare == 0.5
     assert datasets.scene_config("holdout").glare == datasets.scene_config("val").glare == 0.0
+    assert datasets.scene_config("train", photo_share=0.4).photo_share == 0.4
+    assert datasets.scene_config("val").photo_share is None
     default = datasets.load_dataset("stoplight", "train", 8, (32, 32), seed=3)[0]
     small = datasets.load_dataset("stoplight", "train", 8, (32, 32), seed=3,
                                   light_size=(0.1, 0.2))[0]
@@ -393,6 +396,34 @@ def test_glare_turns_some_clutter_lights_into_lamps_without_housings() -> None:
     assert plain < 20 and glare > 3 * plain + 30, (plain, glare)  # measured 6 and 85
     with pytest.raises(ValueError, match=r"glare must be in \[0, 1\]"):
         stoplight.SceneConfig(glare=-0.1)
+
+
+def test_photo_share_sets_how_often_scenes_are_drawn_on_photographs() -> None:
+    """photo_share draws that share of the scenes on a real photograph and the rest uniformly
+    on the other backgrounds; None keeps every background equally likely."""
+    from collections import Counter
+
+    def backgrounds(**fields) -> Counter:
+        info: list = []
+        stoplight.generate(600, seed=2, config=stoplight.SceneConfig(size=32, **fields),
+                           info=info)
+        return Counter(i["background"] for i in info)
+
+    uniform, photos = backgrounds(), backgrounds(photo_share=0.5)
+    assert stoplight.SceneConfig().photo_share is None
+    assert 50 <= uniform["photo"] <= 125  # 1 in 7: ~86
+    assert 255 <= photos["photo"] <= 345, photos  # half of 600
+    assert set(photos) == set(stoplight.BACKGROUNDS)  # the others are still drawn
+    assert backgrounds(photo_share=1.0) == Counter(photo=600)
+    assert "photo" not in backgrounds(photo_share=0.0)
+    for bad, needle in ((1.5, r"photo_share must be in \[0, 1\], got 1.5"),
+                        (math.nan, r"photo_share must be in \[0, 1\], got nan")):
+        with pytest.raises(ValueError, match=needle):
+            stoplight.SceneConfig(photo_share=bad)
+    with pytest.raises(ValueError, match="photo_share needs 'photo' among the backgrounds"):
+        stoplight.SceneConfig(backgrounds=("sky",), photo_share=0.3)
+    with pytest.raises(ValueError, match="needs a background other than 'photo'"):
+        stoplight.SceneConfig(backgrounds=("photo",), photo_share=0.3)
 
 
 def test_missing_photo_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
