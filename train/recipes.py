@@ -82,11 +82,11 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     model = create_model(arch, **arch_config)
     if init is not None:
         _start_from(model, init, arch, arch_config, meta)
+    photos = (f"1 in {len(scenes.backgrounds)}" if scenes.photo_share is None
+              else f"{scenes.photo_share:g}")
     log(f"{arch}: {count_parameters(model):,} parameters; generating {n_train:,} training "
         f"images, lights {scenes.light_size[0]:g}-{scenes.light_size[1]:g} of the frame, "
-        f"glare {scenes.glare:g}, photographs "
-        f"{'1 in ' + str(len(scenes.backgrounds)) if photo_share is None else f'{photo_share:g}'} "
-        f"(held out of training: {HOLDOUT})")
+        f"glare {scenes.glare:g}, photographs {photos} (held out of training: {HOLDOUT})")
     train = load_dataset("stoplight", "train", n_train, (size, size), seed=config.seed,
                          **scene_overrides)
     val = load_dataset("stoplight", "val", n_val, (size, size))
