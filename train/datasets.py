@@ -34,7 +34,8 @@ def scene_config(split: str, **overrides) -> stoplight.SceneConfig:
 
     A held-out image has a held-out background (a held-out photograph when it is a photo) and,
     when it shows a light, a held-out housing paint. `overrides` replace `SceneConfig` fields
-    (training uses `light_size` and `glare`); None leaves a field at its default."""
+    (training uses `light_size`, `glare` and `photo_share`); None leaves a field at its
+    default."""
     everything = stoplight.SceneConfig()
     fields = {}
     for field, held in HOLDOUT.items():
