@@ -123,7 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} applies to 'train stoplight' and 'train stoplight-detector', "
                              f"not '{args.task}': leave it out")
     for flag, value in (("--light-size", args.light_size), ("--glare", args.glare),
-                        ("--photo-share", args.photo_share), ("--interpolate", args.interpolate)):
+                        ("--photo-share", args.photo_share), ("--interpolate", args.interpolate),
+                        ("--deepen", args.deepen or None)):
         if value is not None and args.task != "stoplight":
             raise InputError(f"{flag} applies to 'train stoplight', not '{args.task}': "
                              "leave it out")
@@ -164,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                               n_val=args.n_val, n_holdout=args.n_val, config=config,
                               init=args.init, light_size=args.light_size, glare=args.glare,
                               photo_share=args.photo_share, interpolate=args.interpolate,
-                              log=_log)
+                              deepen=args.deepen, log=_log)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -520,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
                    help="stoplight, with --init: save init + ALPHA x (fine-tuned - init), "
                         "0..1 (weight-space interpolation, WiSE-FT; default: the fine-tune)")
+    p.add_argument("--deepen", type=int, default=0, metavar="N",
+                   help="stoplight_cnn: N more 3x3 conv blocks at the last resolution; with "
+                        "--init they start as identities, so fine-tuning starts exactly where "
+                        "the checkpoint was (Net2Net)")
     p.add_argument("--save-ranks", action="store_true",
                    help="detector under torchrun: also save each process's final weights")
     p.set_defaults(func=cmd_train)

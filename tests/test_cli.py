@@ -62,6 +62,10 @@ def test_one_bad_image_is_reported_and_the_rest_still_run(tmp_path):
     (["train", "digits", "--photo-share", "0.4"], "--photo-share applies to 'train stoplight'"),
     (["train", "stoplight", "--init", "x.pt", "--interpolate", "2"], "must be in [0, 1]"),
     (["train", "digits", "--interpolate", "0.5"], "--interpolate applies to 'train stoplight'"),
+    (["train", "digits", "--deepen", "1"], "--deepen applies to 'train stoplight'"),
+    (["train", "stoplight", "--deepen", "9"], "--deepen must be 0..8 blocks, got 9"),
+    (["train", "stoplight", "--deepen", "1", "--arch", "mobilenet"],
+     "--deepen grows stoplight_cnn, not mobilenet"),
 ])
 def test_errors_are_one_line_and_exit_1(args, needle):
     result = run(*args, check_code=1)
@@ -139,6 +143,23 @@ def test_fine_tune_starts_from_the_checkpoint_and_refuses_another_kind(tmp_path)
         "--seed", "1", *common)
     c, _, _ = load_checkpoint(tmp_path / "c" / "stoplight.pt")
     assert not torch.allclose(next(a.parameters()), next(c.parameters()), atol=1e-3)
+
+    # --deepen: one more 3x3 block at 1/16, an identity at first; the trained layers carry over
+    run("train", "stoplight", "--out", tmp_path / "g", "--steps", "1", "--lr", "1e-9",
+        "--init", start, "--seed", "1", "--deepen", "1", *common)
+    grown, _, info = load_checkpoint(tmp_path / "g" / "stoplight.pt")
+    assert info["config"] == {"num_classes": 4, "extra_convs": 1}
+    assert json.loads((tmp_path / "g" / "stoplight.metrics.json").read_text())["deepen"] == 1
+    assert len(grown.features) == len(a.features) + 1
+    theirs = dict(grown.named_parameters())
+    for name, x in a.named_parameters():
+        torch.testing.assert_close(x, theirs[name], rtol=0, atol=1e-6, msg=name)
+    identity = torch.nn.init.dirac_(torch.empty_like(grown.features[-1][0].weight))
+    torch.testing.assert_close(grown.features[-1][0].weight, identity, rtol=0, atol=1e-6)
+    # a deepened checkpoint fine-tunes as it is: --init brings its architecture along
+    run("train", "stoplight", "--out", tmp_path / "k", "--steps", "1", "--lr", "1e-9",
+        "--init", tmp_path / "g" / "stoplight.pt", "--seed", "2", *common)
+    assert load_checkpoint(tmp_path / "k" / "stoplight.pt")[2]["config"]["extra_convs"] == 1
 
     result = run("train", "stoplight", "--out", tmp_path / "d", "--init", start, "--size", "48",
                  *common, check_code=1)

@@ -38,7 +38,7 @@ def create_model(name: str, **config) -> nn.Module:
         )
     try:
         return _REGISTRY[name](**config)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise UnknownArchitectureError(f"Bad config for architecture '{name}': {err}") from err
 
 
@@ -59,11 +59,17 @@ class StoplightCNN(nn.Module):
     """A compact CNN for small images: strided 3x3 convs, global average pooling, one linear.
 
     About 126k parameters for width 32; ~8.4M multiply-accumulates at 64x64, ~19M at 96x96.
+    `extra_convs` appends that many 3x3 blocks at the last (1/16) resolution: 83k parameters
+    and ~3M multiply-accumulates each at width 32 and 96x96 (`deepen` grows a trained model).
     """
 
-    def __init__(self, num_classes: int = 4, width: int = 32, in_channels: int = 3):
+    def __init__(self, num_classes: int = 4, width: int = 32, in_channels: int = 3,
+                 extra_convs: int = 0):
         super().__init__()
-        w = width
+        if not 0 <= extra_convs <= 8:
+            raise ValueError(f"extra_convs must be 0..8, got {extra_convs!r}")
+        w = self.width = width
+        self.extra_convs = extra_convs
         self.features = nn.Sequential(
             _conv_bn(in_channels, w // 2, stride=2),  # 1/2
             _conv_bn(w // 2, w, stride=2),  # 1/4
@@ -71,12 +77,51 @@ class StoplightCNN(nn.Module):
             _conv_bn(w, 2 * w, stride=2),  # 1/8
             _conv_bn(2 * w, 2 * w),
             _conv_bn(2 * w, 3 * w, stride=2),  # 1/16
+            *(_conv_bn(3 * w, 3 * w) for _ in range(extra_convs)),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(3 * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def deepen(model: StoplightCNN, blocks: int, sample: torch.Tensor) -> StoplightCNN:
+    """A copy of `model` with `blocks` more 3x3 blocks at its last resolution, each starting as
+    the identity, so that the deeper model computes exactly what `model` did (Net2DeeperNet,
+    Chen et al. 2016) and fine-tuning starts from the trained model instead of from scratch.
+
+    A new block's convolution is a Dirac kernel; its batch norm is calibrated on `sample`
+    (normalised input images, N >= 2): running statistics = the mean and variance its input
+    has there, scale and shift = their inverse. In eval mode the block is then the identity on
+    every input (ReLU keeps the non-negative features it is fed); in training mode, where batch
+    norm uses each batch's own statistics, it starts close to it.
+    """
+    if not isinstance(model, StoplightCNN):
+        raise TypeError(f"deepen grows a StoplightCNN, got {type(model).__name__}")
+    if sample.ndim != 4 or len(sample) < 2:
+        raise ValueError("deepen needs a sample of at least 2 normalised images (N, C, H, W)")
+    first = model.features[0][0]
+    grown = StoplightCNN(num_classes=model.head.out_features, width=model.width,
+                         in_channels=first.in_channels, extra_convs=model.extra_convs + blocks)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    new = len(model.features)
+    added = tuple(f"features.{i}." for i in range(new, len(grown.features)))
+    if unexpected or not all(k.startswith(added) for k in missing):
+        raise RuntimeError(f"deepen: weights do not carry over ({missing} {unexpected})")
+    grown.eval()
+    with torch.no_grad():
+        features = grown.features[:new](sample)  # what each identity block is fed
+        mean, var = features.mean((0, 2, 3)), features.var((0, 2, 3), unbiased=False)
+        for block in grown.features[new:]:
+            conv, norm = block[0], block[1]
+            conv.weight.zero_()
+            nn.init.dirac_(conv.weight)
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(var)
+            norm.weight.copy_(torch.sqrt(var + norm.eps))
+            norm.bias.copy_(mean)
+    return grown
 
 
 class MobileNet(nn.Module):
@@ -110,8 +155,10 @@ class MobileNet(nn.Module):
 
 
 @register_model
-def stoplight_cnn(num_classes: int = 4, width: int = 32, in_channels: int = 3) -> nn.Module:
-    return StoplightCNN(num_classes=num_classes, width=width, in_channels=in_channels)
+def stoplight_cnn(num_classes: int = 4, width: int = 32, in_channels: int = 3,
+                  extra_convs: int = 0) -> nn.Module:
+    return StoplightCNN(num_classes=num_classes, width=width, in_channels=in_channels,
+                        extra_convs=extra_convs)
 
 
 @register_model

@@ -16,9 +16,10 @@ from edgepilot.meta import ModelMeta
 from edgepilot.train.checkpoint import load_checkpoint, save_checkpoint
 from edgepilot.train.datasets import HOLDOUT, load_dataset, scene_config
 from edgepilot.train.models import count_parameters, create_model
+from edgepilot.train.models import deepen as deepen_model
 from edgepilot.train.robustness import format_report, robustness_report, worst
 from edgepilot.train.stoplight import LABELS
-from edgepilot.train.trainer import TrainConfig, accuracy, fit, predict_logits
+from edgepilot.train.trainer import TrainConfig, accuracy, fit, predict_logits, to_tensor
 
 # torch comes with the export extra; say so instead of a bare ModuleNotFoundError.
 torch = require("torch", "export", "Training")
@@ -38,12 +39,16 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                     config: TrainConfig | None = None, init: str | Path | None = None,
                     light_size: tuple[float, float] | None = None,
                     glare: float | None = None, photo_share: float | None = None,
-                    interpolate: float | None = None,
+                    interpolate: float | None = None, deepen: int = 0,
                     log=print) -> dict:
     """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.
 
     `init`: a stoplight checkpoint of the same architecture and input size to start from
-    (fine-tuning, e.g. on another seed's images at a lower learning rate).
+    (fine-tuning, e.g. on another seed's images at a lower learning rate); the run keeps the
+    checkpoint's architecture config (width, extra convs) unless `arch_config` is given.
+    `deepen` (stoplight_cnn): that many more 3x3 blocks at the last resolution. With `init`
+    they start as the identity (`models.deepen`), so fine-tuning starts exactly where the
+    checkpoint was, with more capacity; without it the model is built that deep.
     `light_size`: range of light sizes of the training images (`SceneConfig.light_size`);
     validation and the robustness report keep the generator's default range.
     `glare`: share of the clutter's non-signal lights drawn as bright as a lit lamp in the
@@ -78,10 +83,18 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                          "the starting checkpoint's")
     if interpolate is not None and not 0.0 <= interpolate <= 1.0:
         raise InputError(f"--interpolate must be in [0, 1], got {interpolate!r}")
-    arch_config = {"num_classes": len(LABELS), **(arch_config or {})}
-    model = create_model(arch, **arch_config)
+    if not isinstance(deepen, int) or not 0 <= deepen <= 8:
+        raise InputError(f"--deepen must be 0..8 blocks, got {deepen!r}")
+    if deepen and arch != "stoplight_cnn":
+        raise InputError(f"--deepen grows stoplight_cnn, not {arch}: leave it out")
+    given = {"num_classes": len(LABELS), **(arch_config or {})} if arch_config else None
     if init is not None:
-        _start_from(model, init, arch, arch_config, meta)
+        model, arch_config = _start_from(init, arch, given, meta)
+    else:
+        arch_config = given or {"num_classes": len(LABELS)}
+        if deepen:
+            arch_config["extra_convs"] = arch_config.get("extra_convs", 0) + deepen
+        model = create_model(arch, **arch_config)
     photos = (f"1 in {len(scenes.backgrounds)}" if scenes.photo_share is None
               else f"{scenes.photo_share:g}")
     log(f"{arch}: {count_parameters(model):,} parameters; generating {n_train:,} training "
@@ -91,6 +104,12 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                          **scene_overrides)
     val = load_dataset("stoplight", "val", n_val, (size, size))
     log(f"data ready in {time.perf_counter() - started:.1f} s")
+    if init is not None and deepen:
+        before = count_parameters(model)
+        model = deepen_model(model, deepen, to_tensor(train[0][:2048], meta))
+        arch_config = {**arch_config, "extra_convs": model.extra_convs}
+        log(f"deepened --init by {deepen} identity 3x3 block(s) at the last resolution: "
+            f"{before:,} -> {count_parameters(model):,} parameters")
     blend = interpolate is not None and interpolate != 1.0
     start = {k: v.clone() for k, v in model.state_dict().items()} if blend else {}
     history = fit(model, train, val, meta, config)
@@ -115,6 +134,7 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
         "glare": scenes.glare,
         "photo_share": scenes.photo_share,
         "interpolate": interpolate,
+        "deepen": deepen,
         "parameters": count_parameters(model),
         "val_accuracy": history["val_accuracy"],
         "n_val": n_val,
@@ -144,16 +164,19 @@ def _interpolate(model, start: dict, alpha: float) -> None:
                 value.copy_(torch.lerp(start[name], value, alpha))
 
 
-def _start_from(model, init: str | Path, arch: str, arch_config: dict, meta: ModelMeta) -> None:
-    """Load the weights of checkpoint `init` into `model`, after checking they are the same
-    kind of model: same labels, architecture, config and input size."""
+def _start_from(init: str | Path, arch: str, arch_config: dict | None,
+                meta: ModelMeta) -> tuple:
+    """The model of checkpoint `init` and its architecture config, after checking it is the
+    kind of model this run trains: same labels, architecture and input size, and the same
+    config when the run gives one. Returns (model, config)."""
     start, start_meta, info = load_checkpoint(init)
+    config = info["config"] if arch_config is None else arch_config
     theirs = (info["arch"], info["config"], tuple(start_meta.input_size), start_meta.labels)
-    ours = (arch, arch_config, tuple(meta.input_size), meta.labels)
+    ours = (arch, config, tuple(meta.input_size), meta.labels)
     if theirs != ours:
         raise InputError(
             f"--init {init} is a {theirs[0]} {theirs[1]} at {theirs[2][0]}x{theirs[2][1]} "
-            f"with labels {list(theirs[3])}; this run trains a {arch} {arch_config} at "
+            f"with labels {list(theirs[3])}; this run trains a {arch} {config} at "
             f"{ours[2][0]}x{ours[2][1]} with labels {list(ours[3])}. Pass the matching "
             "--arch and --size, or leave out --init")
-    model.load_state_dict(start.state_dict())
+    return start.train(), dict(config)

@@ -3,7 +3,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgepilot.errors import UnknownArchitectureError  # noqa: E402
-from edgepilot.train.models import count_parameters, create_model, list_models  # noqa: E402
+from edgepilot.train.models import count_parameters, create_model, deepen, list_models  # noqa: E402,E501
 
 
 def test_registry_lists_the_architectures():
@@ -33,3 +33,48 @@ def test_unknown_architecture_suggests_and_lists():
     assert "stoplight_cnn" in str(info.value)
     with pytest.raises(UnknownArchitectureError, match="Bad config"):
         create_model("mobilenet", depth=3)
+
+
+def _trained_looking(width=8, seed=0):
+    """A small stoplight_cnn whose batch norms hold statistics of real-looking activations."""
+    torch.manual_seed(seed)
+    net = create_model("stoplight_cnn", num_classes=4, width=width)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(16, 3, 64, 64))
+    return net.eval()
+
+
+def test_deepen_adds_blocks_that_start_as_the_identity():
+    net = _trained_looking()
+    images = torch.randn(32, 3, 64, 64)
+    grown = deepen(net, 1, images[:16]).eval()
+    assert grown.extra_convs == 1 and len(grown.features) == len(net.features) + 1
+    # one 3x3 conv of 3w -> 3w channels (no bias) and its batch norm's scale and shift
+    assert count_parameters(grown) - count_parameters(net) == 24 * 24 * 9 + 2 * 24
+    with torch.no_grad():
+        # the same answers, also on images the calibration never saw
+        torch.testing.assert_close(grown(images), net(images), rtol=0, atol=1e-5)
+        twice = deepen(grown, 2, images[:16]).eval()
+        assert twice.extra_convs == 3
+        torch.testing.assert_close(twice(images[16:]), net(images[16:]), rtol=0, atol=1e-5)
+    # the trained layers are copied, not shared: training the deeper model leaves `net` as is
+    assert grown.features[0][0].weight.data_ptr() != net.features[0][0].weight.data_ptr()
+    # in training mode batch norm uses each batch's statistics: close to, not exactly, identity
+    grown.train()
+    with torch.no_grad():
+        assert (grown(images).argmax(1) == net(images).argmax(1)).float().mean() >= 0.9
+    # and the deeper model does learn: its new block receives gradients
+    grown(images).sum().backward()
+    assert grown.features[-1][0].weight.grad.abs().sum() > 0
+
+
+def test_deepen_refuses_other_models_and_empty_samples():
+    with pytest.raises(TypeError, match="deepen grows a StoplightCNN, got MobileNet"):
+        deepen(create_model("mobilenet", width=0.25, num_classes=4), 1,
+               torch.zeros(4, 3, 32, 32))
+    with pytest.raises(ValueError, match="at least 2 normalised images"):
+        deepen(_trained_looking(), 1, torch.zeros(1, 3, 64, 64))
+    with pytest.raises(UnknownArchitectureError, match="extra_convs must be 0..8, got 9"):
+        create_model("stoplight_cnn", extra_convs=9)
