@@ -45,8 +45,12 @@ def test_pte_agrees_with_pytorch_on_unseen_images(files, fresh, precision):
     assert model.format.name == "executorch"
     assert "XNNPACK" in model.backend
     predicted = np.array([model.predict(img).index for img in images])
-    agreement = float(np.mean(predicted == expected.argmax(1)))
-    assert agreement >= 0.995
+    agrees = predicted == expected.argmax(1)
+    assert np.mean(agrees) >= (0.995 if precision == "fp32" else 0.99)
+    # int8 may flip a near-tie, never a clear answer: PyTorch's top two within 0.15
+    probs = np.exp(expected - expected.max(1, keepdims=True))
+    top2 = np.sort(probs / probs.sum(1, keepdims=True), 1)[:, -2:]
+    assert agrees[top2[:, 1] - top2[:, 0] >= 0.15].all()
     drop = 100 * (np.mean(expected.argmax(1) == labels) - np.mean(predicted == labels))
     assert drop <= 1.0
     if precision == "fp32":  # raw outputs, not only decisions
