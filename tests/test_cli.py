@@ -173,9 +173,9 @@ def test_info_on_the_shipped_model_and_checkpoint():
 
     onnx_info = json.loads(run("info", "stoplight", "--json").stdout)
     assert onnx_info["format"] == "onnx" and onnx_info["meta"]["labels"][0] == "red"
-    assert onnx_info["op_histogram"]["Conv"] == 6 and onnx_info["macs"] > 1_000_000
+    assert onnx_info["op_histogram"]["Conv"] == 7 and onnx_info["macs"] > 1_000_000
     checkpoint = json.loads(run("info", shipped_model("stoplight", ".pt"), "--json").stdout)
-    assert checkpoint["parameters"] == 125_844  # BatchNorm included, as torch counts
+    assert checkpoint["parameters"] == 208_980  # BatchNorm included, as torch counts
     assert checkpoint["macs"] == onnx_info["macs"]
     table = run("info", "stoplight").stdout
     assert "parameters" in table and "Conv" in table
