@@ -115,8 +115,7 @@ def deepen(model: StoplightCNN, blocks: int, sample: torch.Tensor) -> StoplightC
         mean, var = features.mean((0, 2, 3)), features.var((0, 2, 3), unbiased=False)
         for block in grown.features[new:]:
             conv, norm = block[0], block[1]
-            conv.weight.zero_()
-            nn.init.dirac_(conv.weight)
+            nn.init.dirac_(conv.weight)  # zeros but the centre tap of channel i -> i
             norm.running_mean.copy_(mean)
             norm.running_var.copy_(var)
             norm.weight.copy_(torch.sqrt(var + norm.eps))

@@ -90,6 +90,9 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     given = {"num_classes": len(LABELS), **(arch_config or {})} if arch_config else None
     if init is not None:
         model, arch_config = _start_from(init, arch, given, meta)
+        if deepen and arch_config.get("extra_convs", 0) + deepen > 8:
+            raise InputError(f"--init {init} has {arch_config['extra_convs']} extra blocks "
+                             f"already: --deepen {deepen} would make more than 8")
     else:
         arch_config = given or {"num_classes": len(LABELS)}
         if deepen:

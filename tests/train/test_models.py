@@ -78,3 +78,17 @@ def test_deepen_refuses_other_models_and_empty_samples():
         deepen(_trained_looking(), 1, torch.zeros(1, 3, 64, 64))
     with pytest.raises(UnknownArchitectureError, match="extra_convs must be 0..8, got 9"):
         create_model("stoplight_cnn", extra_convs=9)
+
+
+def test_deepen_past_eight_blocks_is_refused_before_any_work(tmp_path):
+    from edgepilot.errors import InputError
+    from edgepilot.train.checkpoint import save_checkpoint
+    from edgepilot.train.recipes import stoplight_meta, train_stoplight
+
+    config = {"num_classes": 4, "width": 8, "extra_convs": 7}
+    start = save_checkpoint(tmp_path / "deep.pt", create_model("stoplight_cnn", **config),
+                            arch="stoplight_cnn", config=config, meta=stoplight_meta(96))
+    with pytest.raises(InputError, match="has 7 extra blocks already: --deepen 2 would make"):
+        train_stoplight(tmp_path / "out", init=start, deepen=2, n_train=64, n_val=16,
+                        n_holdout=16)
+    assert not (tmp_path / "out").exists()
