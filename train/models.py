@@ -55,6 +55,10 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1, groups: int = 1) -> nn.Sequ
     )
 
 
+#: Most 3x3 blocks `stoplight_cnn` appends at 1/16 (a checkpoint's config cannot ask for more).
+MAX_EXTRA_CONVS = 8
+
+
 class StoplightCNN(nn.Module):
     """A compact CNN for small images: strided 3x3 convs, global average pooling, one linear.
 
@@ -66,8 +70,8 @@ class StoplightCNN(nn.Module):
     def __init__(self, num_classes: int = 4, width: int = 32, in_channels: int = 3,
                  extra_convs: int = 0):
         super().__init__()
-        if not 0 <= extra_convs <= 8:
-            raise ValueError(f"extra_convs must be 0..8, got {extra_convs!r}")
+        if not 0 <= extra_convs <= MAX_EXTRA_CONVS:
+            raise ValueError(f"extra_convs must be 0..{MAX_EXTRA_CONVS}, got {extra_convs!r}")
         w = self.width = width
         self.extra_convs = extra_convs
         self.features = nn.Sequential(

@@ -15,7 +15,7 @@ from edgepilot.errors import InputError, require
 from edgepilot.meta import ModelMeta
 from edgepilot.train.checkpoint import load_checkpoint, save_checkpoint
 from edgepilot.train.datasets import HOLDOUT, load_dataset, scene_config
-from edgepilot.train.models import count_parameters, create_model
+from edgepilot.train.models import MAX_EXTRA_CONVS, count_parameters, create_model
 from edgepilot.train.models import deepen as deepen_model
 from edgepilot.train.robustness import format_report, robustness_report, worst
 from edgepilot.train.stoplight import LABELS
@@ -83,16 +83,16 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
                          "the starting checkpoint's")
     if interpolate is not None and not 0.0 <= interpolate <= 1.0:
         raise InputError(f"--interpolate must be in [0, 1], got {interpolate!r}")
-    if not isinstance(deepen, int) or not 0 <= deepen <= 8:
-        raise InputError(f"--deepen must be 0..8 blocks, got {deepen!r}")
+    if not isinstance(deepen, int) or not 0 <= deepen <= MAX_EXTRA_CONVS:
+        raise InputError(f"--deepen must be 0..{MAX_EXTRA_CONVS} blocks, got {deepen!r}")
     if deepen and arch != "stoplight_cnn":
         raise InputError(f"--deepen grows stoplight_cnn, not {arch}: leave it out")
     given = {"num_classes": len(LABELS), **(arch_config or {})} if arch_config else None
     if init is not None:
         model, arch_config = _start_from(init, arch, given, meta)
-        if deepen and arch_config.get("extra_convs", 0) + deepen > 8:
+        if deepen and arch_config.get("extra_convs", 0) + deepen > MAX_EXTRA_CONVS:
             raise InputError(f"--init {init} has {arch_config['extra_convs']} extra blocks "
-                             f"already: --deepen {deepen} would make more than 8")
+                             f"already: --deepen {deepen} would make more than {MAX_EXTRA_CONVS}")
     else:
         arch_config = given or {"num_classes": len(LABELS)}
         if deepen:

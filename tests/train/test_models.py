@@ -3,7 +3,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgepilot.errors import UnknownArchitectureError  # noqa: E402
-from edgepilot.train.models import count_parameters, create_model, deepen, list_models  # noqa: E402,E501
+from edgepilot.train.models import (  # noqa: E402
+    count_parameters,
+    create_model,
+    deepen,
+    list_models,
+)
 
 
 def test_registry_lists_the_architectures():
