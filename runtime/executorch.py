@@ -49,7 +49,7 @@ import sys, warnings
 warnings.simplefilter("ignore")
 import torch
 from executorch.runtime import Runtime
-program = Runtime.get().load_program(open(sys.argv[1], "rb").read())
+program = Runtime.get().load_program(sys.stdin.buffer.read())
 for name in program.method_names:
     method = program.load_method(name)
     meta = program.metadata(name)
@@ -66,18 +66,24 @@ VET_TIMEOUT = 120
 _VETTED: set[bytes] = set()  # sha256 of programs a child loaded and ran without crashing
 
 
-def vet(path: Path) -> None:
-    """Load and run `path` once in a child process first. ExecuTorch's C++ runtime aborts the
-    whole process (ET_CHECK) on some corrupt programs instead of raising; a child that dies
-    that way costs nothing, this process would be lost. A clean failure in the child is left
-    for the in-process load to report with its own message."""
+def vet(data: bytes, path: Path) -> None:
+    """Load and run the program `data` (read from `path`) once in a child process first.
+    ExecuTorch's C++ runtime aborts the whole process (ET_CHECK) on some corrupt programs
+    instead of raising; a child that dies that way costs nothing, this process would be lost.
+    A clean failure in the child is left for the in-process load to report with its own
+    message.
+
+    The child gets the bytes on stdin, not the path: a file swapped after this process read it
+    would otherwise be checked in place of what is loaded. It runs isolated (``-I``): neither
+    the current folder nor PYTHONPATH is on its import path, so a ``torch.py`` lying where the
+    user works is never imported."""
     import signal
     import subprocess
     import sys
 
     try:
-        done = subprocess.run([sys.executable, "-c", _VET, str(path)], capture_output=True,
-                              timeout=VET_TIMEOUT)
+        done = subprocess.run([sys.executable, "-I", "-c", _VET], input=data,
+                              capture_output=True, timeout=VET_TIMEOUT)
     except subprocess.TimeoutExpired as err:
         raise ModelFileError(f"ExecuTorch did not load and run '{path}' within {VET_TIMEOUT} "
                              "s: a corrupt or hostile .pte?") from err
@@ -138,7 +144,7 @@ class ExecuTorchBackend(Backend):
         check_header(data, path)
         digest = hashlib.sha256(data).digest()
         if not vetted and digest not in _VETTED:  # once per content and process
-            vet(path)
+            vet(data, path)
             _VETTED.add(digest)
         rt = runtime()
         import executorch.extension.pybindings.portable_lib as native
