@@ -14,15 +14,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
+import re
+import stat
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 __all__ = ["AUTO", "ThreadChoice", "available_cores", "candidate_counts", "choose", "sweep",
            "auto_threads", "cache_file"]
@@ -38,6 +48,16 @@ MIN_RUNS = 3
 MAX_RUNS = 50
 #: Entries kept in the cache file (the most recent).
 CACHE_ENTRIES = 256
+#: A cache file larger than this is ignored unparsed (256 entries at their bounds take a fifth).
+CACHE_BYTES = 1 << 20
+#: Bounds on a cached entry: thread counts, and timings per entry (a sweep up to MAX_THREADS
+#: cores times 13 counts).
+MAX_THREADS = 4096
+MAX_TIMINGS = 16
+#: Seconds a cache write waits for another process's write before giving up on its own.
+LOCK_WAIT_S = 5.0
+_KEY = re.compile(r"[0-9a-f]{64}\|[0-9a-f]{16}")  # cache_key's form
+_COUNT = re.compile(r"[1-9][0-9]{0,3}")  # a thread count as a JSON key: ASCII digits only
 
 
 @dataclass(frozen=True)
@@ -147,41 +167,125 @@ def cache_key(path: Path, runtime: str) -> str:
 
 
 def _read_cache(file: Path) -> dict:
-    """The cache's entries; a missing, unreadable or corrupt file is an empty cache."""
+    """The cache's valid entries; a missing, unreadable, oversized or corrupt file is an empty
+    cache, and an entry that is not exactly what _write_cache writes is dropped.
+
+    A cache is only a cache: nothing in it may fail a load, and it is replaced on the next
+    write. So it is read only if it is a regular file (a FIFO would block the open, a device
+    never ends) and at most CACHE_BYTES of it, and parsed only below that size.
+    """
     try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError):
+        # O_NONBLOCK: opening a FIFO returns at once, for fstat to turn it away.
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return {}
+            text = handle.read(CACHE_BYTES + 1)
+        data = json.loads(text) if len(text) <= CACHE_BYTES else None
+    except (OSError, ValueError, RecursionError):  # RecursionError: deeply nested lists
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    entries = {key: _valid(entry) for key, entry in data.items() if _KEY.fullmatch(key)}
+    return {key: entry for key, entry in entries.items() if entry is not None}
 
 
-def _cached(entry) -> ThreadChoice | None:
+def _number(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)  # not bool, NaN or inf
+
+
+def _valid(entry) -> dict | None:
+    """`entry` rebuilt from its expected fields, or None if any of them is off. The bounds
+    keep a full cache far below CACHE_BYTES (under 1 KB an entry), so what is written is
+    always read back."""
+    if not isinstance(entry, dict):
+        return None
+    threads, timings, measured = (entry.get("threads"), entry.get("timings_ms", {}),
+                                  entry.get("measured", ""))
+    if not (type(threads) is int and 1 <= threads <= MAX_THREADS):
+        return None
+    if not isinstance(timings, dict) or len(timings) > MAX_TIMINGS or not all(
+            _COUNT.fullmatch(n) and int(n) <= MAX_THREADS and _number(ms) and ms >= 0
+            for n, ms in timings.items()):
+        return None
+    if not (isinstance(measured, str) and len(measured) <= 32):
+        return None
+    return {"threads": threads, "timings_ms": dict(timings), "measured": measured}
+
+
+def _cached(entry: dict | None) -> ThreadChoice | None:
+    if entry is None or entry["threads"] > available_cores():
+        return None
+    timings = {int(n): float(ms) for n, ms in entry["timings_ms"].items()}
+    return ThreadChoice(entry["threads"], timings, cached=True)
+
+
+@contextmanager
+def _locked(file: Path):
+    """Hold an exclusive lock on a file beside `file` across the read-modify-write, so that
+    two processes writing at once do not drop each other's entries. Where fcntl is missing
+    (Windows) there is no lock: a race then loses an entry (a sweep later), never the file.
+
+    A lock not had within LOCK_WAIT_S raises TimeoutError (an OSError): a stopped or
+    hostile holder costs the next load a sweep, never a hung load."""
+    if fcntl is None:
+        yield
+        return
+    # O_NOFOLLOW: a symlink planted at the lock's name is an error, not a file made elsewhere.
+    fd = os.open(file.with_name(f"{file.name}.lock"),
+                 os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        threads = int(entry["threads"])
-        timings = {int(n): float(ms) for n, ms in entry.get("timings_ms", {}).items()}
-    except (TypeError, KeyError, ValueError, AttributeError):
-        return None
-    if not 1 <= threads <= available_cores():
-        return None
-    return ThreadChoice(threads, timings, cached=True)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{file}.lock is held") from None
+                time.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _write_cache(file: Path, key: str, choice: ThreadChoice) -> None:
-    """Record a choice (atomically: a crash mid-write leaves the old file). A cache that cannot
-    be written only costs the next load a sweep."""
-    entries = _read_cache(file)
-    entries.pop(key, None)
-    entries[key] = {"threads": choice.threads,
-                    "timings_ms": {str(n): round(ms, 4) for n, ms in choice.timings_ms.items()},
-                    "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    entries = dict(list(entries.items())[-CACHE_ENTRIES:])
+    """Record a choice. A cache that cannot be written only costs the next load a sweep, so
+    every failure here is silent; a cache path that is not a regular file is left alone."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = file.with_name(f"{file.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(entries, indent=1))
-        os.replace(temporary, file)
+        with _locked(file):
+            try:
+                if not stat.S_ISREG(os.stat(file).st_mode):
+                    return
+            except FileNotFoundError:
+                pass
+            entries = _read_cache(file)
+            entries.pop(key, None)
+            entries[key] = {"threads": choice.threads,
+                            "timings_ms": {str(n): round(ms, 4)
+                                           for n, ms in choice.timings_ms.items()},
+                            "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            entries = dict(list(entries.items())[-CACHE_ENTRIES:])
+            _replace(file, json.dumps(entries, indent=1))
     except OSError:
         pass
+
+
+def _replace(file: Path, text: str) -> None:
+    """Write `text` to `file` atomically: readers, who take no lock, see the old file or the
+    new one, never half of one. mkstemp makes a new file of a random name (O_EXCL), so a
+    symlink planted beside the cache is never written through. No fsync: after a crash, a
+    torn cache is only an ignored one."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, file)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 # --------------------------------------------------------------------------- load's hook

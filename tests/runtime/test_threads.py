@@ -2,7 +2,11 @@
 (keyed by content and host, robust to corruption), and what load() does with it."""
 
 import json
+import os
 import shutil
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -147,9 +151,33 @@ def test_the_cache_is_per_content_host_and_runtime(monkeypatch, model_file, tmp_
     assert len(chosen(copy)) > 1
 
 
-@pytest.mark.parametrize("garbage", [b"{not json", b"[1, 2]", b"\xff\xfe", b"KEY: []",
-                                     b'{"KEY": {"threads": "x"}}', b'{"KEY": {"threads": 1, '
-                                     b'"timings_ms": {"one": 1}}}'])
+OTHER = b"0" * 64 + b"|" + b"0" * 16  # a well-formed key of another file
+
+
+@pytest.mark.parametrize("garbage", [
+    b"{not json", b"[1, 2]", b"\xff\xfe", b"KEY: []", b'{"KEY": {"threads": "x"}}',
+    b'{"KEY": {"threads": 1, "timings_ms": {"one": 1}}}',
+    b'{"KEY": {"threads": 1, "timings_ms": [[1, 2]]}}',
+    # Hostile: json's own RecursionError, int(inf)'s OverflowError, NaN and inf timings.
+    pytest.param(b"[" * 100_000, id="nested-lists"),
+    pytest.param(b'{"KEY": ' + b"[" * 100_000, id="nested-lists-in-entry"),
+    pytest.param(b'{"KEY": {"threads": Infinity}}', id="infinite-threads"),
+    pytest.param(b'{"KEY": {"threads": 1e999}}', id="overflowing-threads"),
+    pytest.param(b'{"KEY": {"threads": NaN}}', id="nan-threads"),
+    pytest.param(b'{"KEY": {"threads": 1, "timings_ms": {"1": NaN}}}', id="nan-timing"),
+    pytest.param(b'{"KEY": {"threads": 1, "timings_ms": {"1": -Infinity}}}', id="inf-timing"),
+    pytest.param(b'{"' + OTHER + b'": {"threads": 1, "timings_ms": {"1": NaN}}}',
+                 id="nan-in-another-entry"),
+    # Wrong types that int() and float() would have let through.
+    pytest.param(b'{"KEY": {"threads": true}}', id="bool-threads"),
+    pytest.param(b'{"KEY": {"threads": "1"}}', id="str-threads"),
+    pytest.param(b'{"KEY": {"threads": 1.5}}', id="float-threads"),
+    pytest.param(b'{"KEY": {"threads": 1, "timings_ms": {"1": "2"}}}', id="str-timing"),
+    pytest.param(b'{"KEY": {"threads": 1, "measured": [1]}}', id="list-measured"),
+    # Past the size cap, even around a valid entry: never parsed at all.
+    pytest.param(b'{"' + OTHER + b'": {"threads": 1, "measured": "' + b"x" * (2 << 20)
+                 + b'"}, "KEY": {"threads": 1}}', id="huge-file"),
+])
 def test_a_corrupt_cache_is_ignored_and_rewritten(monkeypatch, model_file, cache_home,
                                                   garbage):
     model = FakeModel(lambda n: 0.001)
@@ -188,6 +216,109 @@ def test_an_unwritable_cache_only_costs_a_sweep(monkeypatch, model_file, cache_h
     choice, backend = auto_threads(model_file, lambda n: FakeBackend(model, n), runtime="rt",
                                    clock=model.clock)
     assert choice.threads == 1 and backend.n == 1
+
+
+def _load_twice(model_file) -> list[bool]:
+    """Two auto loads of a file: whether each was a cache hit."""
+    model, hits = FakeModel(lambda n: 0.001), []
+    for _ in range(2):
+        choice, backend = auto_threads(model_file, lambda n: FakeBackend(model, n),
+                                       runtime="rt", clock=model.clock)
+        assert choice.threads == 1 and backend.n == 1
+        hits.append(choice.cached)
+    return hits
+
+
+def test_a_cache_path_that_is_a_folder_is_left_alone(monkeypatch, model_file, cache_home):
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    folder = cache_home / "edgepilot"
+    (folder / "threads.json").mkdir(parents=True)
+    assert _load_twice(model_file) == [False, False]  # two sweeps: nothing was written
+    assert (folder / "threads.json").is_dir() and not any((folder / "threads.json").iterdir())
+    assert {p.name for p in folder.iterdir()} <= {"threads.json", "threads.json.lock"}
+
+
+@pytest.mark.needs_os
+def test_a_cache_path_that_is_a_fifo_is_neither_read_nor_replaced(monkeypatch, model_file,
+                                                                  cache_home):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("os: no named pipes here")
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    file = cache_home / "edgepilot" / "threads.json"
+    file.parent.mkdir(parents=True)
+    os.mkfifo(file)  # opened plainly for reading, this blocks until a writer comes
+    assert _load_twice(model_file) == [False, False]
+    assert stat.S_ISFIFO(os.lstat(file).st_mode)
+    assert {p.name for p in file.parent.iterdir()} <= {"threads.json", "threads.json.lock"}
+
+
+def test_a_failed_write_leaves_no_temporary_file(monkeypatch, model_file, cache_home):
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+
+    def full_disk(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(threads.os, "replace", full_disk)
+    assert _load_twice(model_file) == [False, False]
+    folder = cache_home / "edgepilot"
+    assert {p.name for p in folder.iterdir()} <= {"threads.json.lock"}
+
+
+@pytest.mark.parametrize("planted", ["temporary", "lock"])
+def test_a_planted_symlink_is_never_followed(monkeypatch, model_file, cache_home, tmp_path,
+                                             planted):
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    folder = cache_home / "edgepilot"
+    folder.mkdir(parents=True)
+    victim, elsewhere = tmp_path / "victim", tmp_path / "created-elsewhere"
+    victim.write_text("precious")
+    if planted == "temporary":  # where the cache used to put its temporary file
+        (folder / f"threads.json.{os.getpid()}.tmp").symlink_to(victim)
+    else:
+        (folder / "threads.json.lock").symlink_to(elsewhere)  # dangling: O_CREAT would make it
+    _load_twice(model_file)
+    assert victim.read_text() == "precious" and not elsewhere.exists()
+    file = folder / "threads.json"
+    assert not file.is_symlink()
+    if planted == "temporary":
+        assert [entry["threads"] for entry in json.loads(file.read_text()).values()] == [1]
+
+
+WRITER = """
+import sys
+from edgepilot.runtime import threads
+
+threads.LOCK_WAIT_S = float("inf")  # wait as long as it takes: the parent's timeout bounds it
+writer, count = int(sys.argv[1]), int(sys.argv[2])
+sys.stdin.readline()  # start together, to overlap the writes as much as possible
+for i in range(count):
+    key = f"{writer * count + i:064x}|{writer:016x}"
+    threads._write_cache(threads.cache_file(), key, threads.ThreadChoice(1, {1: 0.5}))
+"""
+
+
+def test_concurrent_writers_lose_no_entry(cache_home):
+    writers, count = 8, 25  # 200 entries: within CACHE_ENTRIES, so all must be kept
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+    procs = [subprocess.Popen([sys.executable, "-I", "-c", WRITER, str(w), str(count)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, text=True)
+             for w in range(writers)]
+    try:
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    entries = json.loads((cache_home / "edgepilot" / "threads.json").read_text())
+    expected = {f"{w * count + i:064x}|{w:016x}" for w in range(writers) for i in range(count)}
+    assert len(set(entries) & expected) == writers * count, f"{len(entries)} of 200 kept"
 
 
 def test_the_sweep_never_asks_for_more_threads_than_the_affinity_allows(monkeypatch,
