@@ -2,6 +2,11 @@
 strings those boards print), and the stoplight model exported and bundled once per session."""
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +124,76 @@ def rpi5_bundle(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("rpi5") / "bundle"
     return deploy(shipped_model("stoplight", ".pt"), "rpi5", out, log=lambda message: None)
+
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+def _bound_port() -> socket.socket:
+    """A localhost port held by a socket that never listens: connections to it are refused,
+    and no other process (another xdist worker) can take it while the socket is open."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def _start_sshd(work: Path) -> tuple[subprocess.Popen, int]:
+    """sshd on a free localhost port; a port taken between choosing and binding is retried."""
+    for _ in range(5):
+        with _bound_port() as s:
+            port = s.getsockname()[1]
+        (work / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {work}/host_key\n"
+            f"AuthorizedKeysFile {work}/authorized_keys\nPidFile {work}/sshd.pid\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+            "StrictModes no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n"
+            "Subsystem sftp /usr/lib/openssh/sftp-server\n")  # scp uses SFTP since OpenSSH 9
+        server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", work / "sshd_config"],
+                                  stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120  # generous: CI machines are busy
+        while server.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return server, port
+            time.sleep(0.05)
+        server.kill()
+        _, err = server.communicate(timeout=30)
+        if "Address already in use" not in err:
+            pytest.fail(f"sshd did not start within 120 s: {err.strip()}")
+    pytest.fail("sshd found no free port in 5 tries")
+
+
+@pytest.fixture(scope="module")
+def ssh_config(tmp_path_factory):
+    """An sshd of our own and an ssh config naming hosts `good` and `bad` (a port that
+    refuses connections, as a board that is switched off)."""
+    missing = [tool for tool in ("ssh", "ssh-keygen", "rsync") if shutil.which(tool) is None]
+    if not SSHD.exists() or missing:  # not an OS limit: strict mode fails this skip
+        pytest.skip(f"openssh-server, openssh-client or rsync is not installed "
+                    f"({', '.join(missing) or SSHD}): run 'make ssh-tools'")
+    work = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", work / key],
+                       check=True, timeout=60)
+    (work / "authorized_keys").write_text((work / "user_key.pub").read_text())
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    server, port = _start_sshd(work)
+    user = os.environ.get("USER") or __import__("getpass").getuser()
+    host = (f"  HostName 127.0.0.1\n  User {user}\n  IdentityFile {work}/user_key\n"
+            "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+            "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
+    config = work / "ssh_config"
+    with _bound_port() as closed:
+        config.write_text(f"Host good\n  Port {port}\n{host}"
+                          f"Host bad\n  Port {closed.getsockname()[1]}\n{host}")
+        try:
+            yield config
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+@pytest.fixture
+def ssh_env(ssh_config, monkeypatch):
+    monkeypatch.setenv("EDGEPILOT_SSH_CONFIG", str(ssh_config))
+    return {**os.environ, "EDGEPILOT_SSH_CONFIG": str(ssh_config)}
