@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.runtime.mlpackage import model_size
 
 __all__ = ["BenchResult", "benchmark", "latency_stats", "machine_info"]
 
@@ -282,9 +283,7 @@ def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeli
 
 
 def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size if path.is_file() else 0
+    return model_size(path) if path.exists() else 0
 
 
 def _format_name(path: Path) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.runtime.mlpackage import check_package, copy_package
 
 __all__ = ["deploy", "write_bundle", "requirements_for", "BUNDLE_FILE"]
 
@@ -95,14 +96,18 @@ def write_bundle(models: Sequence[Path], out: str | Path, *, profile=None,
         _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     formats = list(dict.fromkeys(format_for_path(m).name for m in models))
+    for model in models:  # names land in requirements.txt, the README and bundle.json
+        if not Path(model).name.isprintable():
+            raise InputError(f"The model file name {Path(model).name!r} holds control "
+                             "characters (a new line?): rename the file")
     names = []
     for model in models:
         model = Path(model)
         if not model.exists():
             raise EdgepilotError(f"Model file not found: '{model}'")
         if model.resolve() != (out / model.name).resolve():
-            if model.is_dir():  # a model that is a folder (Core ML .mlpackage)
-                shutil.copytree(model, out / model.name, dirs_exist_ok=True)
+            if model.is_dir():  # a model that is a folder (Core ML .mlpackage): vetted files
+                copy_package(check_package(model), out / model.name)
             else:
                 shutil.copy2(model, out / model.name)
         names.append(model.name)

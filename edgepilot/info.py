@@ -36,6 +36,7 @@ from edgepilot.errors import ModelFileError, UnsupportedFormatError, require
 from edgepilot.formats import FORMATS, format_for_path
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import file_errors, meta_entry
+from edgepilot.runtime.mlpackage import model_size
 
 __all__ = ["TensorSummary", "LayerSummary", "ModelInfo", "inspect_model", "print_info"]
 
@@ -144,7 +145,7 @@ def inspect_model(path: str | Path) -> ModelInfo:
         raise ModelFileError(f"'{path}' holds tensor, layer or op names that are not UTF-8 "
                              "text: a corrupt or hostile file")
     return ModelInfo(
-        path=str(path), format=name, size_bytes=_size(path), inputs=inputs,
+        path=str(path), format=name, size_bytes=model_size(path), inputs=inputs,
         outputs=outputs, meta=meta,
         layers=[LayerSummary(x.name, x.op, x.weights + x.biases, x.macs) for x in layers],
         op_histogram=dict(Counter(ops).most_common()),
@@ -179,12 +180,6 @@ class Reading(NamedTuple):
     ops: list[str]
     details: dict = {}  # format-specific facts: compute units, weight precision, delegates...
 
-
-def _size(path: Path) -> int:
-    """Bytes of a file, or of every file in a folder model (a Core ML .mlpackage)."""
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size
 
 
 def count_layers(nodes, sizes: dict, shape, table: dict[str, OpRule]) -> list[Layer]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError, require
 from edgepilot.runtime.backend import Backend, TensorInfo, file_errors, meta_entry
+from edgepilot.runtime.mlpackage import check_package
 
 __all__ = ["CoreMLBackend", "COMPUTE_UNITS", "COMPUTE_UNITS_KEY", "META_KEY", "INPUT_NAME"]
 
@@ -52,6 +53,7 @@ class CoreMLBackend(Backend):
         ct = require("coremltools", "coreml", "Running Core ML models")
         from PIL import Image
 
+        check_package(Path(path))  # no links out, no FIFOs, a Manifest inside the package
         self._image = Image
         with file_errors("coremltools", path), warnings.catch_warnings():
             warnings.simplefilter("ignore")

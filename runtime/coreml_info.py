@@ -8,23 +8,24 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from edgepilot.errors import ModelFileError, require
+from edgepilot.errors import require
 from edgepilot.info import Reading, TensorSummary, parse_meta
 from edgepilot.runtime.backend import quiet_native_stderr
 from edgepilot.runtime.coreml import COMPUTE_UNITS_KEY, META_KEY
+from edgepilot.runtime.mlpackage import check_package, spec_copy
 
 __all__ = ["read_info", "read_spec", "image_preprocessing", "weight_dtypes"]
 
 
 def read_spec(path: Path):
-    """The model's protobuf spec, read without loading Core ML."""
-    if not (Path(path) / "Manifest.json").is_file():
-        raise ModelFileError(f"'{path}' is not a Core ML package (no Manifest.json inside)")
+    """The model's protobuf spec, read without loading Core ML, from a private copy of the
+    vetted package (coremltools follows links and rewrites the Manifest it opens)."""
+    package = check_package(Path(path))
     # coremltools announces at import what it cannot do on this OS and torch version.
-    with quiet_native_stderr(), warnings.catch_warnings():
+    with quiet_native_stderr(), warnings.catch_warnings(), spec_copy(package) as private:
         warnings.simplefilter("ignore")
         ct = require("coremltools", "coreml", "Inspecting Core ML models")
-        return ct.utils.load_spec(str(path))
+        return ct.utils.load_spec(str(private))
 
 
 def _operations(spec) -> list:

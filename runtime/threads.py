@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepilot.runtime.mlpackage import check_package
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -157,7 +159,8 @@ def cache_key(path: Path, runtime: str) -> str:
     """The file's content, this host (CPU model, cores available) and the runtime's version:
     a choice is reused only where all three are the same."""
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = [path / rel for rel in sorted(check_package(path).files)] if path.is_dir() \
+        else [path]
     for file in files:
         with open(file, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
