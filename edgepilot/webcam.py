@@ -167,7 +167,7 @@ def _stop_on_signals():
 def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                roi: str | None = None, smooth: int = 5, serve: str | None = None,
                headless: bool = False, frames: int | None = None, save: str | None = None,
-               threads: int | str | None = "auto",
+               threads: int | str | None = "auto", token: str | None = None,
                log: Callable[[str], None] = print) -> LiveState:
     """Run the live demo; returns the final state (with timings) when it ends.
 
@@ -175,7 +175,8 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
     N). `threads` (model threads) is chosen by measurement by default (see `edgepilot.load`),
     and the runtime's idle workers do not spin: frames come at the camera's pace, and workers
     that spin between them keep their cores busy for nothing. A signal (Ctrl-C, SIGTERM)
-    finalises the recording and then raises `Stopped`."""
+    finalises the recording and then raises `Stopped`. `token`: the page requires it (see
+    `LiveServer`); its address, printed, carries it."""
     import edgepilot
     from edgepilot.assets import resolve_model
     from edgepilot.runtime.web import LiveServer, parse_address
@@ -198,13 +199,14 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                 show = _window(log)
             fallback = not headless and not address and show is None
             if address or fallback:
-                server = LiveServer(*(address or ("127.0.0.1", 0))).start()
+                server = LiveServer(*(address or ("127.0.0.1", 0)), token=token,
+                                    log=log).start()
                 if fallback:  # OpenCV without windows: the page, in the user's browser
                     from edgepilot.window import open_page
 
-                    open_page(server.url, log)
+                    open_page(server.page_url, log)
                 else:
-                    log(f"serving the live page on {server.url}  (Ctrl-C to stop)")
+                    log(f"serving the live page on {server.page_url}  (Ctrl-C to stop)")
             quit_requested = []
 
             def on_frame(frame, state: LiveState) -> None:

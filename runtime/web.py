@@ -7,21 +7,39 @@ label, decision, FPS and latency from a JSON endpoint. Standard library only.
 
 Exposure: read-only, no input is acted on. Bound to localhost by default, where the Host
 header must name this machine (so a web page elsewhere cannot reach it by DNS rebinding).
-Stalled clients time out, and connections and streams are capped, so viewers cannot exhaust
-the threads of a small device.
+Bound to another address, it says so (the page is reachable from the network) and can require
+a token: ``?token=...`` in the page's address, which the page passes on to its own requests,
+or an ``Authorization: Bearer`` header.
+
+Slow clients cannot starve the others (Slowloris): one loop reads every request head without
+a thread, with one deadline for the whole head however slowly its bytes arrive; only a
+complete request gets a thread, and threads, streams and waiting connections are capped.
+
+    server = LiveServer("0.0.0.0", 8080, token="a long random string").start()
+    server.publish(frame_rgb, {"label": "green"})   # from the live loop, every frame
+    print(server.page_url)                           # http://0.0.0.0:8080/?token=...
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import hmac
+import io
 import ipaddress
 import json
 import re
+import selectors
 import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 
 import cv2
 import numpy as np
@@ -43,7 +61,7 @@ SCRIPT = """
 const seen = [];
 async function poll() {
   try {
-    const s = await (await fetch('/state.json', {cache: 'no-store'})).json();
+    const s = await (await fetch('/state.json' + location.search, {cache: 'no-store'})).json();
     const d = document.getElementById('decision');
     d.textContent = s.decision; d.className = s.decision;
     document.getElementById('label').textContent = s.label;
@@ -56,6 +74,8 @@ async function poll() {
   } catch (e) { /* the demo may be restarting; keep polling */ }
   setTimeout(poll, 200);
 }
+// The page's own address carries the token, if the server needs one: pass it on.
+document.getElementById('stream').src = '/stream.mjpg' + location.search;
 poll();
 """
 
@@ -71,7 +91,7 @@ PAGE = f"""<!doctype html>
 <tr><td>inference</td><td id="inference">-</td></tr>
 <tr><td>capture → overlay</td><td id="latency">-</td></tr>
 <tr><td>labels seen</td><td id="history"></td></tr></table>
-<img id="stream" src="/stream.mjpg" alt="live stream">
+<img id="stream" alt="live stream">
 <script>{SCRIPT}</script></body></html>
 """
 
@@ -91,9 +111,13 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-REQUEST_TIMEOUT = 10.0  # seconds a client may take to send a request or accept a frame
-MAX_CONNECTIONS = 32  # concurrent connections (each one a thread)
+HEAD_TIMEOUT = 5.0  # seconds a client has for its whole request head (line and headers)
+MAX_HEAD = 32 * 1024  # bytes of request line and headers
+MAX_WAITING = 256  # connections still sending their head (no thread each); the oldest goes
+REQUEST_TIMEOUT = 10.0  # seconds a viewer may take to accept a frame
+MAX_CONNECTIONS = 32  # requests answered at once (each one a thread)
 MAX_STREAMS = 8  # concurrent MJPEG viewers (each encodes and sends every frame)
+_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line after the headers
 LOOPBACK_NAMES = {"localhost", "localhost.", "127.0.0.1", "::1"}
 
 
@@ -116,6 +140,10 @@ def parse_address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", number
 
 
+def _print_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() in LOOPBACK_NAMES:
         return True
@@ -133,33 +161,163 @@ def _host_name(header: str) -> str:
     return (match.group(1) or match.group(2)).lower()
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer with IPv6, a connection cap and quiet client disconnects."""
+@dataclass(slots=True)
+class _Waiting:
+    """A connection still sending its request head."""
 
-    daemon_threads = True
+    client_address: tuple
+    deadline: float  # time.monotonic() by which the whole head must have arrived
+    head: bytearray
 
-    def __init__(self, address, handler):
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, handler)
 
-    def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):  # full: drop it rather than queue threads
-            self.shutdown_request(request)
-            return
+def _refuse(connection: socket.socket, status: HTTPStatus, message: str) -> None:
+    """A one-line answer from the loop thread, sent only if the socket takes it at once (it
+    must never block the loop), then the connection is closed."""
+    body = f"{message}\n".encode()
+    lines = [f"HTTP/1.0 {status.value} {status.phrase}", "Server: edgepilot",
+             "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}",
+             "Connection: close", *(f"{name}: {value}" for name, value in
+                                    SECURITY_HEADERS.items())]
+    with contextlib.suppress(OSError):
+        connection.send("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
+        connection.shutdown(socket.SHUT_WR)
+    connection.close()
+
+
+class _Server:
+    """Reads request heads in one selector loop, then answers each request in its own thread.
+
+    A thread per connection is what Slowloris exhausts: clients that send their head a line at
+    a time, each line before a per-read timeout, hold every thread. Here a connection that is
+    still sending its head costs a socket and a buffer, has HEAD_TIMEOUT seconds for the whole
+    head, and the oldest is dropped when MAX_WAITING wait; only a complete head takes one of
+    MAX_CONNECTIONS threads (more at once are refused with 503)."""
+
+    def __init__(self, address: tuple[str, int], handler):
+        self.handler = handler
+        self.socket = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
         try:
-            super().process_request(request, client_address)
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            self.socket.listen(128)  # socketserver's 5 drops a burst of connects (1 s retries)
+        except BaseException:
+            self.socket.close()
+            raise
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        # Deadlines are accept time + HEAD_TIMEOUT, so insertion order is deadline order.
+        self._waiting: dict[socket.socket, _Waiting] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake, self._waker = socket.socketpair()  # close() writes a byte to stop the loop
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="edgepilot-web")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._waker.send(b"x")
+        if self._thread.is_alive():
+            self._thread.join()
+        for connection in list(self._waiting):
+            self._drop(connection)
+        self._selector.close()
+        for sock in (self.socket, self._wake, self._waker):
+            sock.close()
+
+    def _serve(self) -> None:
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        self._selector.register(self._wake, selectors.EVENT_READ)
+        while not self._stopping:
+            for key, _ in self._selector.select(self._expire()):
+                if key.fileobj is self.socket:
+                    self._accept()
+                elif key.fileobj is not self._wake and key.fileobj in self._waiting:
+                    self._read(key.fileobj)
+
+    def _expire(self) -> float | None:
+        """Drops the connections whose head is overdue (no answer: they are not listening);
+        the seconds until the next deadline, None when no connection is waiting."""
+        now = time.monotonic()
+        while self._waiting:
+            connection, waiting = next(iter(self._waiting.items()))
+            if waiting.deadline > now:
+                return waiting.deadline - now
+            self._drop(connection)
+        return None
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, client_address = self.socket.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            connection.setblocking(False)
+            if len(self._waiting) >= MAX_WAITING:
+                self._drop(next(iter(self._waiting)))
+            self._waiting[connection] = _Waiting(client_address,
+                                                 time.monotonic() + HEAD_TIMEOUT, bytearray())
+            self._selector.register(connection, selectors.EVENT_READ)
+
+    def _read(self, connection: socket.socket) -> None:
+        waiting = self._waiting[connection]
+        try:
+            data = connection.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client left
+            self._drop(connection)
+            return
+        seen = len(waiting.head)
+        waiting.head += data
+        end = _HEAD_END.search(waiting.head, max(0, seen - 2))
+        if end is None:
+            if len(waiting.head) > MAX_HEAD:
+                self._drop(connection, (HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                        f"Request head over {MAX_HEAD} bytes: send fewer or "
+                                        "smaller headers (cookies?)"))
+            return
+        if not self._slots.acquire(blocking=False):
+            self._drop(connection, (HTTPStatus.SERVICE_UNAVAILABLE,
+                                    f"Server busy (at most {MAX_CONNECTIONS} requests at once): "
+                                    "try again"))
+            return
+        self._selector.unregister(connection)
+        del self._waiting[connection]
+        try:
+            threading.Thread(target=self._answer, daemon=True, args=(
+                connection, waiting.client_address, bytes(waiting.head[:end.end()]))).start()
         except BaseException:
             self._slots.release()
+            connection.close()
             raise
 
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    def _drop(self, connection: socket.socket,
+              answer: tuple[HTTPStatus, str] | None = None) -> None:
+        self._selector.unregister(connection)
+        del self._waiting[connection]
+        if answer:
+            _refuse(connection, *answer)
+        else:
+            connection.close()
 
-    def handle_error(self, request, client_address):
+    def _answer(self, connection: socket.socket, client_address: tuple, head: bytes) -> None:
+        try:
+            self.handler((connection, head), client_address, self)
+        except Exception:
+            self.handle_error(client_address)
+        finally:
+            self._slots.release()  # first: a client that saw the connection end can get it
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_WR)
+            connection.close()
+
+    def handle_error(self, client_address: tuple) -> None:
         error = sys.exc_info()[1]
         if isinstance(error, (ConnectionError, TimeoutError)):
             return  # a client that left or stalled is not the demo's problem
@@ -168,9 +326,17 @@ class _Server(ThreadingHTTPServer):
 
 
 class LiveServer:
-    """Serves the latest annotated frame and state; `publish` is called by the live loop."""
+    """Serves the latest annotated frame and state; `publish` is called by the live loop.
 
-    def __init__(self, host: str, port: int, quality: int = 80):
+    `token`: when given, every request must carry it (``?token=...`` or ``Authorization:
+    Bearer ...``); `page_url` is the page's address with it. `log` gets the one-line warning
+    when the address is reachable from the network (default: standard error)."""
+
+    def __init__(self, host: str, port: int, quality: int = 80, *, token: str | None = None,
+                 log: Callable[[str], None] | None = None):
+        if token is not None and not token:
+            raise InputError("The web token is empty: give a long random string, or no token")
+        self._token = None if token is None else token.encode()
         self._frames = Newest()  # (annotated RGB frame, state dict) from the live loop
         self._jpeg_lock = threading.Lock()
         self._jpeg: tuple[int, bytes] = (0, b"")  # (serial, JPEG) most recently encoded
@@ -178,23 +344,34 @@ class LiveServer:
         self.quality = quality
         self.check_host = _is_loopback(host)
         try:
-            self.httpd = _Server((host, port), self._handler())
+            self._server = _Server((host, port), self._handler())
         except (OSError, OverflowError) as err:
             reason = getattr(err, "strerror", None) or err
             raise EdgepilotError(f"Cannot serve on {host}:{port}: {reason}. Is the port in "
                                  "use, or the address not this machine's? Choose another with "
                                  "--serve HOST:PORT") from err
-        self.address = self.httpd.server_address[:2]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
-                                        name="edgepilot-web")
+        self.address = self._server.server_address[:2]
+        if not self.check_host:
+            (log or _print_stderr)(
+                f"warning: the live page on {self.url} is reachable from the network: "
+                + ("every request needs the token (sent in clear: plain HTTP)" if token else
+                   "anyone who can reach this port sees the camera (serve on 127.0.0.1, or "
+                   "set a token)"))
 
     @property
     def url(self) -> str:
         host, port = self.address
         return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
+    @property
+    def page_url(self) -> str:
+        """The page's address, with the token when one is required."""
+        if self._token is None:
+            return self.url
+        return f"{self.url}?token={urllib.parse.quote(self._token.decode(), safe='')}"
+
     def start(self) -> LiveServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     @property
@@ -203,9 +380,7 @@ class LiveServer:
 
     def close(self) -> None:
         self._frames.close()
-        if self._thread.is_alive():
-            self.httpd.shutdown()
-        self.httpd.server_close()
+        self._server.close()
 
     def publish(self, frame_rgb: np.ndarray, state: dict) -> None:
         """Hand over an annotated frame (not copied: the caller must not draw on it again)."""
@@ -226,6 +401,17 @@ class LiveServer:
             return True
         name = _host_name(header or "")
         return _is_loopback(name) or name == str(self.address[0]).lower()
+
+    def authorized(self, path: str, authorization: str | None) -> bool:
+        """Whether the request carries the token (always, when none is required), compared in
+        constant time."""
+        if self._token is None:
+            return True
+        given = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("token", [])
+        scheme, _, credential = (authorization or "").strip().partition(" ")
+        if scheme.lower() == "bearer":
+            given.append(credential.strip())
+        return any(hmac.compare_digest(value.encode(), self._token) for value in given)
 
     def _next_jpeg(self, after: int, timeout: float = 1.0) -> tuple[int, bytes | None]:
         """The newest frame as JPEG, encoded here, in the viewer's thread, and only once per
@@ -248,7 +434,7 @@ class LiveServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            timeout = REQUEST_TIMEOUT  # socket timeout: a stalled client frees its thread
+            timeout = REQUEST_TIMEOUT  # socket timeout: a stalled viewer frees its thread
             server_version = "edgepilot"
 
             def version_string(self) -> str:
@@ -262,14 +448,21 @@ class LiveServer:
                     self.send_header(name, value)
                 super().end_headers()
 
+            def setup(self) -> None:
+                self.request, head = self.request  # the head was read by the server's loop
+                super().setup()
+                self.rfile.close()
+                self.rfile = io.BytesIO(head)
+
             def handle(self) -> None:
                 try:
                     super().handle()
                 except (ConnectionError, TimeoutError):
                     self.close_connection = True  # the client left or stalled
 
-            def _send(self, body: bytes, kind: str, extra: dict | None = None) -> None:
-                self.send_response(200)
+            def _send(self, body: bytes, kind: str, extra: dict | None = None,
+                      status: int = 200) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 for name, value in (extra or {}).items():
@@ -281,6 +474,11 @@ class LiveServer:
                 if not server.allowed_host(self.headers.get("Host")):
                     self.send_error(421, "Misdirected request: this server answers only to "
                                          "localhost")
+                    return
+                if not server.authorized(self.path, self.headers.get("Authorization")):
+                    self._send(b"This page needs its token: open the address the demo printed "
+                               b"(it ends in ?token=...)\n", "text/plain; charset=utf-8",
+                               {"WWW-Authenticate": 'Bearer realm="edgepilot"'}, status=401)
                     return
                 path = self.path.split("?")[0]
                 if path == "/":
