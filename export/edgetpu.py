@@ -9,6 +9,7 @@ compile it on an x86-64 machine.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -20,12 +21,14 @@ from edgepilot.errors import EdgepilotError, UnsupportedFormatError
 from edgepilot.export import litert
 from edgepilot.export.guard import Guard
 from edgepilot.meta import ModelMeta
-from edgepilot.runtime.edgetpu_check import check_file, parse_compiler_log
+from edgepilot.runtime.edgetpu_check import LOG_LIMIT, check_file, parse_compiler_log
 
 COMPILER = "edgetpu_compiler"
 #: Seconds the compiler may run (it sets its own 180 s timeout for one compilation).
 COMPILER_TIMEOUT = 600
 SUFFIX = "_edgetpu.tflite"
+_OPERATION_LOG_LIMIT = 100_000  # bytes of its per-operation log kept in the report
+_DETAIL_LIMIT = 200  # characters of its last words quoted in an error
 
 
 def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
@@ -53,9 +56,15 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
         if compiler:
             notes["compiler"] = _compile(compiler, source, Path(tmp))
             shutil.copyfile(Path(tmp, stem + SUFFIX), path)
+            if "unread" in notes["compiler"]:  # the log's text stays in the report, unprinted
+                notes.setdefault("warnings", []).append(
+                    f"{COMPILER} printed lines edgepilot could not read; the values they hold "
+                    "are left out of the report (see compiler.unread in it)")
             log = Path(tmp, stem + "_edgetpu.log")  # the per-operation log, kept in the report
             if log.is_file():
-                notes["compiler"]["operation_log"] = log.read_text(errors="replace")[:100_000]
+                with log.open("rb") as file:
+                    notes["compiler"]["operation_log"] = \
+                        file.read(_OPERATION_LOG_LIMIT).decode(errors="replace")
         else:
             shutil.copyfile(source, path)
             notes["compiler"] = (f"{COMPILER} is not on PATH (Google ships it for Linux x86-64): "
@@ -73,15 +82,37 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
 
 
 def _compile(compiler: str, source: Path, out: Path) -> dict:
-    """Run edgetpu_compiler on `source` into `out`; its parsed log."""
-    try:
-        done = subprocess.run([compiler, "-s", "-o", str(out), str(source)],
-                              capture_output=True, text=True, timeout=COMPILER_TIMEOUT)
-    except subprocess.TimeoutExpired as err:
-        raise EdgepilotError(f"{COMPILER} ran for more than {COMPILER_TIMEOUT} s on "
-                             f"'{source.name}'") from err
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise EdgepilotError(f"{COMPILER} failed on '{source.name}': "
-                             f"{detail[-1] if detail else 'exit code ' + str(done.returncode)}")
-    return parse_compiler_log(done.stdout)
+    """Run edgetpu_compiler on `source` into `out`; its parsed log. On return the compiled
+    file, ``out/<stem>_edgetpu.tflite``, is there."""
+    # Its output goes to files, not pipes, so that only a bounded part of it is ever read.
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        try:
+            done = subprocess.run([compiler, "-s", "-o", str(out), str(source)],
+                                  stdout=stdout, stderr=stderr, timeout=COMPILER_TIMEOUT)
+        except subprocess.TimeoutExpired as err:
+            raise EdgepilotError(f"{COMPILER} ran for more than {COMPILER_TIMEOUT} s on "
+                                 f"'{source.name}'") from err
+        except OSError as err:
+            raise EdgepilotError(f"{COMPILER} at '{compiler}' could not be started: "
+                                 f"{err.strerror or err}") from err
+        if done.returncode != 0:
+            detail = _last_line(stderr) or _last_line(stdout)
+            raise EdgepilotError(f"{COMPILER} failed on '{source.name}': "
+                                 f"{detail or 'exit code ' + str(done.returncode)}")
+        stdout.seek(0)
+        log = stdout.read(LOG_LIMIT + 1)  # bytes; the parser cuts at LOG_LIMIT and says so
+    compiled = out / (source.stem + SUFFIX)
+    if not compiled.is_file():
+        raise EdgepilotError(f"{COMPILER} at '{compiler}' exited 0 but wrote no "
+                             f"{compiled.name} for '{source.name}': check that it is Google's "
+                             f"compiler ('{compiler} --version'), or export with it off PATH "
+                             "to get the uncompiled input")
+    return parse_compiler_log(log)
+
+
+def _last_line(file, size: int = 4096) -> str:
+    """The last non-blank line in the end of what a child wrote to `file`, shortened."""
+    file.seek(max(0, file.seek(0, os.SEEK_END) - size))
+    lines = file.read().decode(errors="replace").strip().splitlines()
+    line = lines[-1].strip() if lines else ""
+    return line if len(line) <= _DETAIL_LIMIT else line[:_DETAIL_LIMIT] + "..."

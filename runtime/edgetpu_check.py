@@ -28,7 +28,7 @@ from pathlib import Path
 from edgepilot.runtime.litert_info import op_name, op_names, parse, tensor_type_names, text
 
 __all__ = ["SUPPORTED_OPS", "OpCheck", "EdgeTPUCheck", "check_model", "check_file",
-           "parse_compiler_log", "EDGETPU_CUSTOM_OP", "read_info"]
+           "parse_compiler_log", "LOG_LIMIT", "EDGETPU_CUSTOM_OP", "read_info"]
 
 #: What a compiled file holds in place of the ops it moved to the Edge TPU.
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
@@ -180,54 +180,167 @@ def _has_data(buffer) -> bool:
 
 
 # ------------------------------------------------------------------ edgetpu_compiler's log
+# The log is read line by line with str methods and one regex that cannot backtrack, so the
+# time is linear in its length, which is capped: a line it cannot read is noted, never raised,
+# and no value comes from a line it could not read.
+
+#: The most of the compiler's output read (characters, or bytes when given bytes). Its log is
+#: a few KiB; past this it is not a log.
+LOG_LIMIT = 4 << 20
 _SIZES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
-_FIELDS = {
-    "version": r"Edge TPU Compiler version (\S+)",
-    "on_chip_used": r"On-chip memory used for caching model parameters: ([\d.]+\s*\w+)",
-    "on_chip_remaining": r"On-chip memory remaining for caching model parameters: "
-                         r"([\d.]+\s*\w+)",
-    "off_chip_used": r"Off-chip memory used for streaming uncached model parameters: "
-                     r"([\d.]+\s*\w+)",
-    "subgraphs": r"Number of Edge TPU subgraphs: (\d+)",
-    "total_ops": r"Total number of operations: (\d+)",
-    "ops_on_tpu": r"Number of operations that will run on Edge TPU: (\d+)",
-    "ops_on_cpu": r"Number of operations that will run on CPU: (\d+)",
-    "output_model": r"Output model: (\S+)",
+_VERSION = "Edge TPU Compiler version"
+_FIELDS = {  # what comes before a line's first ':' -> (key, kind of value)
+    "On-chip memory used for caching model parameters": ("on_chip_used", "size"),
+    "On-chip memory remaining for caching model parameters": ("on_chip_remaining", "size"),
+    "Off-chip memory used for streaming uncached model parameters": ("off_chip_used", "size"),
+    "Number of Edge TPU subgraphs": ("subgraphs", "count"),
+    "Total number of operations": ("total_ops", "count"),
+    "Number of operations that will run on Edge TPU": ("ops_on_tpu", "count"),
+    "Number of operations that will run on CPU": ("ops_on_cpu", "count"),
+    "Output model": ("output_model", "name"),
 }
-_ROW = re.compile(r"^([A-Z][A-Z0-9_]*(?:\([^)]*\))?)\s+(\d+)\s+(\S.*?)\s*$")
+_HEADER = ["Operator", "Count", "Status"]
+# Each part is followed by a character it cannot match, so a failed match never backtracks.
+_OP_NAME = re.compile(r"[A-Z][A-Z0-9_]*(?:\([^()\s]*\))?")
+_MAX_DIGITS = 9  # of a count of ops or subgraphs (int() refuses more than 4,300)
+_MAX_NUMBER = 15  # characters of a size's number, e.g. "150.25"
+_MAX_TEXT = 500  # characters of a version, a file name or a status
+_MAX_NOTES = 20  # unread lines named one by one; the rest are counted
+_MAX_ROWS = 1000  # of the operator table, which has one row per kind of op: a few dozen
 
 
-def _bytes(value: str) -> int:
-    number, unit = re.fullmatch(r"([\d.]+)\s*(\w+)", value.strip()).groups()
-    return round(float(number) * _SIZES.get(unit, 1))
+def _count(value: str) -> int | None:
+    """The count at the start of `value` (ASCII digits), or None."""
+    words = value.split(maxsplit=1)
+    word = words[0] if words else ""
+    if word.isascii() and word.isdigit() and len(word) <= _MAX_DIGITS:
+        return int(word)
+    return None
 
 
-def parse_compiler_log(log: str) -> dict:
+def _size(value: str) -> int | None:
+    """Bytes of a size such as '150.25KiB' or '0.00 B', or None (inf, nan, 1.2.3, furlongs)."""
+    value = value.strip()
+    rest = value.lstrip("0123456789.")
+    number, unit = value[: len(value) - len(rest)], rest.split(maxsplit=1)
+    whole, _, fraction = number.partition(".")
+    if (whole.isdigit() and (fraction.isdigit() or not fraction)
+            and len(number) <= _MAX_NUMBER and unit and unit[0] in _SIZES):
+        return round(float(number) * _SIZES[unit[0]])  # finite: at most 15 digits
+    return None
+
+
+def _text(value: str) -> str | None:
+    """`value` with its runs of whitespace made one space, or None when blank or too long."""
+    value = " ".join(value.split())
+    return value if 0 < len(value) <= _MAX_TEXT else None
+
+
+def _name(value: str) -> str | None:
+    """The first word of `value` (a version, a file name), or None."""
+    words = value.split(maxsplit=1)
+    return _text(words[0]) if words else None
+
+
+_READERS = {"count": (_count, "not a count"),
+            "size": (_size, f"not a size in {', '.join(_SIZES)}"),
+            "name": (_name, f"no name of at most {_MAX_TEXT} characters")}
+
+
+def _row(line: str) -> dict | str:
+    """One row of the operator table, or why it is not one."""
+    parts = line.split(maxsplit=2)
+    if len(parts) < 3:
+        return "missing columns (operator, count, status)"
+    count, status = _count(parts[1]), _text(parts[2])
+    if count is None or status is None:
+        return "not a count" if count is None else \
+            f"a status of more than {_MAX_TEXT} characters"
+    return {"op": parts[0], "count": count, "status": status,
+            "on_tpu": status == "Mapped to Edge TPU"}
+
+
+def parse_compiler_log(log: str | bytes) -> dict:
     """The facts in what `edgetpu_compiler` prints: version, memory, the operator table.
 
     Returns a dict with ``ops`` (operator, count, status rows) and, where printed, the
     version, on-/off-chip memory in bytes, subgraph and operation counts. When the compiler
-    prints no per-op counts (every op mapped) they are derived from the table.
+    prints no per-op counts (every op mapped) they are derived from the table, if every row
+    of it was read. Lines that should hold a value and do not are listed under ``unread``
+    (as is a log cut at `LOG_LIMIT`); their values are left out, never guessed. Bytes are
+    decoded as UTF-8, an undecodable byte read as U+FFFD.
+
+    Example:
+        >>> log = parse_compiler_log("Total number of operations: 16\\nOutput model: a.tflite\\n"
+        ...                          "Number of Edge TPU subgraphs: two")
+        >>> log["total_ops"], log["output_model"], log["unread"]
+        (16, 'a.tflite', ["line 3: 'Number of Edge TPU subgraphs: two': not a count"])
     """
     result: dict = {"ops": []}
-    for key, pattern in _FIELDS.items():
-        match = re.search(pattern, log)
-        if match:
-            value = match.group(1)
-            result[key] = _bytes(value) if key.endswith(("_used", "_remaining")) else \
-                int(value) if value.isdigit() else value
-    table = log.split("Operator", 1)[1] if re.search(r"^Operator\s+Count\s+Status", log,
-                                                     re.M) else ""
-    for line in table.splitlines()[1:]:
-        row = _ROW.match(line.strip())
-        if row:
-            op, count, status = row.groups()
-            result["ops"].append({"op": op, "count": int(count), "status": status,
-                                  "on_tpu": status == "Mapped to Edge TPU"})
-    if result["ops"]:
+    unread: list[str] = []
+    untold = 0
+
+    def note(number: int, line: str, why: str) -> None:
+        nonlocal untold
+        if len(unread) < _MAX_NOTES:
+            shown = line if len(line) <= 100 else line[:100] + "..."
+            unread.append(f"line {number}: {shown!r}: {why}")
+        else:
+            untold += 1
+
+    unit = "bytes" if isinstance(log, bytes) else "characters"
+    cut = len(log) > LOG_LIMIT
+    if cut:  # whole lines only: a cut one could read as a shorter value
+        log = log[:LOG_LIMIT]
+        log = log[: log.rfind(b"\n" if isinstance(log, bytes) else "\n") + 1]
+    if isinstance(log, bytes):
+        log = log.decode("utf-8", errors="replace")
+    lines = log.splitlines()
+    table = None  # None: not seen yet; True: reading its rows; False: past it
+    complete = True  # every row of the table was read
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if table:
+            if not line:
+                continue
+            if _OP_NAME.fullmatch(line.split(maxsplit=1)[0]):
+                row = _row(line) if len(result["ops"]) < _MAX_ROWS else \
+                    f"more than {_MAX_ROWS} rows"
+                if isinstance(row, str):
+                    note(number, line, row)
+                    complete = False
+                else:
+                    result["ops"].append(row)
+                continue
+            table = False  # the first line that is no row ends the table
+        if table is None and line.split(maxsplit=3)[:3] == _HEADER:
+            table = True
+            continue
+        label, colon, value = line.partition(":")
+        if line.startswith(_VERSION):
+            key, kind, value = "version", "name", line[len(_VERSION):]
+        elif colon and label in _FIELDS:
+            key, kind = _FIELDS[label]
+        else:
+            continue
+        if key not in result:
+            read, why = _READERS[kind]
+            parsed = read(value)
+            if parsed is None:
+                note(number, line, why)
+            else:
+                result[key] = parsed
+    if result["ops"] and complete and not (cut and table):  # not when the cut ends it
         result.setdefault("ops_on_tpu", sum(r["count"] for r in result["ops"] if r["on_tpu"]))
         result.setdefault("ops_on_cpu",
                           sum(r["count"] for r in result["ops"] if not r["on_tpu"]))
+    if untold:
+        unread.append(f"and {untold} more line(s)")
+    if cut:
+        unread.insert(0, f"the log is longer than {LOG_LIMIT:,} {unit}: what follows "
+                         f"line {len(lines)} was not read")
+    if unread:
+        result["unread"] = unread
     return result
 
 

@@ -1,6 +1,9 @@
 """The Edge TPU: op-by-op checker, compiler log parser, device selectors, missing runtime."""
 
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -174,3 +177,110 @@ def test_info_reports_the_edge_tpu_verdict(int8_file, tmp_path):
     assert info.format == "edgetpu"
     assert info.details["edge TPU"] == check_file(path).summary()
     assert info.parameters > 0
+
+
+# ---------------------------------------------------------------- hostile compiler logs
+SIZE = "On-chip memory used for caching model parameters: "
+
+
+@pytest.mark.parametrize("old,new,key", [
+    ("Number of Edge TPU subgraphs: 1", "Number of Edge TPU subgraphs: " + "9" * 5000,
+     "subgraphs"),  # int() refuses more than 4,300 digits: ValueError
+    ("Total number of operations: 16", "Total number of operations: many", "total_ops"),
+    (SIZE + "150.25KiB", SIZE + "9" * 400 + "KiB", "on_chip_used"),  # inf: OverflowError
+    (SIZE + "150.25KiB", SIZE + "1.2.3KiB", "on_chip_used"),  # float(): ValueError
+    (SIZE + "150.25KiB", SIZE + ".KiB", "on_chip_used"),
+    (SIZE + "150.25KiB", SIZE + "infKiB", "on_chip_used"),
+    (SIZE + "150.25KiB", SIZE + "nan MiB", "on_chip_used"),
+    (SIZE + "150.25KiB", SIZE + "5 furlongs", "on_chip_used"),  # was read as 5 bytes
+    ("Output model: stoplight_int8_edgetpu.tflite", "Output model: " + "x" * 100_000,
+     "output_model"),
+], ids=["5000-digit count", "word for a count", "400-digit size", "1.2.3", "dot", "inf",
+        "nan", "unknown unit", "100000-character name"])
+def test_an_unreadable_log_line_is_noted_and_the_rest_still_read(old, new, key):
+    assert old in COMPILER_LOG
+    log = parse_compiler_log(COMPILER_LOG.replace(old, new))
+    assert key not in log  # never a value it did not read
+    [note] = log["unread"]
+    assert note.startswith(f"line {COMPILER_LOG.splitlines().index(old) + 1}: ")
+    assert len(note) < 300
+    assert log["version"] == "16.0.384591198" and log["ops_on_tpu"] == 14
+    assert sum(r["count"] for r in log["ops"]) == 16
+
+
+def test_table_rows_it_cannot_read_are_noted_and_no_totals_derived_from_the_rest():
+    text = COMPILER_LOG.split("Model successfully compiled but")[0] + (
+        "Operator                       Count      Status\n\n"
+        "CONV_2D                        3          Mapped to Edge TPU\n"
+        "SOFTMAX\n"  # missing columns
+        "MEAN                           2\n"
+        "PAD                            x          Mapped to Edge TPU\n"
+        "ADD                            " + "9" * 5000 + "  Mapped to Edge TPU\n"
+        "Compilation succeeded!\n")
+    log = parse_compiler_log(text)
+    assert [(r["op"], r["count"]) for r in log["ops"]] == [("CONV_2D", 3)]
+    assert len(log["unread"]) == 4
+    assert all(note.startswith("line ") for note in log["unread"])
+    # Three ops are missing from the table: totals derived from it would be false.
+    assert "ops_on_tpu" not in log and "ops_on_cpu" not in log
+
+
+def test_parse_is_linear_on_a_table_line_of_60000_spaces():
+    """A status with 60,000 spaces inside took 19-36 s in a backtracking regex. Run in a child
+    process, as a regex holds the GIL: a time-out there is a clear failure, not a slow run."""
+    rows = ["CONV_2D  1  a" + " " * 60_000 + "b", "PAD  2  Mapped" + " " * 60_000 + "x",
+            "MUL  3  " + " " * 60_000 + "y", " " * 60_000, "SUB" + " " * 60_000 + "4"]
+    log = "Operator  Count  Status\n\n" + "\n".join(rows) + "\n"
+    code = ("import json, sys\n"
+            "from edgepilot.runtime.edgetpu_check import parse_compiler_log\n"
+            "print(json.dumps(parse_compiler_log(sys.stdin.read())))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], input=log, capture_output=True,
+                              text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("parse_compiler_log ran for more than 10 s on 60,000-space table lines")
+    assert done.returncode == 0, done.stderr[-2000:]
+    parsed = json.loads(done.stdout)
+    assert [(r["op"], r["count"], r["status"]) for r in parsed["ops"]] == [
+        ("CONV_2D", 1, "a b"), ("PAD", 2, "Mapped x"), ("MUL", 3, "y")]
+    assert len(parsed["unread"]) == 1 and "ops_on_tpu" not in parsed  # "SUB <spaces> 4"
+
+
+ROW = "CONV_2D                        1          Mapped to Edge TPU\n"
+
+
+def test_a_log_cut_inside_its_table_reads_whole_rows_and_derives_no_totals():
+    from edgepilot.runtime.edgetpu_check import LOG_LIMIT
+
+    text = "Operator  Count  Status\n\n" + ROW * 3 + "CONV_2D  1  " + "x" * LOG_LIMIT
+    for log in (parse_compiler_log(text), parse_compiler_log(text.encode())):
+        assert [r["count"] for r in log["ops"]] == [1, 1, 1]  # not the cut row
+        assert log["unread"] == [f"the log is longer than {LOG_LIMIT:,} "
+                                 f"{'bytes' if 'bytes' in log['unread'][0] else 'characters'}"
+                                 ": what follows line 5 was not read"]
+        assert "ops_on_tpu" not in log  # the table may go on past the cut
+
+
+def test_a_log_cut_after_its_table_keeps_the_totals():
+    from edgepilot.runtime.edgetpu_check import LOG_LIMIT
+
+    text = ("Operator  Count  Status\n\n" + ROW * 3 + "Compilation succeeded!\n" +
+            "junk\n" * (LOG_LIMIT // 5 + 1))
+    log = parse_compiler_log(text)
+    assert (log["ops_on_tpu"], log["ops_on_cpu"]) == (3, 0)
+    assert "not read" in log["unread"][0]
+
+
+def test_a_table_longer_than_any_model_has_is_capped():
+    from edgepilot.runtime.edgetpu_check import _MAX_ROWS
+
+    log = parse_compiler_log("Operator  Count  Status\n\n" + ROW * (_MAX_ROWS + 50))
+    assert len(log["ops"]) == _MAX_ROWS and "ops_on_tpu" not in log
+    assert log["unread"][0].endswith(f"more than {_MAX_ROWS} rows")
+    assert log["unread"][-1] == f"and {50 - 20} more line(s)"  # 20 named, the rest counted
+
+
+def test_undecodable_bytes_are_replaced_not_raised():
+    log = parse_compiler_log(b"Edge TPU Compiler version 16.0\xff\xfe\n"
+                             b"Number of Edge TPU subgraphs: 1\n")
+    assert log["version"] == "16.0\ufffd\ufffd" and log["subgraphs"] == 1
