@@ -13,19 +13,18 @@ def devices_json(host: HostInfo) -> dict:
 
 
 def print_devices(host: HostInfo, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)
+    from edgepilot.terminal import console as terminal_console
+
+    console = console or terminal_console(piped_width=160)
     table = Table(title="device profiles (edgepilot export/deploy --device NAME)")
     for column in ("device", "hardware", "format", "precision", "runs on", "why"):
         table.add_column(column, overflow="fold")
     for p in PROFILES:
         fmt = p.format if p.available else f"{p.format} (not built yet)"
-        name = f"[bold]{p.name}[/bold] ◀ this host" if p.name == host.profile else p.name
+        name = Text(f"{p.name} ◀ this host", style="bold") if p.name == host.profile else p.name
         table.add_row(name, p.title, fmt, p.precision, p.accelerator, p.why)
     console.print(table)
     runtimes = ", ".join(f"{name} {version}" for name, version in host.runtimes.items()

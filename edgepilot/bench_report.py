@@ -24,9 +24,11 @@ def _ms(value: float | None) -> str:
 
 
 def print_table(results: Sequence[BenchResult], console=None) -> None:
-    from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
+
+    from edgepilot.terminal import console as terminal_console
+    from edgepilot.terminal import printable
 
     info = machine_info()
     table = Table(title=f"edgepilot bench — {info['cores']} cores, {info['cpu']}")
@@ -40,7 +42,7 @@ def print_table(results: Sequence[BenchResult], console=None) -> None:
     for r in results:
         if r.error:
             table.add_row(r.model, r.format, r.threads_shown,
-                          f"[red]failed: {escape(r.error)}[/red]", *[""] * 12)
+                          Text(f"failed: {printable(r.error)}", style="red"), *[""] * 12)
             continue
         lat = r.latency_ms
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}% ({r.n_data})"
@@ -53,13 +55,10 @@ def print_table(results: Sequence[BenchResult], console=None) -> None:
                       "-" if r.memory_mb is None else f"{r.memory_mb:.1f}",
                       f"{r.peak_rss_mb:.0f}", accuracy,
                       r.backend)
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=200)
+    console = console or terminal_console(piped_width=200)
     console.print(table)
     for warning in slower_quantized(results):
-        console.print(f"[yellow]warning[/yellow] {escape(warning)}")
+        console.print(Text("warning ", style="yellow") + Text(printable(warning)))
     if any(r.cpu_ms is not None for r in results):
         console.print("CPU ms: the process's CPU time per inference, all threads (CPU ms / mean "
                       "ms = cores kept busy)")

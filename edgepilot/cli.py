@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.formats import FORMATS
+from edgepilot.terminal import printable
 
 __all__ = ["main"]
 
@@ -282,7 +283,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             prediction = model.predict(image)
         except InputError as err:  # one bad image does not stop the others
             failures += 1
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {printable(err)}", file=sys.stderr)
             continue
         if isinstance(prediction, list):  # a detector: the lights it found
             results.append({"image": image, "detections": [d.to_dict() for d in prediction]})
@@ -293,7 +294,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         results.append({"image": image, **prediction.to_dict()})
         if not args.json:
-            print(f"{image}\t{prediction.label}\t{prediction.score:.3f}")
+            print(f"{printable(image)}\t{printable(prediction.label)}\t"
+                  f"{prediction.score:.3f}")
     if args.json:
         print(json.dumps({"model": str(model.path), "backend": model.backend,
                           "predictions": results}, indent=2))
@@ -302,10 +304,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _print_detections(image: str, detections) -> None:
     if not detections:
-        print(f"{image}\tnothing found")
+        print(f"{printable(image)}\tnothing found")
     for d in detections:
         x0, y0, x1, y1 = (round(v) for v in d.box)
-        print(f"{image}\t{d.label}\t{d.score:.3f}\t{x0},{y0},{x1},{y1}")
+        print(f"{printable(image)}\t{printable(d.label)}\t{d.score:.3f}\t{x0},{y0},{x1},{y1}")
 
 
 def _draw_target(target: str, count: int):
@@ -347,7 +349,8 @@ def _predict_inputs(model, args: argparse.Namespace) -> int:
         print(json.dumps({"model": str(model.path), "backend": model.backend,
                           "inputs": values, **prediction.to_dict()}, indent=2))
     else:
-        print(f"{args.inputs}\t{prediction.label}\t{prediction.score:.3f}")
+        print(f"{printable(args.inputs)}\t{printable(prediction.label)}\t"
+              f"{prediction.score:.3f}")
     return 0
 
 
@@ -469,7 +472,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(printable(message), file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -698,9 +701,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(err, EdgepilotError):
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {printable(err)}", file=sys.stderr)
         else:  # a bug or an unexpected library failure: still one line, and how to see more
-            print(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+            print(f"error: {type(err).__name__}: {printable(err)} (run with --debug for the "
+                  "traceback)",
                   file=sys.stderr)
         return 1
     finally:

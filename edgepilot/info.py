@@ -304,13 +304,11 @@ def print_info(info: ModelInfo, console=None) -> None:
     Example:
         >>> print_info(inspect_model("runs/digits.tflite"))
     """
-    from rich.console import Console
     from rich.table import Table
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # pipes and logs: do not squeeze tables into 80 columns
-            console = Console(width=150)
+    from edgepilot.terminal import console as terminal_console
+
+    console = console or terminal_console(piped_width=150)
     summary = Table(title=f"{Path(info.path).name} ({info.format})", show_header=False)
     summary.add_row("size", f"{info.size_bytes:,} bytes")
     summary.add_row("parameters",

@@ -71,8 +71,11 @@ def _pct(x: float | None) -> str:
 
 def print_reports(reports: list[ExportReport], console=None) -> None:
     """Print the reports as one table."""
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from edgepilot.terminal import console as terminal_console
+    from edgepilot.terminal import printable
 
     table = Table(title="edgepilot export")
     for column in ("file", "format", "precision", "size", "vs fp32", "max |diff|",
@@ -87,10 +90,7 @@ def print_reports(reports: list[ExportReport], console=None) -> None:
             str(len(r.notes.get("kept_float", [])) or "-"),
             f"{r.seconds:.1f} s",
         )
-    if console is None:
-        console = Console(stderr=True)
-        if not console.is_terminal:  # logs and CI: do not squeeze the table into 80 columns
-            console = Console(stderr=True, width=150)
+    console = console or terminal_console(piped_width=150, stderr=True)
     console.print(table)
     metrics = {r.notes["metric"] for r in reports if r.notes.get("metric")}
     if metrics:  # detectors: the accuracy columns hold mAP, and agreement is per light
@@ -104,6 +104,7 @@ def print_reports(reports: list[ExportReport], console=None) -> None:
                           f"{agree['max_box_px']:g} px)")
     for r in reports:
         for warning in r.notes.get("warnings", []):
-            console.print(f"[yellow]warning[/yellow] {Path(r.path).name}: {warning}")
+            console.print(Text("warning ", style="yellow") +
+                          Text(printable(f"{Path(r.path).name}: {warning}")))
         if r.notes.get("unchecked"):
             console.print(f"{Path(r.path).name}: not checked here: {r.notes['unchecked']}")
