@@ -459,7 +459,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
 
     run_webcam(args.model, source=args.source, roi=args.roi, smooth=args.smooth,
                serve=args.serve, headless=args.headless, frames=args.frames, save=args.save,
-               threads=args.threads, log=_log)
+               threads=args.threads, token=args.token, log=_log)
     return 0
 
 
@@ -652,6 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", default=None, metavar="HOST:PORT",
                    help="serve a web page with the live stream (default host 127.0.0.1; "
                         "0.0.0.0 to open it to the network)")
+    p.add_argument("--token", default=os.environ.get("EDGEPILOT_TOKEN"), metavar="TEXT",
+                   help="with --serve: the page answers only requests that carry this token "
+                        "(?token=TEXT, printed in the page's address; default: "
+                        "$EDGEPILOT_TOKEN, else none)")
     p.add_argument("--headless", action="store_true", help="no window: use with --frames/--save")
     p.add_argument("--window-setup", action="store_true",
                    help="print the pip commands that swap the headless OpenCV for the one with "

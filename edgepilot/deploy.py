@@ -197,12 +197,14 @@ Made by edgepilot {info['edgepilot']}.{why}
 ```bash
 python3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # the runtime only
 .venv/bin/python run.py photo.jpg                                      # classify images
-.venv/bin/python run.py --serve 0.0.0.0:8080 --source 0                # live demo in a browser
+EDGEPILOT_TOKEN=$(openssl rand -hex 16) .venv/bin/python run.py --serve 0.0.0.0:8080 --source 0
 ```
 
 `run.py --bench --json` times the model here (what `edgepilot bench --on` runs over ssh).
-`--source` takes a camera index, a video file, an rtsp:// URL or `synthetic`. The live page is
-open to anyone who reaches the port: keep it on a trusted network.
+`--source` takes a camera index, a video file, an rtsp:// URL or `synthetic`. On 0.0.0.0 the
+live page is reachable from the network: with a token (`--token` or `EDGEPILOT_TOKEN`) it
+answers only requests that carry it (the address printed at start does); without one, anyone
+who reaches the port sees the camera, so keep it on a trusted network.
 The `edgepilot/` folder is edgepilot's runtime, imported from here; nothing else is needed.
 """
 
@@ -217,6 +219,7 @@ _RUN_SCRIPT = '''#!/usr/bin/env python3
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -238,6 +241,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--serve", nargs="?", const="0.0.0.0:8080", default=None,
                         metavar="HOST:PORT", help="live demo as a web page")
+    parser.add_argument("--token", default=os.environ.get("EDGEPILOT_TOKEN"),
+                        help="with --serve: requests must carry ?token=TEXT (default: "
+                             "$EDGEPILOT_TOKEN)")
     parser.add_argument("--source", default="0", help="camera index, file, URL or synthetic")
     parser.add_argument("--frames", type=int, default=None, help="stop the demo after N frames")
     parser.add_argument("--bench", action="store_true", help="benchmark every model here")
@@ -253,7 +259,7 @@ def main(argv=None) -> int:
             from edgepilot.webcam import run_webcam
 
             run_webcam(str(HERE / args.model), source=args.source, serve=args.serve,
-                       frames=args.frames, threads=args.threads,
+                       frames=args.frames, threads=args.threads, token=args.token,
                        log=lambda m: print(m, file=sys.stderr, flush=True))
             return 0
         if not args.images:

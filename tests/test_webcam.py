@@ -58,6 +58,25 @@ def wait_until_recording(process, path, min_bytes=100_000) -> None:
         time.sleep(0.05)
 
 
+def line_with(process, needle: str) -> str:
+    """The first line of the process's stderr holding `needle`, read in a thread so a child
+    that hangs or stays silent fails the test at DEADLINE instead of stalling it."""
+    import queue
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in iter(process.stderr.readline, "")]
+                     + [lines.put("")], daemon=True).start()
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"no line with {needle!r} within {DEADLINE} s")
+        if needle in line:
+            return line
+        assert line, f"the process ended without printing {needle!r}"
+
+
 def recorded(line: str) -> int:
     return int(re.search(r"(\d+) frames recorded in", line).group(1))
 
@@ -198,9 +217,7 @@ def test_serve_on_ipv6_loopback():
         pytest.skip("os: no IPv6 loopback on this machine")
     process = webcam("--serve", "[::1]:0")
     try:
-        line = process.stderr.readline()
-        while line and "serving the live page on" not in line:
-            line = process.stderr.readline()
+        line = line_with(process, "serving the live page on")
         url = re.search(r"(http://\[::1\]:\d+/)", line).group(1)
         with urllib.request.urlopen(url, timeout=DEADLINE) as page:
             assert page.status == 200 and b"edgepilot live" in page.read()
@@ -208,3 +225,21 @@ def test_serve_on_ipv6_loopback():
         process.send_signal(signal.SIGINT)
         code, lines = finish(process)
     assert code == 130 and lines[-1].startswith("stopped (Ctrl-C)"), lines
+
+
+def test_serve_with_a_token_answers_only_requests_that_carry_it():
+    import urllib.error
+
+    process = webcam("--serve", "127.0.0.1:0", "--token", "s3cret-token")
+    try:
+        line = line_with(process, "serving the live page on")
+        url = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=s3cret-token", line).group(1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "state.json", timeout=DEADLINE)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(url + "state.json?token=s3cret-token",
+                                    timeout=DEADLINE) as state:
+            assert state.status == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        finish(process)
