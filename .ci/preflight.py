@@ -6,9 +6,11 @@ Each import runs in a fresh process, so one broken native library cannot hide an
 import that crashes the interpreter (a segfault in a wheel) is reported like any other failure.
 """
 
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 #: module -> what needs it and how to get it.
 NEEDED = {
@@ -25,9 +27,23 @@ NEEDED = {
     "sklearn.datasets": "two held-out photo backgrounds (scikit-learn, with mlxtend)",
     "playwright.sync_api": "the live page test (pip install 'edgepilot[dev]')",
     "xdist": "the two test workers make test starts (pip install 'edgepilot[dev]')",
+    "pytest_timeout": "the deadline every test has (pip install 'edgepilot[dev]')",
+    "ensurepip": "the bundle tests' fresh venvs (Debian: apt-get install python3-venv)",
     "coremltools": "Core ML export and info (pip install 'edgepilot[coreml]')",
     "executorch.exir": "ExecuTorch export (pip install 'edgepilot[executorch]')",
     "executorch.runtime": "the ExecuTorch runtime (pip install 'edgepilot[executorch]')",
+}
+
+
+#: programs the tests drive for real -> what needs them and how to get them (Debian packages).
+PROGRAMS = {
+    "/usr/sbin/sshd": "deploy --to / bench --on against a real sshd (make ssh-tools)",
+    "ssh": "deploy --to / bench --on (make ssh-tools: openssh-client)",
+    "ssh-keygen": "the ssh tests' throwaway keys (make ssh-tools: openssh-client)",
+    "rsync": "deploy --to's copy (make ssh-tools)",
+    "chromium": "the live page tests (make browser)",
+    "Xvfb": "the window test's virtual screen (make gui-tools)",
+    "xdotool": "the window test's key presses (make gui-tools)",
 }
 
 
@@ -59,11 +75,14 @@ def main() -> int:
         problems = list(pool.map(lambda c: check(c[0], c[1]), checks))
     failures = [f"  {module} (in {python}), needed for {why}: {problem}"
                 for (python, module, why), problem in zip(checks, problems) if problem]
+    failures += [f"  {program}, needed for {why}: not installed"
+                 for program, why in PROGRAMS.items()
+                 if not (Path(program).is_file() if "/" in program else shutil.which(program))]
     if failures:
-        print("preflight: the test suite cannot run, these imports fail:", *failures,
+        print("preflight: the test suite cannot run, these are missing or broken:", *failures,
               sep="\n", file=sys.stderr)
         return 1
-    print(f"preflight: {len(checks)} imports ok")
+    print(f"preflight: {len(checks)} imports and {len(PROGRAMS)} programs ok")
     return 0
 
 

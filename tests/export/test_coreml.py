@@ -77,7 +77,6 @@ def test_load_off_macos_says_what_to_use_instead(packages):
     assert "needs macOS" in message and "onnx" in message and "\n" not in message
 
 
-@pytest.mark.needs_os
 @pytest.mark.skipif(platform.system() != "Darwin", reason="os: Core ML prediction needs macOS")
 def test_predicts_on_macos(packages, fresh_colour_data, trained_tiny, tiny_meta, torch_top1):
     images, _ = fresh_colour_data

@@ -238,7 +238,6 @@ def test_a_cache_path_that_is_a_folder_is_left_alone(monkeypatch, model_file, ca
     assert {p.name for p in folder.iterdir()} <= {"threads.json", "threads.json.lock"}
 
 
-@pytest.mark.needs_os
 def test_a_cache_path_that_is_a_fifo_is_neither_read_nor_replaced(monkeypatch, model_file,
                                                                   cache_home):
     if not hasattr(os, "mkfifo"):
