@@ -183,3 +183,33 @@ def test_a_compiler_that_cannot_start_is_named(compile_tiny, tmp_path, monkeypat
     with pytest.raises(EdgepilotError, match="edgetpu_compiler at '.*' could not be started: "
                                              "Exec format error"):
         compile_tiny()
+
+
+@pytest.mark.slow
+def test_the_shipped_stoplight_model_maps_as_the_readme_says(tmp_path, monkeypatch):
+    # README: "The shipped stoplight model maps all its convolutions, the mean and the fully
+    # connected layer; the last two ops (DEQUANTIZE and the float softmax) run on the CPU."
+    # Checked on the shipped model itself, exported as a user would (no compiler here: the
+    # op-by-op check decides), and counted against the PyTorch model's own layers.
+    from edgepilot.assets import shipped_model
+    from edgepilot.runtime.edgetpu_check import check_file
+    from edgepilot.train.checkpoint import load_checkpoint
+    from edgepilot.train.datasets import load_dataset
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty") + os.pathsep + os.path.dirname(
+        sys.executable))
+    net, meta, _ = load_checkpoint(shipped_model("stoplight", ".pt"))
+    val = load_dataset("stoplight", "val", 200, meta.input_size, seed=31)
+    [report] = edgepilot.export(net, torch.zeros(meta.input_shape), formats="edgetpu",
+                                precision="int8", out=tmp_path / "stoplight", meta=meta,
+                                val_data=val, quiet=True)
+    verdict = check_file(report.path)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    linears = sum(isinstance(m, torch.nn.Linear) for m in net.modules())
+    on_tpu = [op.op for op in verdict.ops if op.where == "edgetpu"]
+    assert on_tpu.count("CONV_2D") + on_tpu.count("DEPTHWISE_CONV_2D") == convs
+    assert on_tpu.count("FULLY_CONNECTED") == linears == 1
+    assert on_tpu.count("MEAN") == 1
+    assert [op.op for op in verdict.on_cpu] == ["DEQUANTIZE", "SOFTMAX"]
+    assert verdict.cut is not None and verdict.cut.index == len(verdict.ops) - 2
+    assert report.notes["edgetpu_check"]["summary"] == verdict.summary()
