@@ -28,6 +28,19 @@ def test_a_flickering_state_is_voted_steady():
     assert track.state == "green"
 
 
+def test_the_vote_is_weighted_by_score():
+    # README: a light's state is the score-weighted vote of its last --smooth detections, so
+    # two unsure reds lose to one sure green, until the green has left the window.
+    tracker = Tracker(window=3, min_hits=1)
+    seen = [("red", 0.3), ("red", 0.3), ("green", 0.9), ("red", 0.3), ("red", 0.3), ("red", 0.3)]
+    states = []
+    for label, score in seen:
+        (track,) = tracker.update([det(label, (100, 40, 120, 100), score)])
+        states.append(track.state)
+    assert states == ["red", "red", "green", "green", "green", "red"]
+    assert track.score == pytest.approx(0.3)  # the mean score of the votes for its state
+
+
 def test_identity_is_kept_across_motion_and_short_gaps():
     tracker = Tracker(max_missed=2, min_hits=1)
     (first,) = tracker.update([det("red", (100, 40, 120, 100))])
