@@ -16,6 +16,7 @@ import importlib.util
 import os
 import platform
 import re
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class HostInfo:
     delegates: list[str] = field(default_factory=list)  # LiteRT delegates usable here
     accelerators: list[str] = field(default_factory=list)  # USB/PCIe accelerators found
     cameras: list[str] = field(default_factory=list)
+    userland_bits: int = 0  # 64 or 32: this Python's pointers (a 32-bit OS on a 64-bit kernel)
     profile: str = ""
     profile_reason: str = ""
 
@@ -227,6 +229,7 @@ def detect_host(root: str | Path = "/", *, runtimes: bool = True) -> HostInfo:
                                                           cpu["cpu_features"], cpu["arch"])
     if real:
         info.arch = platform.machine() or info.arch
+        info.userland_bits = 8 * struct.calcsize("P")
         info.kernel = platform.release()
         info.cores = os.cpu_count() or info.cores
     info.os = _os_name(root) or (platform.system() if real else "")
@@ -252,6 +255,11 @@ def match_profile(host: HostInfo) -> tuple[DeviceProfile | None, str]:
     """The profile that fits `host`, and why (or None and why not)."""
     board = host.board.lower()
     soc = " ".join(host.soc).lower()
+    if ("raspberry pi" in board or "bcm27" in soc) and (host.arch.startswith("armv") or
+                                                        host.userland_bits == 32):
+        return None, (f"'{host.board}' runs a 32-bit OS ({host.arch}): numpy, onnxruntime, "
+                      "ai-edge-litert and OpenCV publish no 32-bit ARM wheels; install the "
+                      "64-bit Raspberry Pi OS")
     rules = (
         (host.accelerators and any("Coral" in a for a in host.accelerators), "coral-usb",
          "a Coral USB Accelerator is plugged in"),

@@ -119,20 +119,25 @@ for _profile in (
     DeviceProfile(
         name="rpi-zero2", title="Raspberry Pi Zero 2 W (4x Cortex-A53, 512 MB)",
         format="tflite", precision="int8", layout="NHWC", accelerator="XNNPACK (CPU)",
-        threads=4, arch="aarch64", limits="512 MB RAM shared with the GPU; keep models small",
+        threads=4, arch="aarch64",
+        limits="512 MB RAM shared with the GPU; keep models small; 64-bit OS only (no 32-bit "
+               "ARM wheels exist)",
         why="full int8 is 4x smaller than fp32 and XNNPACK's int8 NEON kernels are the fastest "
             "path on the A53",
         requirements=_LITERT),
     DeviceProfile(
         name="rpi4", title="Raspberry Pi 4 / 400 / CM4 (4x Cortex-A72)",
         format="tflite", precision="int8", layout="NHWC", accelerator="XNNPACK (CPU)",
-        threads=4, arch="aarch64", limits="1-8 GB RAM; the A72 has NEON but no dot-product",
+        threads=4, arch="aarch64",
+        limits="1-8 GB RAM; the A72 has NEON but no dot-product; 64-bit OS only (no 32-bit "
+               "ARM wheels exist)",
         why="LiteRT with XNNPACK, full int8: ~3x faster than fp32 on NEON",
         requirements=_LITERT),
     DeviceProfile(
         name="rpi5", title="Raspberry Pi 5 (4x Cortex-A76)",
         format="tflite", precision="int8", layout="NHWC", accelerator="XNNPACK (CPU)",
-        threads=4, arch="aarch64", limits="2-16 GB RAM; the A76 has NEON with dot-product",
+        threads=4, arch="aarch64",
+        limits="2-16 GB RAM; the A76 has NEON with dot-product; 64-bit OS only",
         why="LiteRT with XNNPACK, full int8: the A76's dot-product instructions run int8 "
             "convolutions fastest",
         requirements=_LITERT),

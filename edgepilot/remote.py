@@ -183,7 +183,9 @@ MANIFEST = ".edgepilot-manifest.json"
 #: Run on the board (``python3 -I``): claim the folder for the bundle whose files come on
 #: stdin, or refuse. Removes only files the old manifest lists that the new bundle lacks.
 _CLAIM = r"""
-import json, os, sys
+import json, os, platform, struct, sys
+if struct.calcsize("P") == 4 and platform.machine().startswith("arm"):
+    sys.exit("ARM32 " + platform.machine())
 folder, manifest, files = sys.argv[1], sys.argv[2], set(json.load(sys.stdin))
 os.makedirs(folder, exist_ok=True)
 if os.path.islink(folder) or not os.path.isdir(folder):
@@ -231,6 +233,12 @@ def claim_folder(remote: Remote, files: Sequence[str]) -> None:
         ssh(remote, command, "checking the folder", stdin=json.dumps(list(files)).encode())
     except RemoteError as err:
         text = str(err)
+        if "ARM32 " in text:
+            raise RemoteError(
+                f"{remote}: the board runs a 32-bit OS ({text.split('ARM32 ', 1)[1]}): "
+                "numpy, onnxruntime, ai-edge-litert and OpenCV publish no 32-bit ARM wheels; "
+                "install the 64-bit Raspberry Pi OS (Raspberry Pi Imager: 'Raspberry Pi OS "
+                "(64-bit)')") from None
         if "REFUSED" not in text:
             raise
         strangers = text.split("REFUSED ", 1)[1]
@@ -405,8 +413,12 @@ def _describe(host, machine) -> str:
             not isinstance(value, bool) else ""
 
     cores = said(host, "cores") or said(machine, "cores") or "?"
+    features = host.get("cpu_features")
+    features = ", ".join(str(f)[:40] for f in features[:20]) if isinstance(features, list) \
+        else ""
     parts = [said(host, "board") or said(host, "cpu") or said(machine, "cpu") or "?",
-             said(host, "arch"), f"{cores} cores"]
+             said(host, "arch"), f"{cores} cores", f"CPU features {features}" if features
+             else ""]
     if _number(host.get("memory_mb")):
         parts.append(f"{host['memory_mb'] / 1024:.1f} GB")
     parts += [said(host, "os"), f"profile {said(host, 'profile')}" if said(host, "profile")

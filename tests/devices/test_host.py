@@ -41,6 +41,21 @@ def test_a_pi_without_a_device_tree_is_named_by_its_cpuinfo(board, tmp_path):
     assert host.board == "Raspberry Pi 4 Model B Rev 1.4" and host.profile == "rpi4"
 
 
+def test_a_pi_on_a_32_bit_os_is_refused_naming_the_64_bit_os(board):
+    # A 32-bit kernel says "CPU architecture: 7"; a 32-bit userland on a 64-bit kernel is
+    # seen from this Python's pointer size (userland_bits). No wheels exist for either.
+    from tests.devices.conftest import PI4_CPU, _cpus  # noqa: PLC0415
+
+    cpuinfo = _cpus(4, PI4_CPU.replace("CPU architecture: 8", "CPU architecture: 7"))
+    host = detect_host(board("pi4", {"proc/cpuinfo": cpuinfo}), runtimes=False)
+    assert host.arch == "armv7l" and host.profile == ""
+    assert "32-bit OS" in host.profile_reason and "64-bit Raspberry Pi OS" in host.profile_reason
+    host = detect_host(board("pi5"), runtimes=False)
+    host.userland_bits = 32
+    profile, reason = match_profile(host)
+    assert profile is None and "64-bit Raspberry Pi OS" in reason
+
+
 def test_jetson_agx_orin(board):
     host = detect_host(board("orin"), runtimes=False)
     assert host.board == "NVIDIA Jetson AGX Orin Developer Kit"

@@ -167,3 +167,24 @@ def test_a_board_that_lies_gets_a_failed_row_and_the_others_are_kept(tmp_path, m
                             threads=1, workdir=tmp_path / "2", log=_quiet)
     assert row.error is None and row.host_description.startswith("\x1b]0;owned\x07A76")
     assert "? cores" in row.host_description  # a list is not a core count
+
+
+def test_a_board_on_a_32_bit_os_is_refused_before_anything_is_copied(tmp_path):
+    # The board's own check, run here as a 32-bit ARM Python would see itself.
+    folder = tmp_path / "bundle"
+    check = subprocess.run(
+        [sys.executable, "-I", "-c", "import platform, struct\n"
+         "struct.calcsize = lambda fmt: 4\nplatform.machine = lambda: 'armv7l'\n"
+         "import sys; exec(sys.argv.pop(1))", remote._CLAIM, str(folder), remote.MANIFEST],
+        input="[]", capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1 and check.stderr.strip() == "ARM32 armv7l"
+    assert not folder.exists()
+
+
+def test_the_32_bit_refusal_names_the_64_bit_os(monkeypatch):
+    def board(*args, **kwargs):
+        raise remote.RemoteError("pi4: checking the folder failed: ARM32 armv7l")
+
+    monkeypatch.setattr(remote, "ssh", board)
+    with pytest.raises(remote.RemoteError, match="32-bit OS .armv7l.*64-bit Raspberry Pi OS"):
+        remote.claim_folder(remote.Remote("pi4", "x"), ["run.py"])
