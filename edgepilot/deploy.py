@@ -28,6 +28,9 @@ from edgepilot.runtime.mlpackage import check_package, copy_package
 __all__ = ["deploy", "write_bundle", "requirements_for", "BUNDLE_FILE"]
 
 BUNDLE_FILE = "bundle.json"
+#: Pythons for which every runtime pin of constraints.txt has aarch64 and x86-64 wheels on
+#: PyPI (tests/devices/test_bundles.py resolves them; numpy 2.4 has none for 3.10).
+WHEEL_PYTHONS = ("3.11", "3.12", "3.13", "3.14")
 # Subpackages the bundle needs: the runtime, the device profiles (the host description in
 # `bench --on`), and `export` because `import edgepilot` names it (it imports torch only
 # when called). Training code stays behind.
@@ -122,7 +125,8 @@ def write_bundle(models: Sequence[Path], out: str | Path, *, profile=None,
             # "auto": measured on the board at first load (and cached there), not guessed here
             "threads": threads if threads is not None else "auto",
             "providers": list(profile.providers) if profile else [],
-            "edgepilot": _version(), "requirements": requirements, "title": title}
+            "edgepilot": _version(), "requirements": requirements, "title": title,
+            "python": python}
     (out / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
     run = out / "run.py"
     run.write_text(_RUN_SCRIPT)
@@ -188,7 +192,8 @@ def _version() -> str:
 
 def _readme(info: dict, profile) -> str:
     model = info["models"][0]
-    where = f"on {profile.title}" if profile else "on any machine with Python 3.10+"
+    where = f"on {profile.title}" if profile else \
+        f"on any machine with Python {WHEEL_PYTHONS[0]}-{WHEEL_PYTHONS[-1]}"
     why = f"\n{profile.name}: {profile.format} {profile.precision} on {profile.accelerator}; " \
           f"{profile.why}.\n" if profile else ""
     return f"""# {model} {where}
@@ -199,6 +204,10 @@ python3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # the runti
 .venv/bin/python run.py photo.jpg                                      # classify images
 EDGEPILOT_TOKEN=$(openssl rand -hex 16) .venv/bin/python run.py --serve 0.0.0.0:8080 --source 0
 ```
+
+`requirements.txt` pins what the machine that made this bundle ran (Python
+{info['python']}); with edgepilot's tested pins every wheel exists for aarch64 (64-bit OS only:
+none exist for 32-bit ARM) and x86-64 on Python {', '.join(WHEEL_PYTHONS)}.
 
 `run.py --bench --json` times the model here (what `edgepilot bench --on` runs over ssh).
 `--source` takes a camera index, a video file, an rtsp:// URL or `synthetic`. On 0.0.0.0 the
@@ -286,9 +295,15 @@ def predict(args) -> int:
             print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
-        results.append({"image": image, **p.to_dict()})
+        if isinstance(p, list):  # a detector: the lights it found, best first
+            results.append({"image": image, "detections": [d.to_dict() for d in p]})
+            lines = [f"{d.label}\\t{d.score:.3f}\\t" + ",".join(str(round(v)) for v in d.box)
+                     for d in p] or ["nothing found"]
+        else:
+            results.append({"image": image, **p.to_dict()})
+            lines = [f"{p.label}\\t{p.score:.3f}"]
         if not args.json:
-            print(f"{image}\\t{p.label}\\t{p.score:.3f}")
+            print("\\n".join(f"{image}\\t{line}" for line in lines))
     if args.json:
         print(json.dumps({"model": args.model, "backend": model.backend,
                           "predictions": results}, indent=2))

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import edgepilot
+from edgepilot.deploy import WHEEL_PYTHONS
 
 DEADLINE = 900  # seconds: pip downloads wheels on a busy machine
 
@@ -147,3 +148,26 @@ def test_a_bundle_serves_the_live_page_from_a_video(rpi5, tmp_path):
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=120)
     assert process.returncode == 130
+
+
+AARCH64 = [f"manylinux_2_{glibc}_aarch64" for glibc in (17, 27, 28, 31, 34, 35, 36)]
+X86_64 = [f"manylinux_2_{glibc}_x86_64" for glibc in (17, 27, 28, 31, 34, 35, 36)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", WHEEL_PYTHONS)
+@pytest.mark.parametrize("platforms", [AARCH64, X86_64], ids=["aarch64", "x86_64"])
+def test_every_pin_has_a_wheel_for_the_pythons_the_bundle_readme_names(python, platforms,
+                                                                       tmp_path):
+    # pip resolves the rpi5 and jetson bundles' pins (LiteRT and onnxruntime) as a board with
+    # that Python (glibc up to Debian bookworm's 2.36) would, wheels only, downloading nothing.
+    from edgepilot.deploy import requirements_for
+
+    pins = requirements_for(["tflite", "onnx"])
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
+               "--only-binary=:all:", "--python-version", python, "--target", tmp_path / "t",
+               "--disable-pip-version-check", *[a for p in platforms for a in ("--platform", p)],
+               *pins]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+    assert all(pin.split("==")[0] in done.stdout for pin in pins), done.stdout
