@@ -31,10 +31,10 @@ class UnsupportedFormatError(EdgepilotError):
 class MissingDependencyError(EdgepilotError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
-    def __init__(self, module: str, extra: str, purpose: str):
+    def __init__(self, module: str, extra: str, purpose: str, *, install: str = ""):
         super().__init__(
             f"{purpose} needs the Python package '{module}', which is not installed. "
-            f"Install it with: pip install 'edgepilot[{extra}]'"
+            f"Install it with: {install or f'pip install {chr(39)}edgepilot[{extra}]{chr(39)}'}"
         )
         self.module = module
         self.extra = extra
@@ -61,11 +61,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def require(module: str, extra: str, purpose: str):
-    """Import an optional dependency or raise `MissingDependencyError` naming its extra."""
+def require(module: str, extra: str, purpose: str, *, install: str = ""):
+    """Import an optional dependency or raise `MissingDependencyError` naming its extra (or
+    `install`, the command to run where no extra fits)."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise MissingDependencyError(module, extra, purpose) from err
+        raise MissingDependencyError(module, extra, purpose, install=install) from err

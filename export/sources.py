@@ -28,6 +28,9 @@ __all__ = ["Source", "load_source", "build_arch", "IMAGENET_MEAN", "IMAGENET_STD
 #: The normalisation torchvision's and most of timm's ImageNet models were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: timm and torchvision need a torch build that matches them, so no extra brings them.
+_MATCHING_TORCH = ("pip install timm torchvision, at versions that match your torch (the "
+                   "README's 'Any PyTorch model' names a set that works)")
 
 #: Keys under which training scripts commonly nest a state_dict.
 _NESTED = ("state_dict", "model_state_dict", "model", "net", "weights")
@@ -122,7 +125,7 @@ def build_arch(spec: str) -> Source:
     try:
         with quiet_exporters():
             if head == "timm":
-                timm = require("timm", "models", "Building timm models")
+                timm = require("timm", "", "Building timm models", install=_MATCHING_TORCH)
                 module = timm.create_model(name, pretrained=False)
                 config = getattr(module, "pretrained_cfg", None) or {}
                 return Source(module.eval(), f"timm {name}",
@@ -131,7 +134,8 @@ def build_arch(spec: str) -> Source:
                               mean=tuple(config["mean"]) if "mean" in config else None,
                               std=tuple(config["std"]) if "std" in config else None)
             if head == "torchvision":
-                models = require("torchvision.models", "models", "Building torchvision models")
+                models = require("torchvision.models", "", "Building torchvision models",
+                                 install=_MATCHING_TORCH)
                 return Source(models.get_model(name, weights=None).eval(),
                               f"torchvision {name}", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     except EdgepilotError:
