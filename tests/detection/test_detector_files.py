@@ -106,6 +106,52 @@ def test_predict_prints_boxes_and_draws_them(scenes, tmp_path: Path):
     assert text.returncode == 0 and len(text.stdout.strip().splitlines()) == len(found)
 
 
+def _iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def _average_precision(found, truths, label: int, iou: float) -> float | None:
+    """AP of one label, written out plainly from COCO's definition to check the library's
+    `evaluate` against: detections best score first, each takes the free truth box of its
+    label it overlaps most (IoU >= `iou`) in its image; precision at 101 recall points, each
+    the best precision at that recall or beyond. None when the label has no truth box."""
+    n_truth = sum(int(np.sum(np.asarray(classes) == label)) for _, classes in truths)
+    if n_truth == 0:
+        return None
+    ranked = sorted(((d.score, i, d.box) for i, dets in enumerate(found) for d in dets
+                     if d.index == label), key=lambda c: -c[0])
+    taken = [set() for _ in truths]
+    hits = []
+    for _, i, box in ranked:
+        boxes, classes = truths[i]
+        free = [(_iou(box, b), t) for t, (b, c) in enumerate(zip(boxes, classes))
+                if c == label and t not in taken[i]]
+        best = max(free, default=(0.0, None))
+        hit = best[1] is not None and best[0] >= iou
+        if hit:
+            taken[i].add(best[1])
+        hits.append(hit)
+    tp = np.cumsum(hits)
+    precision = tp / np.arange(1, len(hits) + 1)
+    recall = tp / n_truth
+    points = [max((p for p, r in zip(precision, recall) if r >= level), default=0.0)
+              for level in np.linspace(0, 1, 101)]
+    return float(np.mean(points))
+
+
+def _maps(found, truths, labels) -> tuple[float, float]:
+    """(mAP@0.5, mAP@0.5:0.95) over the labels that have truth boxes."""
+    per_label = [[_average_precision(found, truths, c, 0.5 + 0.05 * k) for k in range(10)]
+                 for c in range(len(labels))]
+    present = [aps for aps in per_label if aps[0] is not None]
+    return (float(np.mean([aps[0] for aps in present])),
+            float(np.mean([np.mean(aps) for aps in present])))
+
+
 def test_bench_reports_map_for_a_detector(scenes, tmp_path: Path):
     """`bench --data` on a folder of images with YOLO labels: mAP instead of accuracy; the
     same folder given to a classifier is a one-line error in its row."""
@@ -117,19 +163,18 @@ def test_bench_reports_map_for_a_detector(scenes, tmp_path: Path):
         [sys.executable, "-m", "edgepilot.cli", "bench", "stoplight-detector", "stoplight",
          "--data", str(tmp_path / "data"), "--json", "--runs", "5", "--threads", "1"],
         capture_output=True, text=True, timeout=600)
-    assert result.returncode in (0, 1), result.stderr
+    # One row failing (the classifier's) is reported in its row, not as the command's failure.
+    assert result.returncode == 0, result.stderr
     rows = {Path(r["model"]).stem: r for r in json.loads(result.stdout)["results"]}
     detector, classifier = rows["stoplight_detector"], rows["stoplight"]
     assert detector["metric"] == "mAP@0.5" and detector["n_data"] == 20
-    # The same figure as scoring the files by hand (read back from the folder's labels).
-    from edgepilot.runtime.detection import evaluate, read_boxes_folder
-
+    # The same figures as scoring, by the plain computation above, what the file finds in
+    # the scenes (in memory, not read back from the folder) against their true boxes.
     model = edgepilot.load(shipped_model("stoplight-detector"))
-    files, read = read_boxes_folder(tmp_path / "data")
-    expected = evaluate([model.detect(str(f), score_threshold=0.05) for f in files], read,
-                        model.meta.labels)
-    assert detector["accuracy"] == pytest.approx(expected["map50"], abs=1e-9)
-    assert detector["map50_95"] == pytest.approx(expected["map50_95"], abs=1e-9)
+    found = [model.detect(image, score_threshold=0.05) for image in images[:20]]
+    map50, map50_95 = _maps(found, truths[:20], model.meta.labels)
+    assert detector["accuracy"] == pytest.approx(map50, abs=1e-6)
+    assert detector["map50_95"] == pytest.approx(map50_95, abs=1e-6)
     assert 0 < detector["map50_95"] < detector["accuracy"]
     assert "YOLO .txt labels to a detector" in classifier["error"]
 

@@ -91,11 +91,21 @@ def test_a_model_that_specialises_its_batch_exports_with_batch_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_batch_sample_still_writes_a_batch_one_tflite_that_runs(tmp_path):
-    [report] = edgepilot.export(small_cnn(), torch.zeros(4, 3, 16, 16), formats="tflite",
+    net = small_cnn()
+    [report] = edgepilot.export(net, torch.zeros(4, 3, 16, 16), formats="tflite",
                                 out=tmp_path / "m", meta=META, quiet=True)
     model = edgepilot.load(report.path)
     assert model.inputs[0].shape == (1, 16, 16, 3)
-    # Parity on random images, preprocessed for the file as the runtime does: exact.
+    # Parity on random images the export never saw (it checks seed 0's), through the
+    # runtime, PyTorch the oracle: the same probabilities to 1e-5, the same top-1.
+    images = np.random.default_rng(7).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    got = np.array([list(model.predict(image).scores.values()) for image in images])
+    x = np.concatenate([edgepilot.runtime.image.preprocess(image, META) for image in images])
+    with torch.no_grad():
+        want = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+    # The report's own figures (its random images) say the same.
     assert report.top1_agreement == 1.0 and report.max_abs_diff < 1e-5
 
 
@@ -305,6 +315,22 @@ def test_export_report_names_the_ops_that_split_the_delegate(tmp_path):
     assert "CONV_2D" not in warning  # delegated ops are not blamed
 
 
+def _images_classified_as(net, index: int, n: int) -> list[np.ndarray]:
+    """`n` random 20x20 uint8 RGB images PyTorch's `net` puts clearly (by a logit margin of
+    0.05) in class `index`, preprocessed as the runtime does (META's 16x16)."""
+    rng = np.random.default_rng(0)
+    found = []
+    while len(found) < n:
+        tint = rng.integers(0, 256, 3)
+        image = np.clip(tint + rng.integers(-40, 40, (20, 20, 3)), 0, 255).astype(np.uint8)
+        with torch.no_grad():
+            logits = net(torch.from_numpy(edgepilot.runtime.image.preprocess(image, META)))[0]
+        second, first = np.sort(logits.numpy())[-2:]
+        if int(logits.argmax()) == index and first - second > 0.05:
+            found.append(image)
+    return found
+
+
 def test_cli_val_data_folder_gives_accuracy_and_names_unknown_labels(tmp_path, cli):
     import cv2
 
@@ -313,17 +339,24 @@ def test_cli_val_data_folder_gives_accuracy_and_names_unknown_labels(tmp_path, c
     torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 16, 16)), model)
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\n")
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
+    # Folder a holds images the model calls a (right), folder c images it calls b (wrong).
+    for label, index in (("a", 0), ("c", 1)):
         (tmp_path / "val" / label).mkdir(parents=True)
-        for i in range(3):
-            cv2.imwrite(str(tmp_path / "val" / label / f"{i}.png"),
-                        rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+        for i, image in enumerate(_images_classified_as(net, index, 3)):
+            cv2.imwrite(str(tmp_path / "val" / label / f"{i}.png"), image[:, :, ::-1])
     code, out, err = cli(model, "--input-size", "16", "--labels", labels, "--val-data",
                          tmp_path / "val", "--val-size", "4", "--out", tmp_path / "m")
     assert code == 0, err[-2000:]
     report = json.loads((tmp_path / "m.onnx.json").read_text())
-    assert report["n_inputs"] == 4 and report["accuracy_torch"] is not None  # capped at 4
+    assert report["n_inputs"] == 4  # --val-size caps the 6 images at 4
+    # Re-measured through the runtime on the folder's files: every a right, every c wrong,
+    # so 4 images spread evenly over the two folders score one half, in PyTorch and the file.
+    exported = edgepilot.load(tmp_path / "m.onnx")
+    measured = {label: np.mean([exported.predict(f).label == label
+                                for f in sorted((tmp_path / "val" / label).glob("*.png"))])
+                for label in ("a", "c")}
+    assert measured == {"a": 1.0, "c": 0.0}
+    assert report["accuracy_torch"] == report["accuracy_export"] == 0.5
     (tmp_path / "val" / "zebra").mkdir()
     cv2.imwrite(str(tmp_path / "val" / "zebra" / "0.png"), np.zeros((8, 8, 3), np.uint8))
     code, out, err = cli(model, "--input-size", "16", "--labels", labels, "--val-data",

@@ -26,14 +26,20 @@ def test_metadata_is_read_back(tiny_onnx, tiny_meta):
     assert edgepilot.load(tiny_onnx.path).meta == tiny_meta
 
 
-def test_predict_takes_any_size_arrays_and_paths(tiny_onnx, colour_data, tmp_path):
+def test_predict_takes_any_size_arrays_and_paths(tiny_onnx, colour_data, tmp_path, trained_tiny,
+                                                 tiny_meta, torch_top1):
     import cv2
 
     model = edgepilot.load(tiny_onnx.path)
     images, labels = colour_data
-    big = cv2.resize(images[0], (97, 61), interpolation=cv2.INTER_NEAREST)
-    p = model.predict(big)
-    assert p.label in model.meta.labels
+    # One image of each label (red, yellow, green, none), enlarged to another aspect ratio:
+    # the label PyTorch gives the image at the model's size, and the one it was drawn with.
+    expected = torch_top1(trained_tiny[0], images[:4], tiny_meta)
+    assert list(expected) == list(labels[:4])
+    for image, index in zip(images[:4], expected):
+        big = cv2.resize(image, (97, 61), interpolation=cv2.INTER_NEAREST)
+        p = model.predict(big)
+        assert p.label == model.meta.labels[index] and p.index == index
     assert abs(sum(p.scores.values()) - 1) < 1e-5 and p.score == max(p.scores.values())
     cv2.imwrite(str(tmp_path / "x.png"), cv2.cvtColor(images[1], cv2.COLOR_RGB2BGR))
     assert model.predict(tmp_path / "x.png").index == model.predict(images[1]).index
@@ -85,9 +91,12 @@ def test_threads_are_applied_to_the_session(tiny_onnx):
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
                     reason="os: counting a process's threads needs Linux /proc")
 def test_threads_start_that_many_workers(tiny_onnx, threads_after_loading):
-    # onnxruntime's intra-op pool is the calling thread plus threads-1 workers.
+    # onnxruntime's intra-op pool is the calling thread plus threads-1 workers: 3 threads
+    # instead of 1 ask for 2 more OS threads. A count of a live process's threads is a proxy
+    # that a busy machine can leave one short (a worker not started yet when counted), so:
+    # more threads than with 1 (the setting reached the pool), never more than the 2 asked.
     one, three = (threads_after_loading(tiny_onnx.path, n) for n in (1, 3))
-    assert three - one == 2, f"1 thread -> {one} OS threads, 3 threads -> {three}"
+    assert 1 <= three - one <= 2, f"1 thread -> {one} OS threads, 3 threads -> {three}"
 
 
 def test_load_with_meta_predicts_a_file_without_metadata(tmp_path, trained_tiny, tiny_meta,

@@ -343,10 +343,28 @@ def test_load_chooses_threads_for_an_onnx_file_and_remembers(tiny_onnx, cache_ho
     assert again._backend.thread_choice.threads == choice.threads
 
 
-def test_load_chooses_threads_for_a_tflite_file(tiny_tflite):
+def test_load_chooses_threads_for_a_tflite_file(tiny_tflite, monkeypatch):
+    # The interpreter exposes no thread getter: record the count each one was built with.
+    from edgepilot.runtime.litert import interpreter_module
+
+    module, _ = interpreter_module()
+    given = []
+
+    class Recording(module.Interpreter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.num_threads_given = kwargs.get("num_threads")
+            given.append(self.num_threads_given)
+
+    monkeypatch.setattr(module, "Interpreter", Recording)
     model = edgepilot.load(tiny_tflite["fp32"], threads="auto")
-    n = model._backend.thread_choice.threads
-    assert f"{n} threads" in model.backend
+    choice = model._backend.thread_choice
+    assert 1 <= choice.threads <= threads.available_cores() and not choice.cached
+    # Each count the sweep timed ran in an interpreter built with that count, and the one
+    # that runs the model got the chosen count: what the interpreter was given, not what the
+    # backend's description says.
+    assert given == list(choice.timings_ms)  # (the sweep builds and times in turn)
+    assert model._backend.interpreter.num_threads_given == choice.threads
 
 
 def test_an_explicit_count_or_none_does_not_sweep(tiny_onnx, cache_home):
