@@ -14,7 +14,7 @@ GUIVENV ?= .venv-gui
 GUISTAMP := $(GUIVENV)/.installed
 
 .PHONY: demo test preflight install mediapipe-env tflite-runtime-env gui-env gui-tools ssh-tools \
-	browser clean
+	browser arm-boards clean
 
 demo: $(STAMP)
 	$(VENV)/bin/edgepilot demo
@@ -22,7 +22,7 @@ demo: $(STAMP)
 # EDGEPILOT_STRICT=1: a test skipped for a missing dependency fails the run (tests/conftest.py);
 # only hardware and OS skips stay skips. Two workers, one test file each at a time (pytest-xdist):
 # most tests wait on single-threaded converters and child processes, so 2 cores overlap them.
-test: $(STAMP) $(MPSTAMP) $(TRSTAMP) $(GUISTAMP) browser ssh-tools gui-tools preflight
+test: $(STAMP) $(MPSTAMP) $(TRSTAMP) $(GUISTAMP) browser ssh-tools gui-tools arm-boards preflight
 	$(PY) -m ruff check .
 	EDGEPILOT_STRICT=1 $(PY) -m pytest -n 2 --dist loadfile
 
@@ -42,6 +42,13 @@ ssh-tools:
 	@{ [ -x /usr/sbin/sshd ] && command -v rsync >/dev/null; } || { [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq openssh-server rsync >/dev/null; } || \
 		echo "openssh-server/rsync are not installed (needs root): the ssh tests will skip"
+
+# Emulated 64-bit Raspberry Pis for tests/arm: an arm64 Debian root file system run by
+# qemu-user, built once (~5-9 min, package set-up runs emulated) and cached in
+# /var/cache/edgepilot/arm (EDGEPILOT_ARM_CACHE); needs root, as CI is.
+arm-boards:
+	@if [ "$$(id -u)" = 0 ]; then tests/arm/board.sh build; else \
+		echo "the emulated ARM boards need root: tests/arm will skip, which strict mode fails"; fi
 
 # Xvfb (a virtual screen) and xdotool (key presses) for the window test, and the X and GL
 # libraries opencv-python's Qt loads (Debian packages; needs root, as CI is).

@@ -285,7 +285,9 @@ def install_bundle(remote: Remote, requirements: str, *, python: str = "python3"
         f"if [ \"$(cat .venv/.edgepilot-requirements 2>/dev/null)\" = {digest} ]; then "
         "echo reused; exit 0; fi; "
         f"rm -rf .venv && {shlex.quote(python)} -m venv .venv && "
-        ".venv/bin/python -m pip install -q --disable-pip-version-check "
+        # --no-compile: Python compiles what run.py imports at its first run; compiling every
+        # file of numpy and OpenCV up front costs minutes on a small board (or an emulator).
+        ".venv/bin/python -m pip install -q --disable-pip-version-check --no-compile "
         "-r requirements.txt 1>&2 && "
         f"echo {digest} > .venv/.edgepilot-requirements && echo installed")
     return ssh(remote, script, "installing the bundle's requirements",
