@@ -235,7 +235,7 @@ def test_parse_is_linear_on_a_table_line_of_60000_spaces():
             "from edgepilot.runtime.edgetpu_check import parse_compiler_log\n"
             "print(json.dumps(parse_compiler_log(sys.stdin.read())))")
     try:
-        done = subprocess.run([sys.executable, "-c", code], input=log, capture_output=True,
+        done = subprocess.run([sys.executable, "-I", "-c", code], input=log, capture_output=True,
                               text=True, timeout=10)
     except subprocess.TimeoutExpired:
         pytest.fail("parse_compiler_log ran for more than 10 s on 60,000-space table lines")
