@@ -17,12 +17,14 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+import os
 import shutil
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.errors import EdgepilotError, InputError, ModelFileError
 from edgepilot.runtime.mlpackage import check_package, copy_package
 
 __all__ = ["deploy", "write_bundle", "requirements_for", "BUNDLE_FILE"]
@@ -78,6 +80,31 @@ def _copy_runtime(target: Path) -> None:
             shutil.copy2(file, dest / file.name)
 
 
+def _copy_model_file(model: Path, target: Path) -> None:
+    """Copy a model file (a link to one is followed: the user named it) as the regular file it
+    is when opened: never a FIFO, a device or ``/dev/zero``, and never more bytes than it held
+    when opened."""
+    from edgepilot.runtime.model import not_a_model
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(model, flags)
+    except OSError as err:
+        raise ModelFileError(not_a_model(model) if isinstance(
+            err, (FileNotFoundError, IsADirectoryError)) else
+            f"Cannot read '{model}': {err.strerror}") from err
+    with os.fdopen(fd, "rb") as reader:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelFileError(not_a_model(model))
+        with open(target, "wb") as writer:
+            left = info.st_size
+            while left > 0 and (chunk := reader.read(min(left, 1 << 20))):
+                writer.write(chunk)
+                left -= len(chunk)
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))  # as shutil.copy2 kept it
+
+
 def _check_out(out: Path) -> None:
     """`out` may be new, empty, or an earlier bundle; anything else is the user's and kept."""
     if out.exists() and not out.is_dir():
@@ -106,13 +133,11 @@ def write_bundle(models: Sequence[Path], out: str | Path, *, profile=None,
     names = []
     for model in models:
         model = Path(model)
-        if not model.exists():
-            raise EdgepilotError(f"Model file not found: '{model}'")
         if model.resolve() != (out / model.name).resolve():
-            if model.is_dir():  # a model that is a folder (Core ML .mlpackage): vetted files
+            if format_for_path(model).folder:  # a Core ML .mlpackage: its vetted files only
                 copy_package(check_package(model), out / model.name)
             else:
-                shutil.copy2(model, out / model.name)
+                _copy_model_file(model, out / model.name)
         names.append(model.name)
     _copy_runtime(out)
     requirements = requirements_for(formats, profile)

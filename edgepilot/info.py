@@ -133,7 +133,9 @@ def inspect_model(path: str | Path) -> ModelInfo:
     name, reader = _reader_for(path)  # an unknown suffix fails before the file is touched
     if not (path.is_file() or path.is_dir() and name != "checkpoint" and
             format_for_path(path).folder):
-        raise ModelFileError(f"Model file not found: '{path}'")
+        from edgepilot.runtime.model import not_a_model
+
+        raise ModelFileError(not_a_model(path))
     # The one place where what a parser raises on a corrupt or hostile file (IndexError,
     # KeyError, UnicodeDecodeError, struct.error, RecursionError...) becomes ModelFileError.
     with file_errors("edgepilot info", path):

@@ -11,6 +11,8 @@ that returns the `ModelMeta` JSON (ExecuTorch's own way to carry configuration).
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from edgepilot.runtime.backend import (
     quiet_native_stderr,
 )
 
-__all__ = ["ExecuTorchBackend", "META_METHOD", "PTE_IDENTIFIER", "check_header"]
+__all__ = ["ExecuTorchBackend", "META_METHOD", "PTE_IDENTIFIER", "check_header", "read_program"]
 
 #: The constant method that returns the edgepilot ModelMeta JSON.
 META_METHOD = "edgepilot_meta"
@@ -34,6 +36,55 @@ PTE_IDENTIFIER = b"ET"
 #: c10::ScalarType codes -> numpy dtypes, for the types an exported vision model uses.
 _DTYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16,
            6: np.float32, 7: np.float64, 11: np.bool_}
+
+
+def read_program(path: Path) -> bytes:
+    """The bytes of a .pte, refused before the read when they could not fit in memory (a
+    sparse 20 GiB file would otherwise be read whole) or when it is not a regular file."""
+    from edgepilot.runtime.model import not_a_model
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block the open
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise ModelFileError(not_a_model(Path(path)) if isinstance(
+            err, (FileNotFoundError, IsADirectoryError)) else
+            f"Cannot read '{path}': {err.strerror}") from err
+    with os.fdopen(fd, "rb") as file, file_errors("ExecuTorch", path):
+        size = os.fstat(fd).st_size
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelFileError(not_a_model(Path(path)))
+        room = memory_room()
+        if size > room:
+            raise ModelFileError(f"'{path}' is {size / 2**30:.1f} GiB, more than the "
+                                 f"{room / 2**30:.1f} GiB of memory this process may use: a "
+                                 "corrupt or hostile .pte?")
+        return file.read(size)
+
+
+def memory_room() -> int:
+    """Bytes this process could still take: the memory the machine has available (Linux's
+    MemAvailable; elsewhere all of it), or less where the address space is capped."""
+    import resource
+
+    room = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo.read(1 << 16).splitlines():
+                if line.startswith(b"MemAvailable:"):
+                    room = min(room, int(line.split()[1]) << 10)
+    except (OSError, ValueError, IndexError):
+        pass
+    cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return room if cap == resource.RLIM_INFINITY else min(room, cap)
+
+
+def method_list(names) -> str:
+    """A program's method names for an error line: quoted and escaped (they come from the
+    file, so they may hold line breaks or escape codes), at most eight."""
+    names = sorted(names)
+    shown = ", ".join(repr(name)[:60] for name in names[:8])
+    return (shown + (f" and {len(names) - 8} more" if len(names) > 8 else "")) or "none"
 
 
 def check_header(data: bytes, path: Path) -> None:
@@ -140,7 +191,7 @@ class ExecuTorchBackend(Backend):
     def __init__(self, path: Path, *, threads: int | None = None,
                  vetted: bool = False) -> None:
         path = Path(path)
-        data = path.read_bytes()
+        data = read_program(path)
         check_header(data, path)
         digest = hashlib.sha256(data).digest()
         if not vetted and digest not in _VETTED:  # once per content and process
@@ -157,7 +208,7 @@ class ExecuTorchBackend(Backend):
             self.program = rt.load_program(data)
             if "forward" not in self.program.method_names:
                 raise ModelFileError(f"'{path}' has no 'forward' method (it has "
-                                     f"{', '.join(sorted(self.program.method_names)) or 'none'})")
+                                     f"{method_list(self.program.method_names)})")
             spec = self.program.metadata("forward")
             self.inputs = [_info(f"input{i or ''}", spec.input_tensor_meta(i))
                            for i in range(spec.num_inputs())]

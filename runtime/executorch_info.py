@@ -15,7 +15,7 @@ from pathlib import Path
 from edgepilot.errors import ModelFileError, require
 from edgepilot.info import Reading, TensorSummary, parse_meta
 from edgepilot.runtime.backend import quiet_native_stderr
-from edgepilot.runtime.executorch import META_METHOD, check_header
+from edgepilot.runtime.executorch import META_METHOD, check_header, method_list, read_program
 
 __all__ = ["read_info"]
 
@@ -26,7 +26,7 @@ _DTYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float1
 
 def read_info(path: Path) -> Reading:
     """What `edgepilot info` shows of a .pte file."""
-    data = path.read_bytes()
+    data = read_program(path)
     check_header(data, path)
     with quiet_native_stderr(), warnings.catch_warnings():  # torchao's start-up notices
         warnings.simplefilter("ignore")
@@ -36,8 +36,7 @@ def read_info(path: Path) -> Reading:
         program = deserialize_pte_binary(data).program
     plans = {plan.name: plan for plan in program.execution_plan}
     if "forward" not in plans:
-        raise ModelFileError(f"'{path}' has no 'forward' method (it has "
-                             f"{', '.join(sorted(plans)) or 'none'})")
+        raise ModelFileError(f"'{path}' has no 'forward' method (it has {method_list(plans)})")
     forward = plans["forward"]
     inputs = [_tensor(f"input{n or ''}", forward.values[i].val)
               for n, i in enumerate(forward.inputs)]

@@ -64,18 +64,30 @@ def _walk(path: Path) -> dict[str, int]:
             if count > MAX_ENTRIES:
                 raise _refuse(path, f"it holds more than {MAX_ENTRIES:,} entries")
             entry = Path(root, name)
-            info = entry.lstat()
             rel = entry.relative_to(path).as_posix()
+            try:
+                info = entry.lstat()
+            except OSError as err:  # a name too long, a path past PATH_MAX, a race
+                raise _refuse(path, f"{_name(rel)} cannot be read ({err.strerror})") from err
             if stat.S_ISLNK(info.st_mode):
-                raise _refuse(path, f"'{rel}' is a symbolic link (a package holds files only)")
+                raise _refuse(path, f"{_name(rel)} is a symbolic link (a package holds files "
+                                    "only)")
             if stat.S_ISDIR(info.st_mode):
                 continue
             if not stat.S_ISREG(info.st_mode):
-                raise _refuse(path, f"'{rel}' is not a regular file (a FIFO, socket or device)")
+                raise _refuse(path, f"{_name(rel)} is not a regular file (a FIFO, socket or "
+                                    "device)")
             files[rel] = info.st_size
     if sum(files.values()) > MAX_PACKAGE_BYTES:
         raise _refuse(path, f"its files add up to more than {MAX_PACKAGE_BYTES >> 30} GiB")
     return files
+
+
+def _name(rel: str) -> str:
+    """An entry name from the package, quoted for an error line: a name may hold line breaks
+    or terminal escape codes, which repr() spells out (and long names are cut)."""
+    text = repr(rel)
+    return text if len(text) <= 120 else text[:119] + "…"
 
 
 def _raise(path: Path, err: OSError):
@@ -116,7 +128,7 @@ def check_package(path: Path) -> Package:
     if where.startswith("/") or spec.split("/")[0] != "Data" or ".." in spec.split("/"):
         raise _refuse(path, f"its {MANIFEST} points outside the package ({where[:80]!r})")
     if spec not in files:
-        raise _refuse(path, f"its root model '{spec}' is not a file in the package")
+        raise _refuse(path, f"its root model {_name(spec)} is not a file in the package")
     if files[spec] > MAX_SPEC_BYTES:
         raise _refuse(path, f"its model description is {files[spec]:,} bytes (at most "
                             f"{MAX_SPEC_BYTES:,})")
@@ -158,13 +170,13 @@ def _copy_file(package: Package, rel: str, destination: Path) -> None:
     try:
         fd = os.open(package.path / rel, flags)
     except OSError as err:
-        raise _refuse(package.path, f"'{rel}' cannot be opened ({err.strerror})") from err
+        raise _refuse(package.path, f"{_name(rel)} cannot be opened ({err.strerror})") from err
     with os.fdopen(fd, "rb") as reader, open(target, "wb") as writer:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _refuse(package.path, f"'{rel}' is no longer a regular file")
+            raise _refuse(package.path, f"{_name(rel)} is no longer a regular file")
         left = package.files[rel]
         while chunk := reader.read(min(left + 1, 1 << 20)):
             left -= len(chunk)
             if left < 0:
-                raise _refuse(package.path, f"'{rel}' grew while it was being read")
+                raise _refuse(package.path, f"{_name(rel)} grew while it was being read")
             writer.write(chunk)

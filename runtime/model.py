@@ -38,6 +38,17 @@ class Prediction:
                 "scores": self.scores}
 
 
+def not_a_model(path: Path, folder: bool = False) -> str:
+    """Why `path` cannot be a model: missing, or the wrong kind of thing (never opened)."""
+    if not path.exists():
+        return f"Model file not found: '{path}'"
+    if folder:
+        return f"'{path}' is not a folder: a {path.suffix} model is a folder of files"
+    if path.is_dir():
+        return f"'{path}' is a folder, not a model file: give the model file inside it"
+    return f"'{path}' is not a regular file (a FIFO, socket or device): give a model file"
+
+
 def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | str | None = "auto",
          spin: bool | None = None, **backend_options) -> Model:
     """Load a model file with the backend its suffix calls for.
@@ -62,7 +73,7 @@ def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | str 
     path = Path(path)
     fmt = format_for_path(path)  # fails on an unknown suffix before touching the file
     if not (path.is_dir() if fmt.folder else path.is_file()):  # .mlpackage: a folder
-        raise ModelFileError(f"Model file not found: '{path}'")
+        raise ModelFileError(not_a_model(path, fmt.folder))
     if threads != "auto" and threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be 1 or more, 'auto' or None, got {threads!r}")

@@ -128,3 +128,20 @@ def test_a_program_that_crashes_the_runtime_is_refused_not_fatal(tmp_path, monke
     with pytest.raises(ModelFileError, match="SIGABRT") as info:
         edgepilot.load(path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_method_names_from_the_file_never_break_the_error_line(files, tmp_path):
+    # Found by the fuzzer (issue 30): a method renamed "for\nward" went raw into the error.
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    from edgepilot.info import inspect_model
+
+    pte = deserialize_pte_binary(open(files["fp32"].path, "rb").read())
+    next(p for p in pte.program.execution_plan if p.name == "forward").name = "for\nward\x1b[2J"
+    path = tmp_path / "renamed.pte"
+    path.write_bytes(bytes(serialize_pte_binary(pte, extract_delegate_segments=True)))
+    for call in (inspect_model, edgepilot.load):
+        with pytest.raises(ModelFileError, match="no 'forward' method") as info:
+            call(path)
+        assert str(info.value).isprintable(), repr(str(info.value))

@@ -52,3 +52,25 @@ def test_the_child_checks_the_bytes_that_are_loaded_not_the_file_again(tmp_path,
     with pytest.raises(ModelFileError, match="SIGABRT") as info:
         edgepilot.load(path)
     assert "\n" not in str(info.value) and os.fspath(path) in str(info.value)
+
+
+@pytest.mark.parametrize("call", ["load", "info"])
+def test_a_huge_program_is_refused_before_it_is_read(tmp_path, call):
+    # Found by the fuzzer (issue 30): a 20 GiB (sparse) .pte was read whole before any check,
+    # a MemoryError where memory is capped, the whole machine's memory where it is not. Here
+    # 1 TiB (sparse): more than any machine that runs this has free.
+    from edgepilot.info import inspect_model
+
+    path = tmp_path / "model.pte"
+    path.write_bytes(NOT_A_PROGRAM)
+    os.truncate(path, 1 << 40)
+    with pytest.raises(ModelFileError, match="GiB") as info:
+        (edgepilot.load if call == "load" else inspect_model)(path)
+    assert "\n" not in str(info.value) and os.fspath(path) in str(info.value)
+
+
+def test_a_program_that_is_not_a_file_is_refused_not_waited_on(tmp_path):
+    path = tmp_path / "model.pte"
+    os.mkfifo(path)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        edgepilot.load(path)

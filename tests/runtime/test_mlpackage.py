@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import threading
+from contextlib import contextmanager
 
 import pytest
 
@@ -127,3 +128,86 @@ def test_a_model_name_cannot_add_lines_to_the_requirements(tmp_path):
         write_bundle([hostile], tmp_path / "bundle")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "bundle" / "requirements.txt").exists()
+
+
+@pytest.mark.parametrize("make", ["link", "fifo", "root"])
+def test_names_from_the_package_never_break_the_error_line(copy, tmp_path, make):
+    # Found by the fuzzer (issue 30): entry names went raw into the refusal.
+    evil = "evil\nname\x1b]8;;x\x07\u2028"
+    if make == "link":
+        os.symlink("/etc/passwd", copy / "Data" / evil)
+    elif make == "fifo":
+        os.mkfifo(copy / "Data" / evil)
+    else:
+        _point_root_at(copy, f"com.apple.CoreML/{evil}")
+    for call in (lambda: inspect_model(copy), lambda: write_bundle([copy], tmp_path / "b")):
+        with pytest.raises(ModelFileError) as info:
+            _deadline(call)
+        assert str(info.value).isprintable(), repr(str(info.value))
+
+
+def test_folders_nested_past_path_max_are_one_line(copy, tmp_path):
+    fd = os.open(copy / "Data", os.O_RDONLY)
+    for _ in range(25):  # 25 folders of 200 characters: past PATH_MAX (4096)
+        os.mkdir("d" * 200, dir_fd=fd)
+        inner = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+    for call in (lambda: inspect_model(copy), lambda: write_bundle([copy], tmp_path / "b")):
+        with pytest.raises(ModelFileError) as info:
+            _deadline(call)
+        assert "\n" not in str(info.value)
+
+
+@contextmanager
+def _files_capped(size: int):
+    """No file this process writes may grow past `size` (a write past it fails, EFBIG)."""
+    import resource
+    import signal
+
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "folder-link"])
+def test_a_model_that_is_not_a_regular_file_is_not_bundled(tmp_path, package, kind):
+    # Found by the fuzzer (issue 30): shutil.copy2 blocked on a FIFO and copied /dev/zero
+    # until the disk was full.
+    model = tmp_path / ("model.tflite" if kind != "folder-link" else "model.mlpackage")
+    if kind == "fifo":
+        os.mkfifo(model)
+    elif kind == "zero":
+        model.symlink_to("/dev/zero")
+    else:
+        model.symlink_to(package)  # a package is read only as a folder of its own
+    with _files_capped(64 << 20), pytest.raises(EdgepilotError) as info:  # a regression
+        _deadline(lambda: write_bundle([model], tmp_path / "bundle"))  # must not fill the disk
+    assert "\n" not in str(info.value)
+    copied = tmp_path / "bundle" / model.name
+    assert not copied.exists() or copied.lstat().st_size == 0
+
+
+@pytest.mark.parametrize("suffix", [".mlpackage", ".onnx"])
+def test_a_file_given_for_a_folder_model_or_a_link_to_a_model_file(tmp_path, suffix):
+    # A .mlpackage that is a file is refused; a link to a regular model file is the user's
+    # own way to name a model, and is copied as the file it points to.
+    from edgepilot.assets import shipped_model
+
+    real = tmp_path / "real.onnx"
+    shutil.copy(shipped_model("stoplight"), real)
+    model = tmp_path / f"model{suffix}"
+    model.symlink_to(real)
+    if suffix == ".mlpackage":
+        with pytest.raises(ModelFileError, match="not a folder"):
+            write_bundle([model], tmp_path / "bundle")
+    else:
+        bundle = write_bundle([model], tmp_path / "bundle")
+        assert (bundle / model.name).read_bytes() == real.read_bytes()
+        assert not (bundle / model.name).is_symlink()
