@@ -1,53 +1,107 @@
-"""Fuzz the runtime with mutated model files: every file through `load` and `predict` in a
-child process under a memory cap and a timeout, counting crashes, hangs, exceptions that are
-not edgepilot's, and peak memory.
+"""Fuzz edgepilot with mutated model files: every file through the entry points its format
+has, in a child process under a memory cap and a timeout, counting crashes, hangs, exceptions
+that are not edgepilot's (or edgepilot messages of more than one line), and peak memory.
 
-    python benchmarks/fuzz_models.py                   # 1,000 files per format (~2 min on 2 cores)
-    python benchmarks/fuzz_models.py --per-format 100 --json fuzz.json
+    python benchmarks/fuzz_models.py                   # 1,000 files per format
+    python benchmarks/fuzz_models.py --formats pte mlpackage --per-format 1000 --json fuzz.json
+    python benchmarks/fuzz_models.py --formats onnx --per-format 100
 
 The seeds are small real models: the shipped stoplight .onnx, and the shipped checkpoint
-exported here to .tflite (fp32 and int8; needs the export extra). Mutations: byte flips,
-truncation and splices anywhere; metadata rewrites (huge or non-integer input sizes, JSON that
-is not an object or nests deeply, bad UTF-8, 4-channel mean, 1e300, labels that do not fit);
-corrupt TFLite metadata flatbuffers; zip bombs and corrupt zips in a .tflite; ONNX external
-data that points outside the model's folder. tests/runtime/test_fuzz.py runs a small share in
-CI with the same code.
+exported here to .tflite (fp32 and int8), .pte (ExecuTorch, XNNPACK) and .mlpackage (Core ML,
+a folder; made byte-identical from run to run). Exports need the export extra.
 
-Workers are long-lived children (loading onnxruntime and LiteRT once, not per file), each
-capped with RLIMIT_AS; a worker that dies or stops answering is recorded as a crash or a hang
-for the file it held, and replaced.
+Entry points (the worker's SURFACES): .onnx and .tflite `load` + `predict`; .pte
+`inspect_model`, then `load` (which runs the program in a vetting child first) + `predict`;
+.mlpackage `inspect_model`, `deploy.write_bundle` and `load`, which off macOS must refuse in
+one line. Outcomes: ok, edgepilot (a one-line EdgepilotError), other (any other exception, or
+an edgepilot message that is not one line), crash (the worker died), hang (no answer within
+the timeout), memory (the case's peak RSS over the format's bound in RSS_BOUND_MIB).
+
+Mutations:
+- .onnx, .tflite: byte flips, truncation and splices anywhere; metadata rewrites (huge or
+  non-integer input sizes, JSON that is not an object or nests deeply, bad UTF-8, 4-channel
+  mean, 1e300, labels that do not fit); corrupt TFLite metadata flatbuffers; zip bombs and
+  corrupt zips in a .tflite; ONNX external data that points outside the model's folder.
+- .pte: bit flips, byte overwrites, truncation, insertion and chunk duplication, half inside
+  the program flatbuffer and a quarter inside XNNPACK's delegate blob; the extended header's
+  sizes and offsets; the flatbuffer's offsets, vtables, vector lengths and fields, found by
+  walking it with its schema; segments swapped, overlapping or out of range; XNNPACK's header
+  and graph; metadata rewrites and program edits written by ExecuTorch's own serializer (huge
+  or negative tensor sizes, 2^62 bytes of planned memory, an instruction that jumps to itself,
+  named data swapped...); the file made sparse to 3 GiB .. 1 TiB.
+- .mlpackage: byte mutations of Manifest.json, the model spec and the weights; Manifest edits
+  (root paths with ../ or absolute, no root id, wrong types, deep nesting, huge strings,
+  20,000 entries); spec edits (metadata rewrites, no input, huge images, nesting past protobuf's
+  limit); symlinks (out of the package, to /dev/zero and /etc/passwd, dangling, loops); FIFOs,
+  sockets and device nodes (a FIFO instead where mknod is not permitted: the kind says so);
+  sparse files of 512 MiB .. 1 TiB; 10,000+ entries and paths past PATH_MAX; names holding new
+  lines or bytes that are not UTF-8; the package itself a file, a FIFO or a link.
+The mutations live beside this file: fuzz_mutations.py (bytes, metadata, .onnx/.tflite),
+fuzz_pte.py and fuzz_mlpackage.py. Each .pte and .mlpackage mutant's folder holds
+mutation.txt, saying what was done to it (--keep keeps them, to replay a finding).
+
+Workers are long-lived children, one pool per format (loading each runtime once, not per
+file), started isolated (python -I) in their own process group, capped with RLIMIT_AS and
+RLIMIT_FSIZE; a worker that dies or stops answering is recorded as a crash or a hang for the
+file it held, and replaced, with whatever it had started. tests/runtime/test_fuzz.py runs a
+small share in CI with the same code.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import random
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
+import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
-#: Address-space cap of each worker. onnxruntime and LiteRT loaded take ~0.75 GiB of it.
+from edgepilot.runtime.executorch import VET_TIMEOUT
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the mutators beside this file
+from fuzz_mlpackage import MANIFEST, PackageMutator  # noqa: E402
+from fuzz_mutations import Mutator  # noqa: E402
+from fuzz_pte import PteMutator  # noqa: E402
+
+#: Every format the fuzzer knows, by suffix.
+FORMATS = ("onnx", "tflite", "pte", "mlpackage")
+#: Address-space cap of each worker (RLIMIT_AS; children such as the .pte vetting child
+#: inherit it). onnxruntime and LiteRT loaded take ~0.75 GiB of it; torch with ExecuTorch or
+#: coremltools ~1.4 GiB.
 MEMORY_CAP = 2 << 30
-#: Seconds one file may take in load + predict before it counts as a hang (a busy machine).
+MEMORY_CAPS = {"pte": 4 << 30, "mlpackage": 4 << 30}
+#: Bound on a case's peak RSS (its worker's, or its vetting child's): a case above it that
+#: ended ok or in an edgepilot error counts as "memory". A .pte or .mlpackage worker holds
+#: torch (~0.5 GiB); a package may hold a 256 MiB spec, which `inspect_model` reads whole.
+RSS_BOUND_MIB = {"onnx": 512, "tflite": 512, "pte": 1536, "mlpackage": 1536}
+#: The largest file a worker may write (RLIMIT_FSIZE): a package that is a link to /dev/zero
+#: would otherwise be copied into the bundle until the disk is full. The largest legitimate
+#: write, a package's 512 MiB weights copied into a bundle, fits.
+FILE_CAP = 1 << 30
+#: Seconds one file may take in its entry points before it counts as a hang (a busy machine).
+#: A .pte gets VET_TIMEOUT more: a program the vetting child gives up on is a clean refusal.
 TIMEOUT_S = 60.0
+EXTRA_TIMEOUT_S = {"pte": VET_TIMEOUT}
 
 # The worker: reads file paths on stdin, answers one JSON line per file.
 WORKER = r"""
-import json, os, resource, sys, traceback
+import json, os, resource, shutil, signal, sys, tempfile, traceback
 # Answers go to a private copy of stdout; what native code prints lands in the log (fd 2).
 answers = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)
-cap = int(sys.argv[1])
+fmt, cap, file_cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+# Writing past file_cap fails (EFBIG) rather than killing the worker (SIGXFSZ).
+resource.setrlimit(resource.RLIMIT_FSIZE, (file_cap, file_cap))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 import numpy as np
 import edgepilot
 from edgepilot.errors import EdgepilotError
@@ -58,12 +112,71 @@ def peak_rss_kib():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
 
+def children_rss_kib():
+    # The largest peak of the children waited for so far (the .pte vetting child). It only
+    # grows, and a child's includes this process's peak at its start (carried over exec), so
+    # a case counts it only when it grew during the case: at most the case's true peak.
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
 def chain(err):
     seen = []
     while err is not None and len(seen) < 10:
         seen.append(type(err).__name__)
         err = err.__cause__ or err.__context__
     return seen
+
+def load(path):
+    model = edgepilot.load(path)
+    meta = model.meta
+    if meta is not None and meta.is_image:
+        model.predict(image)
+    elif meta is not None:
+        model.predict_inputs(np.zeros(meta.input_size[0] * meta.input_size[1]))
+    else:
+        model(*[np.zeros([d or 1 for d in t.shape], t.dtype) for t in model.inputs])
+
+def info(path):
+    from edgepilot.info import inspect_model
+    inspect_model(path)
+
+def bundle(path):
+    from edgepilot.deploy import write_bundle
+    work = tempfile.mkdtemp(prefix="fuzz-bundle-")
+    try:
+        write_bundle([path], os.path.join(work, "bundle"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+# The entry points each format goes through, in this order.
+SURFACES = {"pte": [info, load], "mlpackage": [info, bundle, load]}.get(fmt, [load])
+RANK = {"ok": 0, "edgepilot": 1, "other": 2}
+
+def attempt(call, path):
+    try:
+        call(path)
+        return {"outcome": "ok"}
+    except EdgepilotError as err:
+        text = str(err)
+        if text.splitlines() == [text]:
+            return {"outcome": "edgepilot", "error": type(err).__name__, "message": text[:300],
+                    "memory": "MemoryError" in chain(err)}
+        # The CLI shows an error as one line: a message of several (or none) is a finding.
+        return {"outcome": "other", "error": type(err).__name__ + " (not one line)",
+                "message": text[:300], "where": traceback.format_exc()[-3000:]}
+    except BaseException as err:
+        return {"outcome": "other", "error": type(err).__name__, "message": str(err)[:300],
+                "where": traceback.format_exc()[-3000:]}
+
+# Import what the entry points need before the first file, so that a case's time is its own.
+try:
+    if fmt == "pte":
+        from edgepilot.runtime.executorch import runtime
+        runtime()
+        import executorch.exir._serialize._program
+    elif fmt == "mlpackage":
+        import coremltools
+except (ImportError, EdgepilotError):
+    pass  # each file then ends in the MissingDependencyError that names the extra
 
 print(json.dumps({"ready": True}), file=answers, flush=True)
 for line in sys.stdin:
@@ -74,23 +187,18 @@ for line in sys.stdin:
             f.write("5")
     except OSError:
         pass
-    try:
-        model = edgepilot.load(path)
-        meta = model.meta
-        if meta is not None and meta.is_image:
-            model.predict(image)
-        elif meta is not None:
-            model.predict_inputs(np.zeros(meta.input_size[0] * meta.input_size[1]))
-        else:
-            model(*[np.zeros([d or 1 for d in t.shape], t.dtype) for t in model.inputs])
-        result["outcome"] = "ok"
-    except EdgepilotError as err:
-        result.update(outcome="edgepilot", error=type(err).__name__, message=str(err)[:300],
-                      memory="MemoryError" in chain(err))
-    except BaseException as err:
-        result.update(outcome="other", error=type(err).__name__, message=str(err)[:300],
-                      where=traceback.format_exc().splitlines()[-3:])
-    result["peak_rss_kib"] = peak_rss_kib()
+    children = children_rss_kib()
+    surfaces, worst, memory = {}, {"outcome": "ok"}, False
+    for call in SURFACES:
+        got = attempt(call, path)
+        surfaces[call.__name__] = [got["outcome"], got.get("error", ""),
+                                   got.get("message", "")[:200]]
+        if RANK[got["outcome"]] > RANK[worst["outcome"]]:
+            worst = got
+        memory = memory or got.get("memory", False)
+    result.update(worst, surfaces=surfaces, memory=memory, peak_rss_kib=peak_rss_kib())
+    grown = children_rss_kib()
+    result["child_rss_kib"] = grown if grown > children else 0
     print(json.dumps(result), file=answers, flush=True)
 """
 
@@ -100,231 +208,29 @@ class Result:
     path: str
     format: str
     kind: str
-    outcome: str  # ok | edgepilot | other | crash | hang
+    outcome: str  # ok | edgepilot | other | crash | hang | memory
     error: str = ""
     message: str = ""
     memory: bool = False  # an edgepilot error caused by hitting the memory cap
-    peak_rss_kib: int = 0
+    peak_rss_kib: int = 0  # the worker's during the case, or its child's when that is larger
     seconds: float = 0.0
+    where: str = ""  # the end of the traceback, for "other"
+    surfaces: dict = field(default_factory=dict)  # entry point -> [outcome, error, message]
 
 
-# --------------------------------------------------------------------------- mutations
-
-# Metadata entries an attacker or a careless tool could write (as JSON text).
-def _meta_attacks(base: dict) -> list[str]:
-    def with_(**changes) -> str:
-        return json.dumps({**base, **changes})
-
-    deep_extra = json.loads("[" * 600 + "]" * 600)
-    return [
-        with_(input_size=[20000, 20000]), with_(input_size=[1e300, 64]),
-        with_(input_size=[64, -1]), with_(input_size=[0, 0]), with_(input_size=[64.5, 64]),
-        with_(input_size=[128, 128]), with_(input_size="64"), with_(input_size=[64, 64, 64]),
-        with_(layout="NHWC" if base["layout"] == "NCHW" else "NCHW"), with_(layout=[1]),
-        with_(color="GRAY"), with_(mean=[0.5] * 4, std=[0.5] * 4), with_(mean=[1e300] * 3),
-        with_(mean=[0.1] * 1000, std=[1.0] * 1000), with_(std=[0, 0, 0]),
-        with_(std=[1e-300] * 3), with_(labels=["a", "b"]), with_(labels=[]),
-        with_(labels=[str(i) for i in range(200_000)]), with_(labels=["x" * 100_000] * 4),
-        with_(labels=[[1], {}, None, 3]), with_(labels="abcd"), with_(name=["n"]),
-        with_(extra=deep_extra), with_(extra=[1, 2]), with_(output="softmax"),
-        with_(preprocess="none", layout="NC"), with_(output="sigmoid"),
-        json.dumps(base).replace("0.5", "NaN", 1), json.dumps(base).replace("0.5", "1e999", 1),
-        "[1, 2, 3]", "42", "null", '"text"', "true", "{", "", "{}", " { } ",
-        "[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000,
-        '{"name": "m"}', json.dumps({**base, "labels": None}),
-    ]
 
 
-def _flip(data: bytes, rng: random.Random) -> bytes:
-    out = bytearray(data)
-    for _ in range(rng.randint(1, 32)):
-        out[rng.randrange(len(out))] = rng.randrange(256)
-    return bytes(out)
-
-
-def _splice(data: bytes, rng: random.Random) -> bytes:
-    at = rng.randrange(len(data))
-    if rng.random() < 0.5:
-        return data[:at] + data[at + rng.randint(1, 4096):]
-    return data[:at] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 256))) + data[at:]
-
-
-def _truncate(data: bytes, rng: random.Random) -> bytes:
-    return data[:rng.randrange(len(data))]
-
-
-def _bad_utf8(data: bytes, rng: random.Random, words: list[bytes]) -> bytes:
-    word = rng.choice([w for w in words if w in data] or [data[:8]])
-    return data.replace(word, b"\xff" + word[1:-1] + b"\xfe" if len(word) > 1 else b"\xff")
-
-
-_ZIP_CACHE: dict[str, bytes] = {}
-
-
-def _zip(kind: str) -> bytes:
-    """A standalone zip to append after a .tflite's flatbuffer (cached: bombs take time)."""
-    if kind not in _ZIP_CACHE:
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            if kind == "bomb_labels":  # 64 MiB of one label line, ~64 KB deflated
-                z.writestr("labels.txt", b"a" * (64 << 20))
-            elif kind == "bomb_unreferenced":  # 512 MiB nobody needs
-                z.writestr("labels.txt", b"red\nyellow\ngreen\nnone\n")
-                z.writestr("weights.bin", b"\0" * (512 << 20))
-            elif kind == "many_members":
-                for i in range(5000):
-                    z.writestr(f"f{i}.txt", b"")
-                z.writestr("labels.txt", b"a\nb\nc\nd\n")
-            elif kind == "bad_utf8_labels":
-                z.writestr("labels.txt", b"red\n\xff\xfe\n\xc3\x28\nnone\n")
-            elif kind == "many_labels":
-                z.writestr("labels.txt", b"x\n" * 1_000_000)
-            else:  # "lying": the directory says 10 bytes, the member inflates to 64 MiB
-                z.writestr("labels.txt", b"b" * (64 << 20))
-        data = out.getvalue()
-        if kind == "lying":
-            at = data.rindex(b"PK\x01\x02")  # central directory entry: sizes at +20, +24
-            data = data[:at + 24] + (10).to_bytes(4, "little") + data[at + 28:]
-        _ZIP_CACHE[kind] = data
-    return _ZIP_CACHE[kind]
-
-
-class Mutator:
-    """Deterministic mutants of one seed file: `make(i)` -> (kind, bytes, extra files)."""
-
-    def __init__(self, fmt: str, seed: bytes, meta: dict, seed_value: int):
-        self.fmt, self.seed, self.meta = fmt, seed, meta
-        self.attacks = _meta_attacks(meta)
-        self.seed_value = seed_value
-        self.words = [w.encode() for w in ("input", "output", "edgepilot", "stoplight", "red",
-                                           "labels", "serving_default", "TFLITE_METADATA",
-                                           "image", "scores")]
-        if fmt == "onnx":
-            self.kinds = ["flip", "truncate", "splice", "meta", "meta+flip", "utf8", "external"]
-        else:
-            self.kinds = ["flip", "truncate", "splice", "meta", "meta+flip", "utf8", "zip",
-                          "standard", "standard_flip"]
-
-    def make(self, i: int) -> tuple[str, bytes, dict[str, bytes | str]]:
-        rng = random.Random(self.seed_value * 1_000_003 + i)
-        kind = self.kinds[i % len(self.kinds)]
-        turn = i // len(self.kinds)
-        files: dict[str, bytes | str] = {}
-        if kind == "flip":
-            data = _flip(self.seed, rng)
-        elif kind == "truncate":
-            data = _truncate(self.seed, rng)
-        elif kind == "splice":
-            data = _splice(self.seed, rng)
-        elif kind in ("meta", "meta+flip"):
-            data = self._with_meta(self.attacks[turn % len(self.attacks)])
-            if kind == "meta+flip":
-                data = _flip(data, rng)
-        elif kind == "utf8":
-            data = _bad_utf8(self.seed, rng, self.words)
-        elif kind == "external":
-            data, files = self._external(turn)
-        elif kind == "zip":
-            kinds = ["bomb_labels", "bomb_unreferenced", "many_members", "bad_utf8_labels",
-                     "many_labels", "lying", "corrupt"]
-            choice = kinds[turn % len(kinds)]
-            from edgepilot.runtime.tflite_metadata import _strip_zip
-
-            body = _strip_zip(self.seed)
-            if choice == "corrupt":
-                tail = bytearray(self.seed[len(body):])
-                for _ in range(rng.randint(1, 8)):
-                    tail[rng.randrange(len(tail))] = rng.randrange(256)
-                data = body + bytes(tail)
-            else:
-                data = body + _zip(choice)
-        else:  # "standard" / "standard_flip": the standard metadata rewritten or corrupted
-            data = self._standard(turn, rng, flip=kind == "standard_flip")
-        return kind, data, files
-
-    # ONNX metadata via the onnx package; TFLite via edgepilot's own writer.
-    def _with_meta(self, entry: str) -> bytes:
-        if self.fmt == "onnx":
-            import onnx
-
-            model = onnx.load_from_string(self.seed)
-            for prop in model.metadata_props:
-                if prop.key == "edgepilot":
-                    prop.value = entry
-            return model.SerializeToString()
-        from edgepilot.runtime.tflite_metadata import (
-            STANDARD_NAME,
-            _named_buffers,
-            read_metadata,
-            write_metadata,
-        )
-
-        standard = _named_buffers(self.seed, (STANDARD_NAME,)).get(STANDARD_NAME)
-        files = read_metadata(self.seed).files
-        return write_metadata(self.seed, standard=standard, edgepilot_json=entry, files=files)
-
-    def _standard(self, turn: int, rng: random.Random, flip: bool) -> bytes:
-        from edgepilot.runtime.tflite_metadata import (
-            STANDARD_NAME,
-            _named_buffers,
-            build_metadata,
-            write_metadata,
-        )
-
-        if flip:  # flip bytes inside the standard metadata flatbuffer only
-            standard = _named_buffers(self.seed, (STANDARD_NAME,))[STANDARD_NAME]
-            at = self.seed.index(standard)
-            return self.seed[:at] + _flip(standard, rng) + self.seed[at + len(standard):]
-        variants = [dict(width=20000, height=20000), dict(width=0, height=0),
-                    dict(mean=[0.0] * 4, std=[1.0] * 4), dict(mean=[0.0] * 4000),
-                    dict(std=[1e-30]), dict(mean=[float("nan")]), dict(mean=[1e30], std=[1e-6]),
-                    dict(labels=b"\xff\xfe\n"), dict(labels=b""), dict(labels=b"a\n" * 300_000)]
-        v = variants[turn % len(variants)]
-        args = dict(name="x", description="", version="1", width=64, height=64, mean=[0.0],
-                    std=[1.0], num_classes=4)
-        args.update({k: v[k] for k in v if k != "labels"})
-        labels = v.get("labels", b"a\nb\nc\nd\n")
-        # "{}": no edgepilot entry, so the loader builds its metadata from the standard one.
-        return write_metadata(self.seed, standard=build_metadata(**args), edgepilot_json="{}",
-                              files={"labels.txt": labels})
-
-    def _external(self, turn: int) -> tuple[bytes, dict[str, bytes | str]]:
-        import onnx
-
-        model = onnx.load_from_string(self.seed)
-        target = ["../secret.bin", "/etc/passwd", "link.bin", "sub/../../secret.bin",
-                  "C:\\secret.bin", "", "data.bin", "dir_link/data.bin", "data.bin\0x"][turn % 9]
-        big = max(model.graph.initializer, key=lambda t: len(t.raw_data))
-        raw = big.raw_data
-        big.ClearField("raw_data")
-        big.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", target), ("offset", "0"), ("length", str(len(raw)))):
-            entry = big.external_data.add()
-            entry.key, entry.value = key, value
-        # data.bin holds the real weights inside the folder; the rest point outside it.
-        files = {"data.bin": raw, "../secret.bin": raw, "link.bin": "@../secret.bin",
-                 "dir_link": "@.."}
-        return model.SerializeToString(), files
-
-
-def write_mutants(fmt: str, seed: bytes, meta: dict, n: int, out: Path,
+def write_mutants(fmt: str, seed: bytes | Path, meta: dict, n: int, out: Path,
                   seed_value: int = 0) -> list[tuple[str, Path]]:
-    """n mutants of `seed` under out/, each in its own folder: (kind, path)."""
-    mutator = Mutator(fmt, seed, meta, seed_value)
+    """n mutants of `seed` (a file's bytes, or a package folder) under out/, each in its own
+    folder: (kind, path)."""
+    make = {"pte": PteMutator, "mlpackage": PackageMutator}.get(fmt, partial(Mutator, fmt))
+    mutator = make(seed, meta, seed_value)
     made = []
     for i in range(n):
-        kind, data, files = mutator.make(i)
         folder = out / f"{fmt}{seed_value}_{i:05d}" / "model"
         folder.mkdir(parents=True)
-        path = folder / f"m.{fmt}"
-        path.write_bytes(data)
-        for name, content in files.items():
-            target = folder / name
-            if isinstance(content, str):  # "@target": a symlink
-                target.symlink_to(content[1:])
-            else:
-                target.write_bytes(content)
-        made.append((kind, path))
+        made.append(mutator.write(i, folder))
     return made
 
 
@@ -332,13 +238,17 @@ def write_mutants(fmt: str, seed: bytes, meta: dict, n: int, out: Path,
 
 
 class _Worker:
-    def __init__(self, stderr_dir: Path):
+    def __init__(self, stderr_dir: Path, fmt: str):
         self.log = tempfile.NamedTemporaryFile(dir=stderr_dir, suffix=".log", delete=False)
+        cap = MEMORY_CAPS.get(fmt, MEMORY_CAP)
+        # Its own process group: a hang is ended with whatever the worker started.
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(MEMORY_CAP)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
-        ready = self._line(120)
+            [sys.executable, "-I", "-c", WORKER, fmt, str(cap), str(FILE_CAP)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            bufsize=1, start_new_session=True)
+        ready = self._line(300)  # torch and ExecuTorch load slowly on a busy machine
         if not ready or "ready" not in ready:
+            self.kill()
             raise RuntimeError(f"fuzz worker did not start: see {self.log.name}")
         self.job: tuple[str, str, Path, float] | None = None
 
@@ -355,18 +265,42 @@ class _Worker:
         self.proc.stdin.flush()
 
     def kill(self) -> None:
-        self.proc.kill()
+        """The worker and its process group (a vetting child it was waiting on)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.proc.wait()
 
 
 def run_files(files: list[tuple[str, str, Path]], *, workers: int = 2,
-              timeout: float = TIMEOUT_S, log_dir: Path | None = None) -> list[Result]:
-    """Run (format, kind, path) files through load + predict in capped worker processes."""
+              timeout: float = TIMEOUT_S, log_dir: Path | None = None,
+              progress: bool = False) -> list[Result]:
+    """Run (format, kind, path) files through their format's entry points in capped worker
+    processes, one pool per format. A .pte gets EXTRA_TIMEOUT_S more than `timeout`.
+    `progress`: say every 100 files how many are done (on stderr)."""
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="fuzz-logs-"))
+    results: list[Result] = []
+    for fmt in dict.fromkeys(f for f, _, _ in files):
+        results += _run_pool(fmt, [f for f in files if f[0] == fmt], workers,
+                             timeout + EXTRA_TIMEOUT_S.get(fmt, 0), log_dir, progress)
+    return results
+
+
+def _run_pool(fmt: str, files: list[tuple[str, str, Path]], workers: int, timeout: float,
+              log_dir: Path, progress: bool) -> list[Result]:
     todo = list(reversed(files))
-    pool = [_Worker(log_dir) for _ in range(min(workers, len(files)))]
+    pool = [_Worker(log_dir, fmt) for _ in range(min(workers, len(files)))]
     results: list[Result] = []
     sel = selectors.DefaultSelector()
+
+    def replace(i: int) -> _Worker:
+        sel.unregister(pool[i].proc.stdout)
+        pool[i].kill()
+        pool[i] = _Worker(log_dir, fmt)
+        sel.register(pool[i].proc.stdout, selectors.EVENT_READ, pool[i])
+        return pool[i]
+
     for w in pool:
         sel.register(w.proc.stdout, selectors.EVENT_READ, w)
         if todo:
@@ -377,32 +311,26 @@ def run_files(files: list[tuple[str, str, Path]], *, workers: int = 2,
         for key, _ in events:
             w = key.data
             line = w.proc.stdout.readline()
-            fmt, kind, path, start = w.job
+            fmt_, kind, path, start = w.job
             if line:
                 data = json.loads(line)
-                results.append(Result(str(path), fmt, kind, data["outcome"],
-                                      data.get("error", ""), data.get("message", ""),
-                                      data.get("memory", False), data["peak_rss_kib"],
-                                      now - start))
+                results.append(_result(data, fmt_, kind, path, now - start))
                 w.job = None
             else:  # the worker died on this file: a crash (signal) or an abrupt exit
                 code = w.proc.wait()
-                results.append(Result(str(path), fmt, kind, "crash", f"exit {code}",
+                results.append(Result(str(path), fmt_, kind, "crash", f"exit {code}",
                                       _tail(w.log.name), seconds=now - start))
                 w.job = None
-                sel.unregister(w.proc.stdout)
-                pool[pool.index(w)] = w = _Worker(log_dir)
-                sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+                w = replace(pool.index(w))
             if todo:
                 w.send(*todo.pop())
+            if progress and len(results) % 100 == 0:
+                print(f"{fmt}: {len(results)}/{len(files)} files", file=sys.stderr, flush=True)
         for i, w in enumerate(pool):
             if w.job and now - w.job[3] > timeout:
-                fmt, kind, path, start = w.job
-                results.append(Result(str(path), fmt, kind, "hang", seconds=now - start))
-                sel.unregister(w.proc.stdout)
-                w.kill()
-                pool[i] = w = _Worker(log_dir)
-                sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+                fmt_, kind, path, start = w.job
+                results.append(Result(str(path), fmt_, kind, "hang", seconds=now - start))
+                w = replace(i)
                 if todo:
                     w.send(*todo.pop())
     for w in pool:
@@ -411,83 +339,189 @@ def run_files(files: list[tuple[str, str, Path]], *, workers: int = 2,
     return results
 
 
+def _result(data: dict, fmt: str, kind: str, path: Path, seconds: float) -> Result:
+    """A worker's answer as a Result; a case over its format's RSS bound is "memory"."""
+    peak = max(data["peak_rss_kib"], data.get("child_rss_kib", 0))
+    outcome = data["outcome"]
+    if outcome in ("ok", "edgepilot") and peak > RSS_BOUND_MIB.get(fmt, 1 << 30) << 10:
+        outcome = "memory"
+    return Result(str(path), fmt, kind, outcome, data.get("error", ""), data.get("message", ""),
+                  data.get("memory", False), peak, seconds, data.get("where", ""),
+                  data.get("surfaces", {}))
+
+
 def _tail(log: str) -> str:
     return Path(log).read_text(errors="replace")[-300:]
 
 
+def _mutation(path: str) -> str:
+    """What was done to a mutant (.pte and .mlpackage mutants say, beside them)."""
+    note = Path(path).parent / "mutation.txt"
+    return note.read_text(errors="replace").strip() if note.is_file() else ""
+
+
 def summarise(results: list[Result]) -> dict:
-    """Counts per format and outcome, the worst peak RSS, and every finding (non-ok,
-    non-edgepilot outcome, or an edgepilot error caused by the memory cap)."""
+    """Counts per format and outcome, the worst peak RSS and slowest case, what each entry
+    point answered, and every finding (an outcome other than ok and edgepilot, or an
+    edgepilot error caused by the memory cap)."""
     by_format = {}
     for fmt in sorted({r.format for r in results}):
         rs = [r for r in results if r.format == fmt]
+        slowest = max(rs, key=lambda r: r.seconds)
+        surfaces: dict[str, dict] = {}
+        for r in rs:
+            for name, (outcome, _, message) in r.surfaces.items():
+                entry = surfaces.setdefault(name, {"outcomes": Counter(), "refusals": Counter()})
+                entry["outcomes"][outcome] += 1
+                if outcome == "edgepilot":  # how refusals open, the file's path left out
+                    entry["refusals"][message.replace(r.path, "FILE")[:60]] += 1
         by_format[fmt] = {
             "files": len(rs), **Counter(r.outcome for r in rs),
             "kinds": dict(Counter(r.kind for r in rs)),
+            "rss_bound_mib": RSS_BOUND_MIB.get(fmt),
             "peak_rss_mib": round(max(r.peak_rss_kib for r in rs) / 1024, 1),
-            "slowest_s": round(max(r.seconds for r in rs), 2),
+            "slowest_s": round(slowest.seconds, 2),
+            "slowest": f"{slowest.kind}: {_mutation(slowest.path) or slowest.path}"[:200],
+            "case_s": round(sum(r.seconds for r in rs), 1),
+            "surfaces": {name: {"outcomes": dict(entry["outcomes"]),
+                                "refusals": dict(entry["refusals"].most_common(6))}
+                         for name, entry in surfaces.items()},
             # A few distinct refusals per mutation kind, to see that each is refused for
             # its own reason (file paths cut off).
             "examples": {kind: sorted({r.message.replace(r.path, "FILE")[:140] for r in rs
                                        if r.kind == kind and r.outcome == "edgepilot"})[:8]
                          for kind in sorted({r.kind for r in rs})},
         }
-    findings = [asdict(r) for r in results
+    findings = [{**asdict(r), "mutation": _mutation(r.path)} for r in results
                 if r.outcome not in ("ok", "edgepilot") or r.memory]
     for fmt, rs in ((f, [r for r in results if r.format == f]) for f in by_format):
         heavy = sorted(rs, key=lambda r: r.peak_rss_kib, reverse=True)[:5]
         by_format[fmt]["heaviest"] = [
             {"kind": r.kind, "peak_rss_mib": round(r.peak_rss_kib / 1024, 1),
              "seconds": round(r.seconds, 2), "outcome": r.outcome, "path": r.path,
+             "mutation": _mutation(r.path)[:120],
              "message": r.message.replace(r.path, "FILE")[:120]} for r in heavy]
-    return {"memory_cap_mib": MEMORY_CAP >> 20, "timeout_s": TIMEOUT_S,
-            "formats": by_format, "findings": findings}
+    return {"memory_cap_mib": {f: MEMORY_CAPS.get(f, MEMORY_CAP) >> 20 for f in by_format},
+            "file_cap_mib": FILE_CAP >> 20, "timeout_s": TIMEOUT_S,
+            "extra_timeout_s": EXTRA_TIMEOUT_S, "formats": by_format, "findings": findings}
 
 
 # --------------------------------------------------------------------------- seeds
 
 
-def seed_models(out: Path) -> dict[str, list[Path]]:
-    """The seed files: the shipped .onnx, and the shipped checkpoint as .tflite fp32/int8."""
+def seed_models(out: Path, formats: tuple[str, ...] = FORMATS) -> dict[str, list[Path]]:
+    """The seed files: the shipped .onnx, and the shipped checkpoint as .tflite fp32/int8,
+    .pte and .mlpackage (those of `formats`)."""
     from edgepilot.assets import shipped_model
 
-    seeds = {"onnx": [shipped_model("stoplight")]}
+    seeds = {"onnx": [shipped_model("stoplight")]} if "onnx" in formats else {}
+    if not set(formats) - {"onnx"}:
+        return seeds
     try:
         import torch
 
         import edgepilot
+        from edgepilot.errors import EdgepilotError
         from edgepilot.train import stoplight
         from edgepilot.train.checkpoint import load_checkpoint
     except ImportError as err:
-        print(f"no .tflite seeds ({err}): install the export extra", file=sys.stderr)
+        print(f"no exported seeds ({err}): install the export extra", file=sys.stderr)
         return seeds
     net, meta, _ = load_checkpoint(shipped_model("stoplight", ".pt"))
-    val = stoplight.generate(200, seed=7)
-    reports = edgepilot.export(net, torch.zeros(1, 3, *meta.input_size), formats="tflite",
-                               precision=["fp32", "int8"], out=out / "stoplight", meta=meta,
-                               val_data=val, quiet=True)
-    seeds["tflite"] = [Path(r.path) for r in reports if r.path]
+    if "tflite" in formats:
+        val = stoplight.generate(200, seed=7)
+        reports = edgepilot.export(net, torch.zeros(1, 3, *meta.input_size), formats="tflite",
+                                   precision=["fp32", "int8"], out=out / "stoplight",
+                                   meta=meta, val_data=val, quiet=True)
+        seeds["tflite"] = [Path(r.path) for r in reports if r.path]
+    for fmt in ("pte", "mlpackage"):
+        if fmt in formats:
+            try:
+                seeds.update(export_seeds(net, meta, out, (fmt,)))
+            except EdgepilotError as err:  # the format's exporter is not installed
+                print(f"no .{fmt} seed: {err}", file=sys.stderr)
     return seeds
 
 
-def fuzz(seeds: dict[str, list[Path]], per_format: int, work: Path, *, workers: int = 2,
-         timeout: float = TIMEOUT_S, seed: int = 0) -> dict:
-    """Mutate each format's seeds into `per_format` files, run them, summarise."""
+def export_seeds(net, meta, out: Path,
+                 formats: tuple[str, ...] = ("pte", "mlpackage")) -> dict[str, list[Path]]:
+    """`net` exported to .pte (fp32, XNNPACK) and .mlpackage, the same bytes on every run."""
+    import torch
+
+    import edgepilot
+
+    exporters = {"pte": "executorch", "mlpackage": "coreml"}
+    seeds = {}
+    for fmt in formats:
+        [report] = edgepilot.export(net, torch.zeros(1, 3, *meta.input_size),
+                                    formats=exporters[fmt], precision="fp32",
+                                    out=out / meta.name, meta=meta, quiet=True)
+        seeds[fmt] = [Path(report.path)]
+        if fmt == "mlpackage":
+            _canonical_package(seeds[fmt][0])
+    return seeds
+
+
+def _canonical_package(package: Path) -> None:
+    """Make an exported package the same bytes on every run: coremltools names the Manifest's
+    entries with random UUIDs, writes the day's date into the spec, and serializes the spec's
+    maps in no fixed order."""
+    from coremltools.proto import Model_pb2
+
+    manifest = json.loads((package / MANIFEST).read_text())
+    names = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, entry["path"]))
+             for old, entry in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {names[old]: entry
+                                   for old, entry in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = names[manifest["rootModelIdentifier"]]
+    (package / MANIFEST).write_text(json.dumps(manifest, indent=4, sort_keys=True))
+    spec_path = package / "Data" / manifest["itemInfoEntries"][
+        manifest["rootModelIdentifier"]]["path"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    user = spec.description.metadata.userDefined
+    if "com.github.apple.coremltools.conversion_date" in user:
+        user["com.github.apple.coremltools.conversion_date"] = "2000-01-01"
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def _seed_meta(fmt: str, path: Path) -> dict:
+    """A seed's metadata as a dict, the base of the metadata rewrites."""
+    if fmt in ("pte", "mlpackage"):  # read without running the file (a package cannot here)
+        from edgepilot.info import inspect_model
+
+        return inspect_model(path).meta
     from edgepilot.runtime.model import load
 
-    files = []
+    return json.loads(load(path).meta.to_json())
+
+
+def fuzz(seeds: dict[str, list[Path]], per_format: int, work: Path, *, workers: int = 2,
+         timeout: float = TIMEOUT_S, seed: int = 0, progress: bool = False) -> dict:
+    """Mutate each format's seeds into `per_format` files, run them, summarise."""
+    results, walls = [], {}
     for fmt, paths in seeds.items():
+        start = time.monotonic()
+        files = []
         for s, path in enumerate(paths):
-            meta = json.loads(load(path).meta.to_json())
             share = per_format // len(paths) + (s < per_format % len(paths))
-            for kind, mutant in write_mutants(fmt, path.read_bytes(), meta, share, work,
+            source = path if path.is_dir() else path.read_bytes()
+            for kind, mutant in write_mutants(fmt, source, _seed_meta(fmt, path), share, work,
                                               seed_value=seed * 100 + s):
                 files.append((fmt, kind, mutant))
-    return summarise(run_files(files, workers=workers, timeout=timeout, log_dir=work))
+        written = time.monotonic()
+        results += run_files(files, workers=workers, timeout=timeout, log_dir=work,
+                             progress=progress)
+        walls[fmt] = (round(written - start, 1), round(time.monotonic() - written, 1))
+    summary = summarise(results)
+    for fmt, (writing, running) in walls.items():
+        summary["formats"][fmt].update(write_s=writing, run_s=running)
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("--per-format", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=TIMEOUT_S)
@@ -499,9 +533,9 @@ def main() -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
         work = Path(args.keep or tmp)
-        seeds = seed_models(work / "seeds")
+        seeds = seed_models(work / "seeds", tuple(args.formats))
         summary = fuzz(seeds, args.per_format, work / "mutants", workers=args.workers,
-                       timeout=args.timeout, seed=args.seed)
+                       timeout=args.timeout, seed=args.seed, progress=True)
     summary["wall_s"] = round(time.monotonic() - start, 1)
     text = json.dumps(summary, indent=2)
     if args.json:
@@ -510,7 +544,7 @@ def main() -> None:
     print(f"{len(summary['findings'])} findings")
     for finding in summary["findings"][:30]:
         print(f"  {finding['format']} {finding['kind']} {finding['outcome']} "
-              f"{finding['error']}: {finding['message'][:160]}")
+              f"{finding['error']}: {finding['message'][:160]} [{finding['mutation'][:100]}]")
 
 
 if __name__ == "__main__":

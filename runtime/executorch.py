@@ -64,7 +64,8 @@ def read_program(path: Path) -> bytes:
 
 def memory_room() -> int:
     """Bytes this process could still take: the memory the machine has available (Linux's
-    MemAvailable; elsewhere all of it), or less where the address space is capped."""
+    MemAvailable; elsewhere all of it), or less where the address space is capped
+    (RLIMIT_AS, less what this process has mapped already)."""
     import resource
 
     room = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -76,7 +77,14 @@ def memory_room() -> int:
     except (OSError, ValueError, IndexError):
         pass
     cap = resource.getrlimit(resource.RLIMIT_AS)[0]
-    return room if cap == resource.RLIM_INFINITY else min(room, cap)
+    if cap == resource.RLIM_INFINITY:
+        return room
+    try:
+        with open("/proc/self/statm", "rb") as statm:  # first field: pages mapped
+            cap -= int(statm.read(256).split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(0, min(room, cap))
 
 
 def method_list(names) -> str:
