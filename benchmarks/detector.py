@@ -32,9 +32,9 @@ import torch
 
 import edgepilot
 from edgepilot.assets import shipped_model
-from edgepilot.runtime.camera import FrameGrabber, SyntheticSource
+from edgepilot.live.camera import FrameGrabber, SyntheticSource
+from edgepilot.live.loop import run_live
 from edgepilot.runtime.detection import agreement
-from edgepilot.runtime.live import run_live
 from edgepilot.train.checkpoint import load_checkpoint
 from edgepilot.train.detector import SMALL, detect_batch, summarise, validation_scenes
 

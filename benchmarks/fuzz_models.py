@@ -421,8 +421,8 @@ def seed_models(out: Path, formats: tuple[str, ...] = FORMATS) -> dict[str, list
         import torch
 
         import edgepilot
+        from edgepilot.draw import stoplight
         from edgepilot.errors import EdgepilotError
-        from edgepilot.train import stoplight
         from edgepilot.train.checkpoint import load_checkpoint
     except ImportError as err:
         print(f"no exported seeds ({err}): install the export extra", file=sys.stderr)

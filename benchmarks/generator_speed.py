@@ -15,7 +15,7 @@ import time
 import cv2
 
 try:
-    from edgepilot.train import stoplight
+    from edgepilot.draw import stoplight
 except ImportError:  # running from a plain checkout: import the module file directly
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "train"))
     import stoplight  # type: ignore[no-redef]

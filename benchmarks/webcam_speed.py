@@ -43,11 +43,11 @@ import torch
 
 import edgepilot
 from edgepilot.assets import shipped_model
+from edgepilot.live.camera import FrameGrabber, SyntheticSource
+from edgepilot.live.loop import LiveState, annotate, decide, model_input, run_live
+from edgepilot.live.web import LiveServer
 from edgepilot.runtime import threads as auto
-from edgepilot.runtime.camera import FrameGrabber, SyntheticSource
-from edgepilot.runtime.live import LiveState, annotate, decide, model_input, run_live
 from edgepilot.runtime.model import output_scores
-from edgepilot.runtime.web import LiveServer
 from edgepilot.train.checkpoint import load_checkpoint
 from edgepilot.train.datasets import load_dataset
 

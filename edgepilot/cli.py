@@ -326,8 +326,8 @@ def _draw_target(target: str, count: int):
 def _draw(image: str, detections, target: Path) -> None:
     import cv2
 
+    from edgepilot.live.overlay import draw_detections
     from edgepilot.runtime.image import read_image
-    from edgepilot.runtime.overlay import draw_detections
 
     frame = draw_detections(read_image(image).copy(), detections)
     out = target / (Path(image).stem + ".jpg") if target.is_dir() else target
@@ -449,13 +449,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_webcam(args: argparse.Namespace) -> int:
-    from edgepilot.window import check_opencv, window_setup
+    from edgepilot.live.window import check_opencv, window_setup
 
     if args.window_setup:
         print(window_setup())
         return 0
     check_opencv(log=_log)  # before cv2 is imported: it may be the broken half of two
-    from edgepilot.webcam import run_webcam
+    from edgepilot.live.webcam import run_webcam
 
     run_webcam(args.model, source=args.source, roi=args.roi, smooth=args.smooth,
                serve=args.serve, headless=args.headless, frames=args.frames, save=args.save,

@@ -20,8 +20,8 @@ def run_demo(out: Path, *, train: bool = False, n_images: int = 8, n_eval: int =
     """Run the demo into `out` and return its summary (also saved as ``summary.json``)."""
     import edgepilot
     from edgepilot.assets import shipped_model
+    from edgepilot.draw import stoplight
     from edgepilot.errors import require
-    from edgepilot.train import stoplight
     from edgepilot.train.checkpoint import load_checkpoint
     from edgepilot.train.datasets import HOLDOUT, RENDER_SIZE, scene_config
     from edgepilot.train.recipes import train_stoplight

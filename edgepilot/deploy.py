@@ -33,10 +33,12 @@ BUNDLE_FILE = "bundle.json"
 #: Pythons for which every runtime pin of constraints.txt has aarch64 and x86-64 wheels on
 #: PyPI (tests/devices/test_bundles.py resolves them; numpy 2.4 has none for 3.10).
 WHEEL_PYTHONS = ("3.11", "3.12", "3.13", "3.14")
-# Subpackages the bundle needs: the runtime, the device profiles (the host description in
-# `bench --on`), and `export` because `import edgepilot` names it (it imports torch only
-# when called). Training code stays behind.
-_PACKAGES = ("edgepilot", "edgepilot.runtime", "edgepilot.devices", "edgepilot.export")
+# Subpackages the bundle needs: the runtime, the live demo and the drawing kit its synthetic
+# camera draws with, the device profiles (the host description in `bench --on`), and
+# `export` because `import edgepilot` names it (it imports torch only when called). Training
+# code stays behind.
+_PACKAGES = ("edgepilot", "edgepilot.runtime", "edgepilot.live", "edgepilot.draw",
+             "edgepilot.devices", "edgepilot.export")
 
 
 def requirements_for(formats: Sequence[str], profile=None) -> list[str]:
@@ -153,8 +155,8 @@ def write_bundle(models: Sequence[Path], out: str | Path, *, profile=None,
             "edgepilot": _version(), "requirements": requirements, "title": title,
             "python": python}
     (out / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    run = out / "run.py"
-    run.write_text(_RUN_SCRIPT)
+    run = out / "run.py"  # edgepilot/bundle_run.py, a module linted and tested as any other
+    shutil.copyfile(Path(__file__).with_name("bundle_run.py"), run)
     run.chmod(0o755)
     (out / "README.md").write_text(_readme(info, profile))
     return out
@@ -227,6 +229,7 @@ Made by edgepilot {info['edgepilot']}.{why}
 ```bash
 python3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # the runtime only
 .venv/bin/python run.py photo.jpg                                      # classify images
+.venv/bin/python run.py --source synthetic --frames 30                 # the live loop, headless
 EDGEPILOT_TOKEN=$(openssl rand -hex 16) .venv/bin/python run.py --serve 0.0.0.0:8080 --source 0
 ```
 
@@ -235,118 +238,10 @@ EDGEPILOT_TOKEN=$(openssl rand -hex 16) .venv/bin/python run.py --serve 0.0.0.0:
 none exist for 32-bit ARM) and x86-64 on Python {', '.join(WHEEL_PYTHONS)}.
 
 `run.py --bench --json` times the model here (what `edgepilot bench --on` runs over ssh).
-`--source` takes a camera index, a video file, an rtsp:// URL or `synthetic`. On 0.0.0.0 the
+`--source` takes a camera index, a video file, an rtsp:// URL or `synthetic` (a drawn street,
+no camera needed). `--serve` alone listens on 127.0.0.1:8080, this machine only. On 0.0.0.0 the
 live page is reachable from the network: with a token (`--token` or `EDGEPILOT_TOKEN`) it
 answers only requests that carry it (the address printed at start does); without one, anyone
 who reaches the port sees the camera, so keep it on a trusted network.
 The `edgepilot/` folder is edgepilot's runtime, imported from here; nothing else is needed.
 """
-
-
-_RUN_SCRIPT = '''#!/usr/bin/env python3
-"""Run this bundle's model: classify images, serve the live demo, or benchmark it here.
-
-    python run.py photo.jpg [more.jpg ...] [--json]
-    python run.py --serve 0.0.0.0:8080 [--source 0|video.mp4|rtsp://...|synthetic]
-    python run.py --bench [--runs 200] [--threads N] --json
-"""
-
-import argparse
-import json
-import os
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # edgepilot's runtime modules, shipped beside this script
-BUNDLE = json.loads((HERE / "bundle.json").read_text())
-
-
-def threads_arg(text: str):
-    return "auto" if text == "auto" else int(text)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="*", help="images to classify")
-    parser.add_argument("--model", default=BUNDLE["models"][0], choices=BUNDLE["models"])
-    parser.add_argument("--threads", type=threads_arg, default=BUNDLE["threads"],
-                        help="model threads, or auto: measured here at first load, then cached")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--serve", nargs="?", const="0.0.0.0:8080", default=None,
-                        metavar="HOST:PORT", help="live demo as a web page")
-    parser.add_argument("--token", default=os.environ.get("EDGEPILOT_TOKEN"),
-                        help="with --serve: requests must carry ?token=TEXT (default: "
-                             "$EDGEPILOT_TOKEN)")
-    parser.add_argument("--source", default="0", help="camera index, file, URL or synthetic")
-    parser.add_argument("--frames", type=int, default=None, help="stop the demo after N frames")
-    parser.add_argument("--bench", action="store_true", help="benchmark every model here")
-    parser.add_argument("--runs", type=int, default=200, help="timed runs per model (--bench)")
-    args = parser.parse_args(argv)
-
-    from edgepilot.errors import EdgepilotError
-
-    try:
-        if args.bench:
-            return bench(args)
-        if args.serve:
-            from edgepilot.webcam import run_webcam
-
-            run_webcam(str(HERE / args.model), source=args.source, serve=args.serve,
-                       frames=args.frames, threads=args.threads, token=args.token,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
-            return 0
-        if not args.images:
-            parser.error("give images to classify, --serve or --bench")
-        return predict(args)
-    except EdgepilotError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP ending the demo
-        return 128 + int(getattr(err, "signum", 2))
-
-
-def predict(args) -> int:
-    import edgepilot
-
-    model = edgepilot.load(HERE / args.model, threads=args.threads,
-                           **({"providers": BUNDLE["providers"]}
-                              if BUNDLE["providers"] and args.model.endswith(".onnx") else {}))
-    results, failed = [], 0
-    for image in args.images:
-        try:
-            p = model.predict(image)
-        except edgepilot.InputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            failed += 1
-            continue
-        if isinstance(p, list):  # a detector: the lights it found, best first
-            results.append({"image": image, "detections": [d.to_dict() for d in p]})
-            lines = [f"{d.label}\\t{d.score:.3f}\\t" + ",".join(str(round(v)) for v in d.box)
-                     for d in p] or ["nothing found"]
-        else:
-            results.append({"image": image, **p.to_dict()})
-            lines = [f"{p.label}\\t{p.score:.3f}"]
-        if not args.json:
-            print("\\n".join(f"{image}\\t{line}" for line in lines))
-    if args.json:
-        print(json.dumps({"model": args.model, "backend": model.backend,
-                          "predictions": results}, indent=2))
-    return 1 if failed else 0
-
-
-def bench(args) -> int:
-    import edgepilot
-    from edgepilot.bench_report import to_json
-    from edgepilot.devices import detect_host
-
-    results = edgepilot.benchmark([HERE / m for m in BUNDLE["models"]], threads=[args.threads],
-                                  runs=args.runs)
-    report = {**to_json(results), "host": detect_host().to_dict()}
-    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-'''

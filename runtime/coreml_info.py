@@ -9,10 +9,10 @@ from collections import Counter
 from pathlib import Path
 
 from edgepilot.errors import require
-from edgepilot.info import Reading, TensorSummary, parse_meta
 from edgepilot.runtime.backend import quiet_native_stderr
 from edgepilot.runtime.coreml import COMPUTE_UNITS_KEY, META_KEY
 from edgepilot.runtime.mlpackage import check_package, spec_copy
+from edgepilot.runtime.reading import Reading, TensorSummary, parse_meta
 
 __all__ = ["read_info", "read_spec", "image_preprocessing", "weight_dtypes"]
 

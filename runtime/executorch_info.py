@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from edgepilot.errors import ModelFileError, require
-from edgepilot.info import Reading, TensorSummary, parse_meta
 from edgepilot.runtime.backend import quiet_native_stderr
 from edgepilot.runtime.executorch import META_METHOD, check_header, method_list, read_program
+from edgepilot.runtime.reading import Reading, TensorSummary, parse_meta
 
 __all__ = ["read_info"]
 

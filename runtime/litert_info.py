@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from edgepilot.errors import MissingDependencyError, ModelFileError
-from edgepilot.info import OpRule, Reading, TensorSummary, count_layers, parse_meta
+from edgepilot.runtime.reading import OpRule, Reading, TensorSummary, count_layers, parse_meta
 
 __all__ = ["read_info", "schema", "parse", "op_names", "op_name", "tensor_type_names", "text"]
 

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 from edgepilot.errors import ModelFileError, require
-from edgepilot.info import OpRule, Reading, TensorSummary, count_layers, parse_meta
 from edgepilot.meta import META_KEY
+from edgepilot.runtime.reading import OpRule, Reading, TensorSummary, count_layers, parse_meta
 
 __all__ = ["read_info"]
 

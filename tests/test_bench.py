@@ -224,7 +224,7 @@ def test_cli_bad_input(tmp_path):
 def test_cli_end_to_end_with_data_pipeline_and_outputs(tmp_path):
     import cv2
 
-    from edgepilot.train import stoplight
+    from edgepilot.draw import stoplight
 
     images, labels = stoplight.generate(12, seed=3)
     for i, (image, label) in enumerate(zip(images, labels)):

@@ -22,7 +22,7 @@ def write_png(path, image):
 
 
 def test_predict_with_the_shipped_model(tmp_path):
-    from edgepilot.train import stoplight
+    from edgepilot.draw import stoplight
 
     images, labels = stoplight.generate(8, seed=99)
     paths = [write_png(tmp_path / f"{i}.png", img) for i, img in enumerate(images)]

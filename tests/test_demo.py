@@ -23,7 +23,7 @@ def test_make_demo_runs_the_cli_demo():
 
 @pytest.mark.slow
 def test_demo_summary_and_held_out_accuracy(tmp_path, torch_top1):
-    from edgepilot.train import stoplight
+    from edgepilot.draw import stoplight
     from edgepilot.train.checkpoint import load_checkpoint
     from edgepilot.train.datasets import HOLDOUT, scene_config
 

@@ -47,7 +47,8 @@ def requires(wheel) -> dict[str, set[str]]:
 @pytest.mark.slow
 def test_wheel_maps_the_folders_and_works_outside_the_checkout(wheel, tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("train/models.py", "export/onnx.py", "runtime/model.py",
+    for module in ("train/models.py", "export/onnx.py", "runtime/model.py", "draw/scenes.py",
+                   "live/webcam.py",
                    "devices/__init__.py", "assets/stoplight.onnx", "cli.py"):
         assert f"edgepilot/{module}" in names, module
     assert not any(n.startswith(("tests/", "train/", "runtime/")) for n in names)
@@ -95,8 +96,8 @@ def extras_named_in_messages() -> dict[str, list[str]]:
     """Extra -> where the code tells users to `pip install 'edgepilot[extra]'` (literal
     `require(module, extra, ...)` and `MissingDependencyError(module, extra, ...)` calls, the
     photographs' table, the format table's runtime extras)."""
+    from edgepilot.draw.stoplight import _PHOTO_FILES
     from edgepilot.formats import FORMATS
-    from edgepilot.train.stoplight import _PHOTO_FILES
 
     named: dict[str, list[str]] = {}
     call = re.compile(r'\b(?:require|MissingDependencyError)\(\s*"([^"]+)",\s*"(\w+)"', re.S)

@@ -34,7 +34,7 @@ def _imported_after(statement: str) -> list[str]:
 def test_importing_edgepilot_and_runtime_imports_no_heavy_framework():
     for statement in ("import edgepilot", "import edgepilot.runtime",
                       "import edgepilot.devices", "import edgepilot.cli",
-                      "import edgepilot.info", "import edgepilot.webcam"):
+                      "import edgepilot.info", "import edgepilot.live.webcam"):
         modules = _imported_after(statement)
         assert "edgepilot" in modules  # the probe itself works
         loaded = [m for m in HEAVY if m in modules]

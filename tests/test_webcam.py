@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 
 import edgepilot
-from edgepilot import webcam as webcam_module
-from edgepilot.runtime.camera import SyntheticSource
-from edgepilot.runtime.live import decide
-from edgepilot.runtime.web import LiveServer
+from edgepilot.live import webcam as webcam_module
+from edgepilot.live.camera import SyntheticSource
+from edgepilot.live.loop import decide
+from edgepilot.live.web import LiveServer
 
 DEADLINE = 120  # seconds
 _children: list[subprocess.Popen] = []

@@ -27,13 +27,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edgepilot import window as window_module
 from edgepilot.errors import EdgepilotError
+from edgepilot.live import window as window_module
 
 ROOT = Path(__file__).resolve().parents[1]
 GUI_PYTHON = Path(os.environ.get("EDGEPILOT_GUI_PYTHON", ROOT / ".venv-gui" / "bin" / "python"))
 DEADLINE = 60  # seconds
-STOP, GO, GREY = (220, 40, 40), (40, 200, 60), (230, 230, 230)  # runtime/live.py's overlay
+STOP, GO, GREY = (220, 40, 40), (40, 200, 60), (230, 230, 230)  # edgepilot/live/loop.py's overlay
 
 
 class Child:
@@ -219,7 +219,7 @@ class Screen:
 
 
 def has_overlay(picture: np.ndarray) -> bool:
-    """runtime/live.py's overlay: a black band 64 px high over the top, holding the decision
+    """edgepilot/live/loop.py's overlay: a black band 64 px high over the top, holding the decision
     in its colour and the timings in light grey, with the camera picture below it."""
     if picture.shape[0] < 128 or picture.shape[1] < 320:
         return False

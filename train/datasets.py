@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgepilot.draw import stoplight
 from edgepilot.errors import EdgepilotError, MissingDependencyError, did_you_mean
 from edgepilot.runtime.image import resize
-from edgepilot.train import stoplight
 
 __all__ = ["load_dataset", "scene_config", "stoplight_split", "DATASETS", "HOLDOUT",
            "RENDER_SIZE"]

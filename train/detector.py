@@ -20,12 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepilot.errors import InputError, require
-from edgepilot.meta import ModelMeta
-from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode, evaluate
-from edgepilot.train.checkpoint import save_checkpoint
-from edgepilot.train.models import count_parameters, create_model
-from edgepilot.train.scenes import (
+from edgepilot.draw.scenes import (
     HOLDOUT,
     STATES,
     StreetConfig,
@@ -34,6 +29,11 @@ from edgepilot.train.scenes import (
     render_street,
     train_config,
 )
+from edgepilot.errors import InputError, require
+from edgepilot.meta import ModelMeta
+from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode, evaluate
+from edgepilot.train.checkpoint import save_checkpoint
+from edgepilot.train.models import count_parameters, create_model
 
 torch = require("torch", "export", "Training")
 

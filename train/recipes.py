@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+from edgepilot.draw.stoplight import LABELS
 from edgepilot.errors import InputError, require
 from edgepilot.meta import ModelMeta
 from edgepilot.train.checkpoint import load_checkpoint, save_checkpoint
@@ -18,7 +19,6 @@ from edgepilot.train.datasets import HOLDOUT, load_dataset, scene_config
 from edgepilot.train.models import MAX_EXTRA_CONVS, count_parameters, create_model
 from edgepilot.train.models import deepen as deepen_model
 from edgepilot.train.robustness import format_report, robustness_report, worst
-from edgepilot.train.stoplight import LABELS
 from edgepilot.train.trainer import TrainConfig, accuracy, fit, predict_logits, to_tensor
 
 # torch comes with the export extra; say so instead of a bare ModuleNotFoundError.

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgepilot.draw.stoplight import LABELS, NONE
 from edgepilot.train.datasets import HOLDOUT, stoplight_split
-from edgepilot.train.stoplight import LABELS, NONE
 
 __all__ = ["FACTORS", "factor_values", "robustness_report", "format_report", "worst"]
 

@@ -60,8 +60,8 @@ def venv_mb(board, folder: str) -> float:
 @pytest.fixture(scope="module")
 def scenes():
     """Stoplight scenes and street frames nobody exported with (fixed seeds)."""
+    from edgepilot.draw.scenes import generate_streets
     from edgepilot.train.datasets import load_dataset
-    from edgepilot.train.scenes import generate_streets
 
     images, _ = load_dataset("stoplight", "val", 12, (96, 96), seed=31031)
     street, _ = generate_streets(4, seed=31032)

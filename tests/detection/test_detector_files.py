@@ -13,9 +13,9 @@ import pytest
 
 import edgepilot
 from edgepilot.assets import shipped_model
-from edgepilot.runtime.camera import FrameGrabber, SyntheticSource
+from edgepilot.live.camera import FrameGrabber, SyntheticSource
+from edgepilot.live.loop import run_live
 from edgepilot.runtime.detection import agreement
-from edgepilot.runtime.live import run_live
 
 torch = pytest.importorskip("torch")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgepilot.errors import InputError
+from edgepilot.live.tracker import Tracker, relevant
 from edgepilot.runtime.detection import Detection
-from edgepilot.runtime.tracker import Tracker, relevant
 
 LABELS = ("red", "yellow", "green")
 

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepilot.meta import ModelMeta
-from edgepilot.runtime.detection import DecodeParams, decode
-from edgepilot.train.scenes import (
+from edgepilot.draw.scenes import (
     HOLDOUT,
     STATES,
     StreetConfig,
@@ -21,6 +19,8 @@ from edgepilot.train.scenes import (
     render_street,
     train_config,
 )
+from edgepilot.meta import ModelMeta
+from edgepilot.runtime.detection import DecodeParams, decode
 
 torch = pytest.importorskip("torch")
 

@@ -150,6 +150,20 @@ def test_a_bundle_serves_the_live_page_from_a_video(rpi5, tmp_path):
     assert process.returncode == 130
 
 
+@pytest.mark.slow
+def test_a_bundle_runs_the_live_loop_on_the_synthetic_street(rpi5):
+    # Issue 34: the synthetic camera draws with edgepilot.draw, which the bundle ships; it
+    # used to need edgepilot.train, which a bundle leaves behind (ModuleNotFoundError).
+    bundle, python = rpi5
+    assert not (bundle / "edgepilot" / "train").exists()
+    done = _run_py(python, bundle, "--source", "synthetic", "--frames", "30", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads(done.stdout)
+    assert state["source"] == "synthetic" and state["processed"] >= 1
+    assert state["label"] in ("red", "yellow", "green", "none")
+    assert "processed" in done.stderr  # the live loop's own closing line
+
+
 AARCH64 = [f"manylinux_2_{glibc}_aarch64" for glibc in (17, 27, 28, 31, 34, 35, 36)]
 X86_64 = [f"manylinux_2_{glibc}_x86_64" for glibc in (17, 27, 28, 31, 34, 35, 36)]
 

@@ -24,12 +24,12 @@ import pytest
 import edgepilot
 from edgepilot.assets import shipped_model
 from edgepilot.errors import EdgepilotError, InputError, ModelFileError
-from edgepilot.runtime import live
-from edgepilot.runtime.camera import FrameGrabber, SourceError, SyntheticSource, open_source
+from edgepilot.live import loop as live
+from edgepilot.live.camera import FrameGrabber, SourceError, SyntheticSource, open_source
+from edgepilot.live.loop import Smoother, decide, model_input, parse_roi, run_live
+from edgepilot.live.newest import Newest
+from edgepilot.live.web import LiveServer, parse_address
 from edgepilot.runtime.image import preprocess
-from edgepilot.runtime.live import Smoother, decide, model_input, parse_roi, run_live
-from edgepilot.runtime.newest import Newest
-from edgepilot.runtime.web import LiveServer, parse_address
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

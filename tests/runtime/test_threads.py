@@ -13,8 +13,8 @@ import pytest
 
 import edgepilot
 from edgepilot.errors import InputError
+from edgepilot.live.loop import LiveState
 from edgepilot.runtime import threads
-from edgepilot.runtime.live import LiveState
 from edgepilot.runtime.threads import auto_threads, candidate_counts, choose, sweep
 
 

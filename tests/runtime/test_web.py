@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from edgepilot.errors import InputError
-from edgepilot.runtime import web
-from edgepilot.runtime.web import LiveServer
+from edgepilot.live import web
+from edgepilot.live.web import LiveServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

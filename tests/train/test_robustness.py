@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgepilot.draw.stoplight import LABELS, NONE
 from edgepilot.train import robustness
 from edgepilot.train.datasets import HOLDOUT
-from edgepilot.train.stoplight import LABELS, NONE
 
 
 @pytest.fixture(scope="module")

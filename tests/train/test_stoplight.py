@@ -1,4 +1,4 @@
-"""Tests for the procedural traffic-light generator (edgepilot.train.stoplight)."""
+"""Tests for the procedural traffic-light generator (edgepilot.draw.stoplight)."""
 from __future__ import annotations
 
 import ast
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgepilot.train import stoplight
+from edgepilot.draw import stoplight
 
 RED, YELLOW, GREEN, NONE = (stoplight.LABELS.index(n) for n in ("red", "yellow", "green", "none"))
 

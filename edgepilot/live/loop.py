@@ -20,12 +20,12 @@ import cv2
 import numpy as np
 
 from edgepilot.errors import InputError
+from edgepilot.live.camera import FrameGrabber, FrameTimeout
+from edgepilot.live.newest import Newest
+from edgepilot.live.overlay import draw_light
+from edgepilot.live.tracker import Tracker, relevant
 from edgepilot.meta import ModelMeta
-from edgepilot.runtime.camera import FrameGrabber, FrameTimeout
 from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode, fit, letterbox
-from edgepilot.runtime.newest import Newest
-from edgepilot.runtime.overlay import draw_light
-from edgepilot.runtime.tracker import Tracker, relevant
 
 __all__ = ["LiveState", "Reading", "Smoother", "parse_roi", "decide", "model_input", "annotate",
            "run_live"]

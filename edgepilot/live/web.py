@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError
-from edgepilot.runtime.newest import Newest
+from edgepilot.live.newest import Newest
 
 __all__ = ["LiveServer", "parse_address"]
 

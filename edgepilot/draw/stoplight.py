@@ -558,7 +558,7 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
     exposure).
 
     Returns the posed housing's axis-aligned box (x0, y0, x1, y1) in pixels, unclipped: the
-    detector's label (train/scenes.py).
+    detector's label (edgepilot/draw/scenes.py).
 
     Geometry is built in the light's own frame and mapped by a pose (roll + foreshortening),
     much cheaper than warping the image: circles become cv2 ellipses. Without an explicit

@@ -1,9 +1,9 @@
 """Street scenes for the stoplight detector: 0-4 traffic lights per frame, each with its box.
 
-The pieces are the classifier's generator's (`train/stoplight.py`): its backgrounds, clutter,
-traffic light and camera. This module only composes a wider frame from them: where lights go,
-how large they are, what else competes with them (tail lights, signs, neon, reflections,
-occluders), and the lighting of the scene (day, dusk, night).
+The pieces are the classifier's generator's (`stoplight.py`, beside this one): its backgrounds,
+clutter, traffic light and camera. This module only composes a wider frame from them: where
+lights go, how large they are, what else competes with them (tail lights, signs, neon,
+reflections, occluders), and the lighting of the scene (day, dusk, night).
 
     image, boxes, labels = render_street(np.random.default_rng(0))
     # image (240, 320, 3) uint8 RGB; boxes (n, 4) float32 x0, y0, x1, y1 px; labels (n,) 0..2
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edgepilot.train import stoplight as sl
+from edgepilot.draw import stoplight as sl
 
 __all__ = ["STATES", "LIGHTINGS", "StreetConfig", "render_street", "generate_streets",
            "HOLDOUT"]

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError
-from edgepilot.runtime.newest import Newest
+from edgepilot.live.newest import Newest
 
 __all__ = ["open_source", "OpenCVSource", "SyntheticSource", "FrameGrabber", "Captured",
            "SourceError", "FrameTimeout"]
@@ -88,7 +88,7 @@ class SyntheticSource:
     def __init__(self, *, width: int = 640, height: int = 480, fps: float = 30.0,
                  period: float = 2.0, seed: int = 0, frames: int | None = None,
                  scene: str = "light"):
-        from edgepilot.train import scenes, stoplight  # numpy/OpenCV only
+        from edgepilot.draw import scenes, stoplight  # numpy/OpenCV only
 
         if scene not in ("light", "street"):
             raise InputError(f"scene must be 'light' or 'street', got {scene!r}")
@@ -144,7 +144,7 @@ class SyntheticSource:
 def _street_seed(seed: int, config) -> int:
     """The first seed from `seed` whose street has two or more lights (a demo of a detector
     should show it choosing between lights)."""
-    from edgepilot.train import scenes
+    from edgepilot.draw import scenes
 
     for candidate in range(seed, seed + 50):
         rng = np.random.default_rng(candidate)

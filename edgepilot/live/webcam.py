@@ -1,6 +1,6 @@
 """`edgepilot webcam`: the live demo. A capture thread keeps the newest frame and prepares the
 model input, an inference thread runs the model on it, and this thread draws the overlay and
-sends it to a window, a web page (--serve) or a video file (see runtime/live.py).
+sends it to a window, a web page (--serve) or a video file (see edgepilot/live/loop.py).
 
 Stopping: Ctrl-C (SIGINT), SIGTERM (systemd, docker stop) and SIGHUP end the run at the next
 frame, finalise the recording and report what was saved; the process then exits 128 + the
@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 
 from edgepilot.errors import EdgepilotError, InputError
-from edgepilot.runtime.camera import FrameGrabber, SourceError, SyntheticSource, open_source
-from edgepilot.runtime.live import LiveState, parse_roi, run_live
+from edgepilot.live.camera import FrameGrabber, SourceError, SyntheticSource, open_source
+from edgepilot.live.loop import LiveState, parse_roi, run_live
 
 __all__ = ["run_webcam", "Recorder", "RecordingError", "Stopped", "threads_used"]
 
@@ -62,9 +62,9 @@ def _frame_size(source) -> tuple[int, int]:
 
 
 def _window(log: Callable[[str], None]):
-    """The window (q/Esc quit, space pause, s snapshot: see edgepilot/window.py), or None when
+    """The window (q/Esc quit, space pause, s snapshot: see edgepilot/live/window.py), or None when
     this OpenCV has no windows (the headless build): then the page opens in the browser."""
-    from edgepilot.window import open_window
+    from edgepilot.live.window import open_window
 
     return open_window(log)
 
@@ -179,7 +179,7 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
     `LiveServer`); its address, printed, carries it."""
     import edgepilot
     from edgepilot.assets import resolve_model
-    from edgepilot.runtime.web import LiveServer, parse_address
+    from edgepilot.live.web import LiveServer, parse_address
 
     if headless and frames is None and save is None:
         raise InputError("--headless needs --frames N or --save FILE (or both)")
@@ -202,7 +202,7 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                 server = LiveServer(*(address or ("127.0.0.1", 0)), token=token,
                                     log=log).start()
                 if fallback:  # OpenCV without windows: the page, in the user's browser
-                    from edgepilot.window import open_page
+                    from edgepilot.live.window import open_page
 
                     open_page(server.page_url, log)
                 else:
