@@ -11,6 +11,7 @@ it lands in `edgepilot.formats.FORMATS`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, did_you_mean
@@ -43,7 +44,6 @@ class DeviceProfile:
         why: one line saying why this format and precision.
         io_dtype: boundary type of int8 files (None: the exporter's default).
         providers: ONNX execution providers to ask for, best first.
-        requirements: pip requirement names the runtime needs there (never torch).
     """
 
     name: str
@@ -58,7 +58,13 @@ class DeviceProfile:
     why: str
     io_dtype: str | None = None
     providers: tuple[str, ...] = ()
-    requirements: tuple[str, ...] = ()
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """Names of the packages the runtime needs there (never torch): the format table's
+        `Format.runtime_requirements`, the one place that says them."""
+        return tuple(re.split(r"[<>=!~;\s\[]", r, maxsplit=1)[0]
+                     for r in self.resolve_format().runtime_requirements)
 
     def resolve_format(self):
         """The `Format` row of this profile, or a one-line error when it is not built yet."""
@@ -70,7 +76,7 @@ class DeviceProfile:
         raise UnsupportedFormatError(
             f"Device '{self.name}' runs the '{self.format}' format, which this edgepilot does "
             f"not have yet (formats here: {', '.join(f.name for f in FORMATS)}). Pass "
-            "--format and --precision to export for it anyway."
+            "formats= and precision= to export for it anyway."
         )
 
     @property
@@ -110,9 +116,6 @@ def profile_by_name(name: str) -> DeviceProfile:
     )
 
 
-_LITERT = ("ai-edge-litert", "flatbuffers", "numpy", "opencv-python-headless")
-_ONNX = ("onnxruntime", "numpy", "opencv-python-headless")
-
 # Raspberry Pi OS (Bookworm) is 64-bit on every board below; LiteRT's CPU path is XNNPACK,
 # whose int8 kernels use NEON (and the dot-product instructions on the Pi 5's Cortex-A76).
 for _profile in (
@@ -123,38 +126,35 @@ for _profile in (
         limits="512 MB RAM shared with the GPU; keep models small; 64-bit OS only (no 32-bit "
                "ARM wheels exist)",
         why="full int8 is 4x smaller than fp32 and XNNPACK's int8 NEON kernels are the fastest "
-            "path on the A53",
-        requirements=_LITERT),
+            "path on the A53"),
     DeviceProfile(
         name="rpi4", title="Raspberry Pi 4 / 400 / CM4 (4x Cortex-A72)",
         format="tflite", precision="int8", layout="NHWC", accelerator="XNNPACK (CPU)",
         threads=4, arch="aarch64",
         limits="1-8 GB RAM; the A72 has NEON but no dot-product; 64-bit OS only (no 32-bit "
                "ARM wheels exist)",
-        why="LiteRT with XNNPACK, full int8: ~3x faster than fp32 on NEON",
-        requirements=_LITERT),
+        why="LiteRT with XNNPACK, full int8: ~3x faster than fp32 on NEON"),
     DeviceProfile(
         name="rpi5", title="Raspberry Pi 5 (4x Cortex-A76)",
         format="tflite", precision="int8", layout="NHWC", accelerator="XNNPACK (CPU)",
         threads=4, arch="aarch64",
         limits="2-16 GB RAM; the A76 has NEON with dot-product; 64-bit OS only",
         why="LiteRT with XNNPACK, full int8: the A76's dot-product instructions run int8 "
-            "convolutions fastest",
-        requirements=_LITERT),
+            "convolutions fastest"),
     DeviceProfile(
         name="coral-usb", title="Coral USB Accelerator (Edge TPU on USB, any Linux host)",
         format="edgetpu", precision="int8", layout="NHWC", accelerator="Edge TPU delegate "
         "(libedgetpu)", threads=1, arch="any",
         limits="8 MB on-chip parameter cache; only ops the compiler maps run on the TPU",
         why="the Edge TPU runs only fully int8-quantized TFLite compiled by edgetpu_compiler",
-        io_dtype="uint8", requirements=_LITERT),
+        io_dtype="uint8"),
     DeviceProfile(
         name="coral-devboard", title="Coral Dev Board (NXP i.MX 8M + Edge TPU, Mendel Linux)",
         format="edgetpu", precision="int8", layout="NHWC",
         accelerator="Edge TPU delegate (libedgetpu)", threads=1, arch="aarch64",
         limits="1-4 GB RAM; compile on an x86 host (no ARM edgetpu_compiler since 2.1)",
         why="the Edge TPU runs only fully int8-quantized TFLite compiled by edgetpu_compiler",
-        io_dtype="uint8", requirements=_LITERT),
+        io_dtype="uint8"),
     DeviceProfile(
         name="android", title="Android phone (LiteRT: CPU int8; fp16 for the GPU delegate)",
         format="tflite", precision="int8", layout="NHWC",
@@ -162,35 +162,32 @@ for _profile in (
         limits="the task libraries and MediaPipe need uint8 inputs",
         why="int8 is fastest on the big cores; the GPU delegate computes in fp16, so export "
             "fp16 for it",
-        io_dtype="uint8", requirements=_LITERT),
+        io_dtype="uint8"),
     DeviceProfile(
         name="iphone", title="iPhone / iPad (Core ML, Neural Engine)",
         format="coreml", precision="fp16", layout="NCHW", accelerator="Neural Engine "
         "(Core ML computeUnits=ALL)", threads=None, arch="arm64",
         limits="the Neural Engine computes in fp16; unsupported layers fall back to GPU/CPU",
-        why="Core ML is the only way onto the Neural Engine, which runs fp16 natively",
-        requirements=("coremltools", "numpy", "opencv-python-headless")),
+        why="Core ML is the only way onto the Neural Engine, which runs fp16 natively"),
     DeviceProfile(
         name="mac", title="Apple silicon Mac (Core ML, Neural Engine)",
         format="coreml", precision="fp16", layout="NCHW", accelerator="Neural Engine "
         "(Core ML computeUnits=ALL)", threads=None, arch="arm64",
         limits="unified memory; unsupported layers fall back to GPU/CPU",
-        why="Core ML is the only way onto the Neural Engine, which runs fp16 natively",
-        requirements=("coremltools", "numpy", "opencv-python-headless")),
+        why="Core ML is the only way onto the Neural Engine, which runs fp16 natively"),
     DeviceProfile(
         name="jetson", title="NVIDIA Jetson (Orin, Xavier; JetPack)",
         format="onnx", precision="fp16", layout="NCHW",
         accelerator="TensorRT, then CUDA execution provider", threads=None, arch="aarch64",
         limits="CPU and GPU share the RAM; onnxruntime-gpu comes from NVIDIA's JetPack index",
         why="ONNX is what TensorRT and the CUDA provider take; fp16 runs on the tensor cores",
-        providers=("TensorrtExecutionProvider", "CUDAExecutionProvider"), requirements=_ONNX),
+        providers=("TensorrtExecutionProvider", "CUDAExecutionProvider")),
     DeviceProfile(
         name="x86", title="x86-64 PC or server (CPU)",
         format="onnx", precision="int8", layout="NCHW",
         accelerator="onnxruntime CPU (AVX2 / AVX-512 VNNI int8 kernels)", threads=None,
         arch="x86_64", limits="none that matter for small vision models",
-        why="onnxruntime's int8 QDQ kernels use VNNI where present: ~2x faster than fp32",
-        requirements=_ONNX),
+        why="onnxruntime's int8 QDQ kernels use VNNI where present: ~2x faster than fp32"),
 ):
     register_profile(_profile)
 

@@ -366,7 +366,7 @@ def _detection_map(row: BenchResult, model, data: BoxesData) -> None:
     labels = model.meta.labels
     largest = max((int(c.max()) for _, c in data.truths if len(c)), default=-1)
     if largest >= len(labels):
-        raise EdgepilotError(f"--data has class {largest}, but {row.model} has "
+        raise EdgepilotError(f"data= has class {largest}, but {row.model} has "
                              f"{len(labels)} labels ({', '.join(labels)})")
     found, truths = [], []
     for file, truth in zip(data.files, data.truths):
@@ -385,11 +385,11 @@ def _detection_map(row: BenchResult, model, data: BoxesData) -> None:
 def _accuracy(row: BenchResult, model, data) -> None:
     from edgepilot.runtime import read_image
 
-    detector = model.meta is not None and model.meta.task == "detection"
+    detector = model.meta is not None and model.meta.is_detector
     if isinstance(data, BoxesData) or detector:
         if not (isinstance(data, BoxesData) and detector):
             raise EdgepilotError(
-                f"--data holds {'boxes' if isinstance(data, BoxesData) else 'class folders'} "
+                f"data= holds {'boxes' if isinstance(data, BoxesData) else 'class folders'} "
                 f"but {row.model} is a {'detector' if detector else 'classifier'}: give "
                 "images with YOLO .txt labels to a detector, label sub-folders to a classifier")
         return _detection_map(row, model, data)
@@ -417,9 +417,9 @@ def _pipeline(model, data, clock, repeats: int = 30) -> dict:
 
     if model.meta is None or not model.meta.is_image:
         return {}
-    from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode, letterbox
+    from edgepilot.runtime.detection import DecodeParams, decode, letterbox
 
-    detector, size = model.meta.task == DETECTION_TASK, model.meta.input_size
+    detector, size = model.meta.is_detector, model.meta.input_size
     params = DecodeParams.from_meta(model.meta) if detector else None
     image = None
     if data is not None:
@@ -453,7 +453,7 @@ def labelled_folder(path: str | Path) -> tuple[list[Path], list[str]]:
     """Images in class sub-folders (``data/red/1.jpg``): files and their labels."""
     root = Path(path)
     if not root.is_dir():
-        raise EdgepilotError(f"--data takes a folder with one sub-folder per label, got '{root}'")
+        raise EdgepilotError(f"data= takes a folder with one sub-folder per label, got '{root}'")
     files, labels = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         for file in sorted(p for p in folder.rglob("*") if p.is_file()):

@@ -252,7 +252,7 @@ def _validation_data(meta, n: int):
     dataset = meta.extra.get("dataset")
     if not dataset or n == 0:
         return None
-    if meta.task == "detection":
+    if meta.is_detector:
         from edgepilot.train.detector import validation_scenes
 
         return validation_scenes("val", n) if dataset == "streets" else None
@@ -273,7 +273,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          "a feature vector)")
     draw = None
     if args.draw:
-        if model.meta is None or model.meta.task != "detection":
+        if model.meta is None or not model.meta.is_detector:
             raise InputError("--draw is for detectors; this model classifies whole images")
         draw = _draw_target(args.draw, len(args.images))
     failures = 0
@@ -283,7 +283,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             prediction = model.predict(image)
         except InputError as err:  # one bad image does not stop the others
             failures += 1
-            print(f"error: {printable(err)}", file=sys.stderr)
+            print(f"error: {_error_line(err)}", file=sys.stderr)
             continue
         if isinstance(prediction, list):  # a detector: the lights it found
             results.append({"image": image, "detections": [d.to_dict() for d in prediction]})
@@ -681,6 +681,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Python parameter -> the flag that sets it, read from the parser itself (dest ``calib``
+    -> ``--calib``, ``batch_size`` -> ``--batch-size``). The library's errors name parameters
+    as Python callers pass them (``calib=PATH``); `in_flags` turns them into flags here."""
+    names = {"formats": "--format"}  # export(formats=...) is --format on the command line
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings and action.dest != "help":
+                names.setdefault(action.dest, max(action.option_strings, key=len))
+    return names
+
+
+# ``name=``, ``name=VALUE`` or ``name=True`` where a word starts (not ``ModelMeta(labels=``).
+_PARAMETER = re.compile(r"""(?:(?<![^\s'"])|(?<=\s\())([a-z][a-z_]*)=(True\b)?""")
+
+
+def in_flags(message: str, names: dict[str, str]) -> str:
+    """`message` with the parameters it names spelled as flags: ``calib=PATH`` -> ``--calib
+    PATH``, ``headless=True`` -> ``--headless``, ``roi= takes`` -> ``--roi takes``."""
+    def flag(match: re.Match) -> str:
+        name = names.get(match.group(1))
+        if name is None:
+            return match.group(0)
+        after = message[match.end():match.end() + 1]
+        value_follows = not match.group(2) and after and not after.isspace() and \
+            after not in ",;:).'\""
+        return name + (" " if value_follows else "")
+
+    return _PARAMETER.sub(flag, message)
+
+
+def _error_line(err: BaseException) -> str:
+    return printable(in_flags(str(err), _FLAGS))
+
+
 class _Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
@@ -690,8 +728,13 @@ def _on_sigterm(signum, frame):
     raise _Terminated
 
 
+_FLAGS: dict[str, str] = {}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _FLAGS.update(flag_names(parser))
+    args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
@@ -705,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(err, EdgepilotError):
-            print(f"error: {printable(err)}", file=sys.stderr)
+            print(f"error: {_error_line(err)}", file=sys.stderr)
         else:  # a bug or an unexpected library failure: still one line, and how to see more
             print(f"error: {type(err).__name__}: {printable(err)} (run with --debug for the "
                   "traceback)",

@@ -18,6 +18,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -42,34 +43,27 @@ _PACKAGES = ("edgepilot", "edgepilot.runtime", "edgepilot.live", "edgepilot.draw
 
 
 def requirements_for(formats: Sequence[str], profile=None) -> list[str]:
-    """Pinned requirement lines for running `formats` (on `profile`'s device when given).
+    """Pinned requirement lines for running `formats`: the format table's
+    `Format.runtime_requirements`, each pinned to the version installed here (what edgepilot
+    was tested with), or its lowest supported version where it is not installed here.
+    (`profile` is accepted for callers that have one; the format alone decides.)"""
+    from edgepilot.formats import format_by_name
 
-    Pins are the versions installed here, which edgepilot was tested with; a package not
-    installed here gets the lowest version edgepilot supports.
-    """
-    from edgepilot.devices.profiles import PROFILES
-
-    names: list[str] = []
-    for fmt in formats:
-        if profile is not None and profile.format == fmt:
-            names += profile.requirements
-            continue
-        runner = next((p for p in PROFILES if p.format == fmt and p.requirements), None)
-        if runner is None:
-            raise EdgepilotError(f"No device profile says what runs the '{fmt}' format")
-        names += runner.requirements
+    specs: dict[str, str] = {}
+    for name in formats:
+        fmt = format_by_name(name)
+        if not fmt.runtime_requirements:
+            raise EdgepilotError(f"The '{fmt.name}' format has no torch-free Python runtime to "
+                                 "bundle: its files run in their own runtime on the device")
+        for spec in fmt.runtime_requirements:
+            specs.setdefault(re.split(r"[<>=!~;\s\[]", spec, maxsplit=1)[0], spec)
     lines = []
-    for name in dict.fromkeys(names):
+    for package, spec in specs.items():
         try:
-            lines.append(f"{name}=={importlib.metadata.version(name)}")
+            lines.append(f"{package}=={importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
-            lines.append(f"{name}>={_FLOORS.get(name, '0')}")
+            lines.append(spec)
     return lines
-
-
-# Lowest supported versions (pyproject.toml) for packages that may be missing here.
-_FLOORS = {"ai-edge-litert": "2.0", "flatbuffers": "24", "numpy": "1.24",
-           "onnxruntime": "1.17", "opencv-python-headless": "4.8", "coremltools": "8.0"}
 
 
 def _copy_runtime(target: Path) -> None:
@@ -110,9 +104,9 @@ def _copy_model_file(model: Path, target: Path) -> None:
 def _check_out(out: Path) -> None:
     """`out` may be new, empty, or an earlier bundle; anything else is the user's and kept."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out '{out}' is a file: give a folder for the bundle")
+        raise InputError(f"out= '{out}' is a file: give a folder for the bundle")
     if out.is_dir() and any(out.iterdir()) and not (out / BUNDLE_FILE).is_file():
-        raise InputError(f"--out '{out}' holds files that are not an edgepilot bundle: give a "
+        raise InputError(f"out= '{out}' holds files that are not an edgepilot bundle: give a "
                          "new or empty folder (nothing there is overwritten)")
 
 

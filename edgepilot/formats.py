@@ -30,6 +30,12 @@ class Format:
         reader: module under `edgepilot.runtime` whose ``read_info(path)`` serves
             ``edgepilot info`` (the tensors, layers and ops of a file of this format).
         folder: the "file" is a folder (a Core ML ``.mlpackage``).
+        options: export options only this format takes (fields of
+            `edgepilot.export.options.ExportOptions`), e.g. Core ML's ``compute_units``.
+        runtime_requirements: what running a file of this format needs, as pip requirements
+            with the lowest version edgepilot supports (pyproject.toml says the same; a test
+            keeps them equal). Deploy bundles pin these; empty where no torch-free Python
+            runtime exists (ExecuTorch's is a torch extension).
     """
 
     name: str
@@ -42,7 +48,12 @@ class Format:
     backend_class: str = ""
     reader: str = ""
     folder: bool = False
+    options: tuple[str, ...] = ()
+    runtime_requirements: tuple[str, ...] = ()
 
+
+_BASE = ("numpy>=1.24", "opencv-python-headless>=4.8")  # images in, pixels out
+_LITERT = ("ai-edge-litert>=2.0", "flatbuffers>=24", *_BASE)
 
 FORMATS: tuple[Format, ...] = (
     Format(
@@ -55,6 +66,7 @@ FORMATS: tuple[Format, ...] = (
         description="ONNX, run by onnxruntime (any OS, Raspberry Pi, x86)",
         backend_class="OnnxBackend",
         reader="onnx_info",
+        runtime_requirements=("onnxruntime>=1.24.3", *_BASE),
     ),
     Format(
         name="tflite",
@@ -66,6 +78,7 @@ FORMATS: tuple[Format, ...] = (
         description="TFLite/LiteRT, NHWC, with standard metadata (Android, iOS, Raspberry Pi)",
         backend_class="LiteRTBackend",
         reader="litert_info",
+        runtime_requirements=_LITERT,
     ),
     Format(
         name="edgetpu",
@@ -79,6 +92,7 @@ FORMATS: tuple[Format, ...] = (
                     "libedgetpu on a Coral USB/PCIe/Dev Board)",
         backend_class="EdgeTPUBackend",
         reader="edgetpu_check",
+        runtime_requirements=_LITERT,
     ),
     Format(
         name="coreml",
@@ -92,6 +106,8 @@ FORMATS: tuple[Format, ...] = (
         backend_class="CoreMLBackend",
         reader="coreml_info",
         folder=True,
+        options=("compute_units",),
+        runtime_requirements=("coremltools>=9.0", *_BASE),
     ),
     Format(
         name="executorch",

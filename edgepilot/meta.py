@@ -140,6 +140,11 @@ class ModelMeta:
         return (1, self.channels * height * width)
 
     @property
+    def is_detector(self) -> bool:
+        """Whether the outputs are boxes (``task="detection"``) rather than class scores."""
+        return self.task == "detection"
+
+    @property
     def is_image(self) -> bool:
         """False for models fed raw feature vectors (``preprocess="none"``)."""
         return self.preprocess != "none"

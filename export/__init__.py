@@ -7,10 +7,7 @@ The package itself is callable, so ``edgepilot.export(module, sample, ...)`` wor
 from __future__ import annotations
 
 import importlib
-import inspect
-import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -22,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
-from edgepilot.export.calibration import Calibration, as_inputs, load_calibration
+from edgepilot.export.calibration import Calibration, load_calibration
 from edgepilot.export.guard import Guard
-from edgepilot.export.noise import first_line, plain, quiet_exporters
-from edgepilot.export.report import ExportReport, compare, decisions, print_reports
+from edgepilot.export.options import ExportOptions, check_format_options
+from edgepilot.export.probe import Probe, flatten_outputs
+from edgepilot.export.report import ExportReport, print_reports
 from edgepilot.formats import FORMATS, format_by_name
 from edgepilot.meta import ModelMeta
 
@@ -80,8 +78,9 @@ def export(
         guard_budget: seconds the accuracy guard may spend per file before it gives up
             (None: no limit).
         quiet: print neither progress nor the report table.
-        **format_options: options of one format's exporter (e.g. ``compute_units`` for Core
-            ML); formats that do not take an option ignore it.
+        **format_options: options only some formats take (`Format.options`, e.g.
+            ``compute_units`` for Core ML); formats that do not take one ignore it, and a
+            name no format takes is an `InputError` naming the valid ones.
 
     Returns:
         One `ExportReport` per file; each is also saved as ``<file>.json``. A file that fails
@@ -93,6 +92,7 @@ def export(
         ...                  precision=["fp32", "int8"], out="runs/net", meta=meta,
         ...                  val_data=(images, labels))
     """
+    check_format_options(format_options)  # a typo is an error, not an option ignored
     torch = require("torch", "export", "Exporting models")
     fmts = [format_by_name(f) for f in ([formats] if isinstance(formats, str) else formats)]
     if precision is None:  # each format's default (fp32, or int8 where that is all it has)
@@ -118,7 +118,7 @@ def export(
         module = module.eval()
     except NotImplementedError:  # torch.export's program.module(): its mode is already fixed
         pass
-    probe = _Probe(module, sample_input, meta, val_data)
+    probe = Probe(module, sample_input, meta, val_data)
     calibration = None
     if any(prec == "int8" for _, prec in combos):
         calibration = _calibration(calib, val_data, meta, calib_size)
@@ -138,9 +138,9 @@ def export(
             guard = Guard(probe.accuracy, probe.baseline, max_drop, budget_s=guard_budget,
                           progress=log)
         log(f"exporting {fmt.name} {prec} -> {path}")
-        options = dict(meta=meta, precision=prec, method=calib_method, guard=guard,
-                       calibration=None if calibration is None else calibration.images,
-                       io_dtype=io_dtype, dynamic_batch=dynamic_batch, **format_options)
+        options = ExportOptions(meta=meta, precision=prec, method=calib_method, guard=guard,
+                                calibration=None if calibration is None else calibration.images,
+                                io_dtype=io_dtype, dynamic_batch=dynamic_batch, **format_options)
         started = time.perf_counter()
         # Written in a scratch folder beside the target and checked there; only a file that
         # passed its own check replaces the target, so a failure never leaves a wrong file
@@ -149,8 +149,7 @@ def export(
         try:
             draft = scratch / path.name
             with torch.no_grad():
-                notes = exporter.export(module, sample_input, draft,
-                                        **_accepted(exporter.export, options))
+                notes = exporter.export(module, sample_input, draft, options)
             seconds = time.perf_counter() - started
             report = probe.check(draft, fmt.name, prec, seconds, notes)
             report.path = str(path)
@@ -222,20 +221,6 @@ def _describe_sample(sample) -> str:
         type(sample).__name__
 
 
-def _accepted(function, options: dict) -> dict:
-    """The options `function` takes: exporters declare what they support."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return options
-    return {k: v for k, v in options.items() if k in parameters}
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():  # folder formats (.mlpackage)
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size
-
-
 def _install(draft: Path, path: Path) -> None:
     """Move a checked file or folder to its place, replacing what was there."""
     if draft.is_dir():
@@ -267,306 +252,6 @@ def _calibration(calib, val_data, meta, calib_size) -> Calibration:
         calibration.source = "validation images"
         return calibration
     return load_calibration(calib, meta.input_size, calib_size, meta)
-
-
-def flatten_outputs(result) -> tuple[list, list[str]]:
-    """A module's result as a list of tensors and their names: a tensor is ``output``;
-    a tuple or list gives ``output_0``, ``output_1`` ...; a dict gives its keys."""
-    import torch
-
-    if isinstance(result, torch.Tensor):
-        return [result], ["output"]
-    if isinstance(result, dict) and result and \
-            all(isinstance(v, torch.Tensor) for v in result.values()):
-        return list(result.values()), [str(k) for k in result]
-    if isinstance(result, (tuple, list)) and result and \
-            all(isinstance(v, torch.Tensor) for v in result):
-        return list(result), [f"output_{i}" for i in range(len(result))]
-    raise EdgepilotError(
-        f"The model's forward() returned {type(result).__name__}; edgepilot exports models "
-        "that return a tensor, or a tuple, list or dict of tensors")
-
-
-class _Probe:
-    """The PyTorch side of every comparison, computed once per export call: the module's
-    outputs on the validation images (or random images/inputs), its accuracy, and each file
-    format's view of the same images (preprocessed as the runtime will for that file)."""
-
-    #: Random images checked when no validation data is given.
-    RANDOM_IMAGES = 16
-
-    def __init__(self, module, sample_input, meta, val_data):
-        import torch
-
-        self.meta, self.sample_input = meta, sample_input
-        self.labels = None
-        self.images = None
-        self._views: dict[str, np.ndarray] = {}
-        with torch.no_grad(), quiet_exporters():
-            try:
-                first, self.names = flatten_outputs(module(sample_input))
-            except EdgepilotError:
-                raise
-            except Exception as err:
-                raise EdgepilotError(
-                    f"The model does not run on the sample input of shape "
-                    f"{tuple(sample_input.shape)}: {first_line(err)}") from err
-        self.shapes = [tuple(t.shape[1:]) for t in first]
-        self.detector = _detector(meta, self.shapes)
-        if meta is not None and len(first) == 1:
-            _check_labels(meta, self.shapes[0])
-        if val_data is not None:
-            if meta is None:
-                raise EdgepilotError("val_data needs meta= (labels and preprocessing) to turn "
-                                     "its images into model inputs")
-            check = _check_detection_data if self.detector else _check_val_data
-            self.images, self.labels = check(val_data, meta, len(first))
-        elif meta is not None and meta.is_image:
-            # Random images, preprocessed for each file as its runtime will: the module and
-            # every file see the same pixels, whatever their layout and normalisation.
-            generator = np.random.default_rng(0)
-            height, width = meta.input_size
-            self.images = generator.integers(0, 256, (self.RANDOM_IMAGES, height, width, 3),
-                                             dtype=np.uint8)
-        if self.images is not None:
-            x = self.inputs_for(meta)
-        else:
-            generator = np.random.default_rng(0)
-            shape = (self.RANDOM_IMAGES, *sample_input.shape[1:])
-            x = np.concatenate([sample_input.numpy(), generator.normal(size=shape)])
-            x = x.astype(np.float32)
-        self.inputs = x
-        with torch.no_grad(), quiet_exporters():
-            try:
-                self.outputs = _in_batches(lambda b: module(torch.from_numpy(b)), x)
-            except Exception:  # a model that only takes a batch of one runs row by row
-                self.outputs = _in_batches(lambda b: module(torch.from_numpy(b)), x, rows=1)
-        self.baseline = None if self.labels is None else self._score(self.outputs)
-
-    def _score(self, outputs: list[np.ndarray]) -> float:
-        """The guard's measure of a set of outputs: top-1 accuracy, or a detector's mAP@0.5."""
-        if self.detector is None:
-            return float((decisions(outputs[0]) == self.labels).mean())
-        from edgepilot.runtime.detection import evaluate
-
-        return evaluate(self._detections(outputs), self.labels, self.meta.labels)["map50"]
-
-    def _detections(self, outputs: list[np.ndarray], score_threshold: float = 0.05):
-        from edgepilot.runtime.detection import decode
-
-        heat, box = outputs[self.detector.heatmap], outputs[self.detector.box]
-        return [decode(h, b, self.detector, self.meta.labels, score_threshold=score_threshold)
-                for h, b in zip(heat, box)]
-
-    def inputs_for(self, meta) -> np.ndarray:
-        """The images as the runtime feeds a file with this metadata."""
-        key = meta.to_json()
-        if key not in self._views:
-            self._views[key] = np.concatenate(as_inputs(self.images, meta))
-        return self._views[key]
-
-    def _file_inputs(self, model) -> np.ndarray:
-        if self.images is not None and (model.meta or self.meta) is not None:
-            return self.inputs_for(model.meta or self.meta)
-        x, shape = self.inputs, model.inputs[0].shape
-        if x.ndim == 4 and len(shape) == 4 and shape[1:] != x.shape[1:] and \
-                shape[-1] == x.shape[1]:
-            return x.transpose(0, 2, 3, 1).copy()  # a channels-last file, same values
-        return x
-
-    def _expected(self, model) -> list[np.ndarray]:
-        """The module's outputs as the file should give them: a file that adds the softmax
-        (TFLite classifiers output probabilities) is compared with softmaxed logits."""
-        outputs = list(self.outputs)
-        file_meta = model.meta
-        if len(outputs) == 1 and self.meta is not None and file_meta is not None and \
-                self.meta.output == "logits" and file_meta.output == "probs":
-            logits = outputs[0].reshape(len(outputs[0]), -1)
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            outputs[0] = shifted / shifted.sum(axis=1, keepdims=True)
-        return outputs
-
-    def _run_file(self, model, path: Path) -> list[np.ndarray]:
-        try:
-            return _in_batches(model, self._file_inputs(model))
-        except EdgepilotError as err:
-            raise EdgepilotError(_run_failure(err, path)) from err
-
-    def accuracy(self, path: Path) -> float:
-        """Accuracy of a model file through the runtime (the guard's measure)."""
-        from edgepilot.runtime import load
-
-        model = load(path)
-        return self._score(self._run_file(model, path))
-
-    def check(self, path: Path, fmt: str, precision: str, seconds: float,
-              notes: dict) -> ExportReport:
-        """Load the exported file with edgepilot's runtime and compare it with PyTorch.
-
-        Raises when the file does not load, does not run, or does not give the module's
-        outputs; an exporter that cannot run its file here says why in
-        ``notes["unchecked"]`` (e.g. Core ML off macOS) and the report says so."""
-        from edgepilot.runtime import load
-
-        common = dict(format=fmt, precision=precision, path=str(path),
-                      size_bytes=_size(path), seconds=round(seconds, 3))
-        if notes.get("unchecked"):
-            return ExportReport(**common, backend="-", n_inputs=0, max_abs_diff=None,
-                                top1_agreement=None)
-        try:
-            model = load(path)
-        except EdgepilotError as err:
-            raise EdgepilotError(f"The {fmt} {precision} file failed its own check, so it was "
-                                 f"not written: it does not load: {err}") from err
-        exported = self._run_file(model, path)
-        expected = self._expected(model)
-        if len(exported) != len(expected):
-            raise EdgepilotError(
-                f"The {fmt} {precision} file failed its own check, so it was not written: it "
-                f"has {len(exported)} output(s), the module {len(expected)}")
-        per_output = []
-        for name, want, got in zip(self.names, expected, exported):
-            if want.size != got.size:
-                raise EdgepilotError(
-                    f"The {fmt} {precision} file failed its own check, so it was not written: "
-                    f"output '{name}' holds {got.shape[1:]} values per input, the module's "
-                    f"{want.shape[1:]}")
-            diff = np.abs(want.reshape(len(want), -1).astype(np.float64) -
-                          got.reshape(len(got), -1).astype(np.float64))
-            per_output.append({"name": name, "shape": list(want.shape[1:]),
-                               "max_abs_diff": float(diff.max())})
-        if len(per_output) > 1:
-            notes["outputs"] = per_output
-        fallback = getattr(model._backend, "fallback_ops", None)
-        if fallback and "partitions" in model.backend:
-            counts = {op: fallback.count(op) for op in dict.fromkeys(fallback)}
-            named = ", ".join(f"{op} x{n}" for op, n in counts.items())
-            notes.setdefault("warnings", []).append(
-                f"the delegate is split ({model.backend}): {named} fall back to builtin CPU "
-                "kernels between its partitions")
-        if self.detector is not None:
-            return ExportReport(**common, backend=model.backend,
-                                **self._detector_check(expected, exported, notes))
-        result = compare(expected[0], exported[0], self.labels)
-        result["max_abs_diff"] = max(o["max_abs_diff"] for o in per_output)
-        if len(per_output) > 1:
-            result["top1_agreement"] = None  # a detector's first output is not a class
-            result.pop("accuracy_torch", None)
-            result.pop("accuracy_export", None)
-        return ExportReport(**common, backend=model.backend, **result)
-
-
-    def _detector_check(self, expected, exported, notes: dict) -> dict:
-        """A detector file against the module: the same lights (label, box within 2 px) at
-        the runtime's score threshold, and mAP@0.5 of both when scenes are given."""
-        from edgepilot.runtime.detection import agreement
-
-        threshold = self.detector.score_threshold
-        low = max(0.0, threshold - 0.05)  # scores near the threshold may fall either side
-        notes["detections"] = agreement(self._detections(expected, low),
-                                        self._detections(exported, low), threshold=threshold)
-        result = {"n_inputs": len(exported[0]), "top1_agreement": None,
-                  "max_abs_diff": max(o["max_abs_diff"] for o in notes["outputs"])}
-        if self.labels is not None:
-            notes["metric"] = "mAP@0.5"
-            result["accuracy_torch"] = self.baseline
-            result["accuracy_export"] = self._score(exported)
-        return result
-
-
-def _detector(meta: ModelMeta | None, shapes: list[tuple]):
-    """The decode parameters of a detector (metadata task: detection), checked against the
-    module's outputs; None for any other model."""
-    from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams
-
-    if meta is None or meta.task != DETECTION_TASK:
-        return None
-    try:
-        params = DecodeParams.from_meta(meta)
-    except EdgepilotError as err:
-        raise EdgepilotError(f"meta says task: detection, but {err}") from err
-    want = {params.heatmap: len(meta.labels), params.box: 4}
-    if len(shapes) != 2 or any(len(shapes[i]) != 3 or shapes[i][-1] != n
-                               for i, n in want.items()):
-        raise EdgepilotError(
-            f"A detector must output a heatmap (N, h, w, {len(meta.labels)}) and a box map "
-            f"(N, h, w, 4), channels last; this module outputs "
-            f"{', '.join(str(s) for s in shapes)} per input")
-    return params
-
-
-def _check_detection_data(val_data, meta: ModelMeta, n_outputs: int):
-    """val_data of a detector: images (N, H, W, 3) and, per image, (boxes (n, 4), labels)."""
-    if not isinstance(val_data, (tuple, list)) or len(val_data) != 2:
-        raise EdgepilotError("val_data of a detector must be a pair (images, targets)")
-    images, targets = np.asarray(val_data[0]), list(val_data[1])
-    if not len(images) or len(images) != len(targets):
-        raise EdgepilotError(f"val_data has {len(images)} image(s) and {len(targets)} "
-                             "target(s); give one (boxes, labels) pair per image")
-    checked = []
-    for boxes, labels in targets:
-        boxes, labels = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels)
-        if len(boxes) != len(labels) or (len(labels) and (
-                labels.dtype.kind not in "iu" or labels.min() < 0 or
-                labels.max() >= len(meta.labels))):
-            raise EdgepilotError("val_data targets must be (boxes (n, 4), labels (n,)) with "
-                                 f"label indices 0..{len(meta.labels) - 1}")
-        checked.append((boxes, labels.astype(np.int64)))
-    return images, checked
-
-
-def _check_labels(meta: ModelMeta, shape: tuple) -> None:
-    """One label per output value (a single sigmoid value stands for two labels)."""
-    if not shape or not all(isinstance(d, int) for d in shape):
-        return
-    values, labels = math.prod(shape), len(meta.labels)
-    if values != labels and not (meta.output == "sigmoid" and values == 1 and labels == 2):
-        raise EdgepilotError(
-            f"The model outputs {values} value(s) per input but meta has {labels} label(s) "
-            f"({', '.join(meta.labels[:5])}{', ...' if labels > 5 else ''}); give one label "
-            "per output (ModelMeta(labels=...), or --labels FILE on the command line)")
-
-
-def _check_val_data(val_data, meta: ModelMeta, n_outputs: int):
-    if not isinstance(val_data, (tuple, list)) or len(val_data) != 2:
-        raise EdgepilotError("val_data must be a pair (images, labels)")
-    images, labels = val_data
-    images, labels = np.asarray(images), np.asarray(labels)
-    if not len(images) or len(images) != len(labels):
-        raise EdgepilotError(f"val_data has {len(images)} image(s) and {len(labels)} label(s); "
-                             "give one label per image")
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise EdgepilotError(f"val_data labels must be class indices (N,) of integers, got "
-                             f"shape {labels.shape} {labels.dtype}")
-    if n_outputs == 1 and (labels.min() < 0 or labels.max() >= len(meta.labels)):
-        raise EdgepilotError(
-            f"val_data labels range {labels.min()}..{labels.max()}, but meta has "
-            f"{len(meta.labels)} labels (indices 0..{len(meta.labels) - 1})")
-    return images, labels
-
-
-def _run_failure(err: Exception, path: Path) -> str:
-    """A file that loads but fails when run, in one line naming the operator if known."""
-    text = plain(str(err)).replace(str(path), path.name)
-    op = re.search(r"Node number \d+ \((\w+)\)|\b(\w+)\.cc:\d+", text)
-    named = ""
-    if op:
-        named = f" at operator {(op.group(1) or op.group(2)).upper()}"
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
-    return (f"The exported file failed its own check, so it was not written: it does not run"
-            f"{named} ({line[:240]}). Try another precision or format")
-
-
-def _in_batches(run, x: np.ndarray, rows: int = 256) -> list[np.ndarray]:
-    """`run` over `x` in batches of about `rows`, each output concatenated over them."""
-    parts = []
-    for batch in np.array_split(x, max(1, len(x) // rows)):
-        result = run(batch)
-        tensors = result if isinstance(result, (tuple, list)) else \
-            list(result.values()) if isinstance(result, dict) else [result]
-        parts.append([np.asarray(t.detach().numpy() if hasattr(t, "detach") else t)
-                      for t in tensors])
-    return [np.concatenate(outs) for outs in zip(*parts)]
 
 
 class _CallableModule(types.ModuleType):

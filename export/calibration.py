@@ -57,7 +57,7 @@ def load_calibration(source: str | Path | np.ndarray, size: tuple[int, int],
             raise EdgepilotError(f"Cannot read '{path}' as a numpy array: {err}") from err
         return Calibration(_from_array(array, size, limit, str(path)), str(path))
     if not path.is_dir():
-        raise EdgepilotError(f"--calib takes a folder of images or an .npy file, got '{path}'")
+        raise EdgepilotError(f"calib= takes a folder of images or an .npy file, got '{path}'")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     images, skipped = [], 0
     for file in files:

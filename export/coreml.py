@@ -22,11 +22,9 @@ import logging
 import platform
 from pathlib import Path
 
-import numpy as np
-
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
-from edgepilot.export.guard import Guard
 from edgepilot.export.noise import first_line, quiet_exporters
+from edgepilot.export.options import ExportOptions
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import quiet_native_stderr
 from edgepilot.runtime.coreml import COMPUTE_UNITS, COMPUTE_UNITS_KEY, INPUT_NAME, META_KEY
@@ -35,11 +33,10 @@ from edgepilot.runtime.coreml import COMPUTE_UNITS, COMPUTE_UNITS_KEY, INPUT_NAM
 DEPLOYMENT_TARGET = "iOS16"
 
 
-def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
-           calibration: np.ndarray | None = None, method: str = "minmax",
-           guard: Guard | None = None, io_dtype: str | None = None,
-           dynamic_batch: bool = False, compute_units: str | None = None) -> dict:
+def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
     """Write `module` as a Core ML .mlpackage folder at `path`; returns notes for the report."""
+    meta, precision, io_dtype = options.meta, options.precision, options.io_dtype
+    compute_units = options.compute_units
     units = (compute_units or "ALL").upper()
     if units not in COMPUTE_UNITS:
         raise UnsupportedFormatError(f"Compute units '{compute_units}' are not available for "
@@ -77,7 +74,7 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
                                  "calibrating them needs Core ML itself, i.e. macOS")
         except Exception as err:
             raise EdgepilotError(f"coremltools could not convert {type(module).__name__}: "
-                                 f"{first_line(err)}. Try --format onnx or executorch.") from err
+                                 f"{first_line(err)}. Try formats=onnx or executorch.") from err
     model.short_description = f"{meta.name} image classifier ({precision}), edgepilot"
     # The classifier outputs probabilities (Core ML adds the softmax).
     model.user_defined_metadata[META_KEY] = meta.replace(output="probs").to_json()

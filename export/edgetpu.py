@@ -15,12 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError
 from edgepilot.export import litert
-from edgepilot.export.guard import Guard
-from edgepilot.meta import ModelMeta
+from edgepilot.export.options import ExportOptions
 from edgepilot.runtime.edgetpu_check import LOG_LIMIT, check_file, parse_compiler_log
 
 COMPILER = "edgetpu_compiler"
@@ -31,11 +28,9 @@ _OPERATION_LOG_LIMIT = 100_000  # bytes of its per-operation log kept in the rep
 _DETAIL_LIMIT = 200  # characters of its last words quoted in an error
 
 
-def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
-           calibration: np.ndarray | None = None, method: str = "minmax",
-           guard: Guard | None = None, io_dtype: str | None = None,
-           dynamic_batch: bool = False) -> dict:
+def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
     """Write an Edge TPU .tflite to `path` (ending ``_edgetpu.tflite``); returns notes."""
+    precision = options.precision
     if precision != "int8":
         raise UnsupportedFormatError(f"Precision '{precision}' is not available for edgetpu: "
                                      "the Edge TPU runs only full-int8 models. Valid: int8")
@@ -44,9 +39,7 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
     stem = path.name[: -len(SUFFIX)]
     with tempfile.TemporaryDirectory(prefix=".edgetpu-", dir=path.parent) as tmp:
         source = Path(tmp, stem + ".tflite")  # the compiler names its output <stem>_edgetpu
-        notes = litert.export(module, sample_input, source, meta=meta, precision="int8",
-                              calibration=calibration, method=method, guard=guard,
-                              io_dtype=io_dtype, dynamic_batch=dynamic_batch)
+        notes = litert.export(module, sample_input, source, options)
         notes.pop("fp32_bytes", None)  # that of a float .tflite, not of an Edge TPU file
         verdict = check_file(source)
         notes["edgetpu_check"] = {"summary": verdict.summary(), "on_tpu": verdict.on_tpu,
@@ -105,8 +98,8 @@ def _compile(compiler: str, source: Path, out: Path) -> dict:
     if not compiled.is_file():
         raise EdgepilotError(f"{COMPILER} at '{compiler}' exited 0 but wrote no "
                              f"{compiled.name} for '{source.name}': check that it is Google's "
-                             f"compiler ('{compiler} --version'), or export with it off PATH "
-                             "to get the uncompiled input")
+                             f"compiler (ask '{compiler}' for its version), or export with "
+                             "it off PATH to get the uncompiled input")
     return parse_compiler_log(log)
 
 

@@ -21,6 +21,7 @@ from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
 from edgepilot.export.calibration import as_inputs
 from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
 from edgepilot.export.noise import first_line, quiet_exporters
+from edgepilot.export.options import ExportOptions
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import quiet_native_stderr
 from edgepilot.runtime.executorch import META_METHOD
@@ -34,15 +35,15 @@ IO_DTYPES = (None, "float32")
 _QUIET_LOGGERS = ("torchao", "executorch")
 
 
-def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
-           calibration: np.ndarray | None = None, method: str = "minmax",
-           guard: Guard | None = None, io_dtype: str | None = None,
-           dynamic_batch: bool = False) -> dict:
+def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
     """Write `module` as an ExecuTorch program (.pte) to `path`; returns notes for the report.
 
     The batch is one, as on a device (`dynamic_batch` is noted, not applied: XNNPACK plans
     its memory for static shapes); `Model` runs a batch row by row.
     """
+    meta, precision, calibration = options.meta, options.precision, options.calibration
+    method, guard, io_dtype = options.method, options.guard, options.io_dtype
+    dynamic_batch = options.dynamic_batch
     if method not in CALIBRATION_METHODS:
         raise UnsupportedFormatError(f"Calibration method '{method}' is not available for "
                                      f"executorch. Valid: {', '.join(CALIBRATION_METHODS)}")
@@ -65,7 +66,7 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
         notes["fp32_bytes"] = path.stat().st_size
         return notes
     if calibration is None or not len(calibration):
-        raise EdgepilotError("Full int8 needs calibration images: pass --calib PATH or a model "
+        raise EdgepilotError("Full int8 needs calibration images: pass calib=PATH or a model "
                              "whose dataset edgepilot can generate")
     if meta is None:
         raise EdgepilotError("int8 calibration of images needs the model's ModelMeta (meta=)")

@@ -181,7 +181,7 @@ class Guard:
         raise EdgepilotError(
             f"{fmt} int8 loses {self._drop(accuracy):.2f} accuracy points (budget "
             f"{self.max_drop}): {why}. Try more or more representative calibration images "
-            "(--calib), another calibration method, a larger --max-drop or --guard-budget, "
+            "(calib=), another calibration method, a larger max_drop= or guard_budget=, "
             "or fp16 / dynamic precision."
         )
 

@@ -24,8 +24,9 @@ import numpy as np
 
 from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
 from edgepilot.export.calibration import as_inputs
-from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
+from edgepilot.export.guard import LayerError, channel_sqnr, rank_by_sqnr_loss
 from edgepilot.export.noise import first_line, quiet_exporters
+from edgepilot.export.options import ExportOptions
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import quiet_native_stderr
 from edgepilot.runtime.tflite_metadata import build_metadata, write_metadata
@@ -140,15 +141,15 @@ def _conversion_failure(err: Exception, module) -> str:
 IO_DTYPES = ("int8", "uint8")
 
 
-def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
-           calibration: np.ndarray | None = None, method: str = "minmax",
-           guard: Guard | None = None, io_dtype: str | None = None,
-           dynamic_batch: bool = False) -> dict:
+def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
     """Write `module` as a .tflite at `precision`; returns notes for the report.
 
     TFLite files have a batch of one (`dynamic_batch` is noted, not applied): mobile and edge
     interpreters run one frame at a time, and edgepilot's runtime runs a batch row by row.
     """
+    meta, precision, calibration = options.meta, options.precision, options.calibration
+    method, guard, io_dtype = options.method, options.guard, options.io_dtype
+    dynamic_batch = options.dynamic_batch
     if method not in CALIBRATION_METHODS:
         raise UnsupportedFormatError(f"Calibration method '{method}' is not available for "
                                      f"tflite. Valid: {', '.join(CALIBRATION_METHODS)}")
@@ -172,7 +173,7 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
         recipes = _recipes(quantizer.recipe, precision)
         if precision == "int8":
             if calibration is None or not len(calibration):
-                raise EdgepilotError("Full int8 needs calibration images: pass --calib PATH or "
+                raise EdgepilotError("Full int8 needs calibration images: pass calib=PATH or "
                                      "a model whose dataset edgepilot can generate")
             inputs = _calibration_inputs(calibration, meta, sample)
             notes["calibration"] = {"method": method, "images": len(calibration)}

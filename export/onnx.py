@@ -23,6 +23,7 @@ from edgepilot.errors import EdgepilotError, UnsupportedFormatError, require
 from edgepilot.export.calibration import as_inputs
 from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss
 from edgepilot.export.noise import first_line, quiet_exporters
+from edgepilot.export.options import ExportOptions
 from edgepilot.meta import META_KEY, ModelMeta
 
 #: The lowest opset we write: 17 brings LayerNormalization; 18 is what torch's exporter targets.
@@ -35,15 +36,15 @@ OUTPUT_NAME = "output"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 
 
-def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precision: str,
-           calibration: np.ndarray | None = None, method: str = "minmax",
-           guard: Guard | None = None, io_dtype: str | None = None,
-           dynamic_batch: bool = False) -> dict:
+def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
     """Write `module` as ONNX to `path`; returns notes for the report.
 
     The batch is one unless `dynamic_batch` (then it is dynamic, or one where the model
     specialises it, said in the notes). Weights are stored inside the file (no external data).
     """
+    meta, precision, calibration = options.meta, options.precision, options.calibration
+    method, guard, io_dtype = options.method, options.guard, options.io_dtype
+    dynamic_batch = options.dynamic_batch
     if method not in CALIBRATION_METHODS:
         raise UnsupportedFormatError(f"Calibration method '{method}' is not available for "
                                      f"onnx. Valid: {', '.join(CALIBRATION_METHODS)}")
@@ -58,7 +59,7 @@ def export(module, sample_input, path: Path, *, meta: ModelMeta | None, precisio
         _to_fp16(path)
     elif precision == "int8":
         if calibration is None or not len(calibration):
-            raise EdgepilotError("Full int8 needs calibration images: pass --calib PATH or a "
+            raise EdgepilotError("Full int8 needs calibration images: pass calib=PATH or a "
                                  "model whose dataset edgepilot can generate")
         if meta is None:
             raise EdgepilotError("int8 calibration of images needs the model's ModelMeta")

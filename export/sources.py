@@ -65,7 +65,7 @@ def load_source(model: str, *, arch: str | None = None, weights: str | None = No
     if not path.exists() and _is_arch(model):
         if arch is not None:
             raise EdgepilotError(f"Give the architecture once: '{model}' is one, and so is "
-                                 f"--arch {arch}")
+                                 f"arch={arch}")
         source = build_arch(model)
         if weights:
             _load_weights(source.module, _read_state_dict(torch, Path(weights)), weights)
@@ -88,7 +88,7 @@ def load_source(model: str, *, arch: str | None = None, weights: str | None = No
     payload = _weights_only(torch, path, trust_pickle)
     if isinstance(payload, torch.nn.Module):  # trusted pickle
         if arch:
-            raise EdgepilotError(f"'{path}' holds a whole module; --arch is for state_dicts")
+            raise EdgepilotError(f"'{path}' holds a whole module; arch= is for state_dicts")
         return Source(payload.eval(), "pickled module")
     if isinstance(payload, dict) and {"arch", "config", "meta", "state_dict"} <= set(payload):
         from edgepilot.train.checkpoint import load_checkpoint
@@ -104,7 +104,7 @@ def load_source(model: str, *, arch: str | None = None, weights: str | None = No
     if arch is None:
         raise EdgepilotError(
             f"'{path}' is a state_dict (weights only, {len(state)} tensors): name its "
-            "architecture with --arch package.module:factory (or torchvision:NAME, timm:NAME)")
+            "architecture with arch=package.module:factory (or torchvision:NAME, timm:NAME)")
     source = build_arch(arch)
     _load_weights(source.module, state, str(path))
     source.kind = f"state_dict with {arch}"
@@ -120,7 +120,7 @@ def build_arch(spec: str) -> Source:
     """A module from ``package.module:factory``, ``torchvision:NAME`` or ``timm:NAME``."""
     head, _, name = spec.partition(":")
     if not name or not head:
-        raise EdgepilotError(f"--arch takes package.module:factory, torchvision:NAME or "
+        raise EdgepilotError(f"arch= takes package.module:factory, torchvision:NAME or "
                              f"timm:NAME, got '{spec}'")
     try:
         with quiet_exporters():
@@ -145,18 +145,18 @@ def build_arch(spec: str) -> Source:
     try:
         factory = getattr(importlib.import_module(head), name)
     except ImportError as err:
-        raise EdgepilotError(f"--arch {spec}: cannot import '{head}' ({first_line(err)}); "
+        raise EdgepilotError(f"arch={spec}: cannot import '{head}' ({first_line(err)}); "
                              "is it installed, or on PYTHONPATH?") from err
     except AttributeError as err:
-        raise EdgepilotError(f"--arch {spec}: '{head}' has no '{name}'") from err
+        raise EdgepilotError(f"arch={spec}: '{head}' has no '{name}'") from err
     try:
         module = factory()
     except Exception as err:
-        raise EdgepilotError(f"--arch {spec}: calling {name}() failed: {first_line(err)}") \
+        raise EdgepilotError(f"arch={spec}: calling {name}() failed: {first_line(err)}") \
             from err
     torch = require("torch", "export", "Exporting models")
     if not isinstance(module, torch.nn.Module):
-        raise EdgepilotError(f"--arch {spec}: {name}() returned {type(module).__name__}, not "
+        raise EdgepilotError(f"arch={spec}: {name}() returned {type(module).__name__}, not "
                              "a torch.nn.Module")
     return Source(module.eval(), f"{spec}")
 
@@ -232,7 +232,7 @@ def _weights_only(torch, path: Path, trust_pickle: bool):
             raise ModelFileError(
                 f"'{path}' holds pickled Python objects (e.g. a whole module saved with "
                 "torch.save(model)); loading it runs code from the file. If you trust it, "
-                "pass --trust-pickle; better, save model.state_dict() and pass --arch, or "
+                "pass trust_pickle=True; better, save model.state_dict() and pass arch=, or "
                 "save TorchScript or a torch.export program") from err
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
@@ -335,7 +335,7 @@ def source_meta(source: Source, *, name: str, input_size: tuple[int, int] | None
         except Exception as err:
             raise EdgepilotError(
                 f"The model does not run on a 1x{channels}x{input_size[0]}x{input_size[1]} "
-                f"input: {first_line(err)}. Give its input size with --input-size") from err
+                f"input: {first_line(err)}. Give its input size with input_size=") from err
         labels = [f"class_{i}" for i in range(int(first[0].numel()))]
     color = "GRAY" if channels == 1 else "RGB"
     try:

@@ -45,7 +45,7 @@ class CoreMLBackend(Backend):
         if platform.system() != "Darwin":
             raise EdgepilotError(
                 f"Core ML prediction needs macOS; '{Path(path).name}' cannot run on "
-                f"{platform.system()}. Here, export and run --format onnx or executorch "
+                f"{platform.system()}. Here, export to formats=onnx or executorch and run that "
                 "('edgepilot info' still reads the .mlpackage)")
         if compute_units is not None and compute_units.upper() not in COMPUTE_UNITS:
             raise InputError(f"Compute units '{compute_units}' are not valid. Valid: "

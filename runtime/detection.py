@@ -361,7 +361,7 @@ def read_boxes_folder(folder: str | Path, labels: tuple[str, ...] | None = None)
 
     root = Path(folder)
     if not root.is_dir():
-        raise EdgepilotError(f"--data takes a folder of images with YOLO .txt labels, got "
+        raise EdgepilotError(f"data= takes a folder of images with YOLO .txt labels, got "
                              f"'{root}'")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not files:

@@ -99,7 +99,7 @@ def check_header(data: bytes, path: Path) -> None:
     """Refuse what is not an ExecuTorch program before the native loader sees it."""
     if len(data) < 8 or data[4:6] != PTE_IDENTIFIER or not data[6:8].isdigit():
         raise ModelFileError(f"'{path}' is not an ExecuTorch program (no 'ET' file identifier "
-                             "at byte 4): export one with 'edgepilot export --format executorch'")
+                             "at byte 4): export one with formats=executorch")
 
 
 #: What a child process does with a .pte before this process touches it (see `vet`).

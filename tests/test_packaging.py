@@ -135,3 +135,19 @@ def test_pip_resolves_the_base_install_in_a_fresh_venv(wheel, tmp_path):
     names = {item["metadata"]["name"].lower() for item in report["install"]}
     assert {"edgepilot", "numpy", "onnxruntime", "opencv-python-headless", "rich"} <= names
     assert not names & {"torch", "opencv-python", "onnx", "tensorflow"}, names
+
+
+def test_the_format_table_and_pyproject_agree_on_what_runs_each_format():
+    # Issue 34: one source of truth for runtime requirements (the format table); pyproject.toml
+    # must say the same floors, in the base install or the format's runtime extra.
+    import tomllib
+
+    from edgepilot.formats import FORMATS
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for fmt in FORMATS:
+        declared = [Requirement(r) for r in project["dependencies"]
+                    + project["optional-dependencies"].get(fmt.runtime_extra, [])]
+        for spec in map(Requirement, fmt.runtime_requirements):
+            floors = {str(r.specifier) for r in declared if r.name == spec.name}
+            assert str(spec.specifier) in floors, (fmt.name, str(spec), floors)

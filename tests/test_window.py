@@ -352,7 +352,7 @@ def test_without_a_display_the_window_says_what_to_use_instead(monkeypatch):
         pytest.skip("os: Windows and macOS always have a screen for OpenCV")
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    with pytest.raises(EdgepilotError, match=r"No display here .*--serve HOST:PORT.*--headless"):
+    with pytest.raises(EdgepilotError, match=r"No display here .*serve=HOST:PORT.*headless=True"):
         window_module.open_window()
 
 

@@ -101,7 +101,7 @@ def train_digits(out: str | Path = "runs/digits", *, arch: str = "nielsen",
     """Train a digit classifier on MNIST (or the offline sample); save ``<out>/digits.pt``."""
     if (arch, optimizer) not in DIGIT_RECIPES:
         archs = sorted({a for a, _ in DIGIT_RECIPES})
-        raise InputError(f"No digits recipe for --arch {arch} with --optimizer {optimizer}. "
+        raise InputError(f"No digits recipe for arch={arch} with optimizer={optimizer}. "
                          f"Digits architectures: {', '.join(archs)}")
     torch.manual_seed(seed)
     started = time.perf_counter()

@@ -208,7 +208,7 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
     config = config or DetectorConfig()
     rank, world, device = _distributed()
     if config.batch_size % world:
-        raise InputError(f"--batch-size {config.batch_size} must divide by the "
+        raise InputError(f"batch_size={config.batch_size} must divide by the "
                          f"{world} processes")
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     started = time.perf_counter()
@@ -220,8 +220,8 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
         from edgepilot.train.checkpoint import load_checkpoint
 
         start, start_meta, _ = load_checkpoint(config.init)
-        if start_meta.task != DETECTION_TASK:
-            raise InputError(f"--init {config.init} is not a detector checkpoint")
+        if not start_meta.is_detector:
+            raise InputError(f"init={config.init} is not a detector checkpoint")
         model.load_state_dict(start.state_dict())
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)

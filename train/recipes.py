@@ -79,20 +79,20 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     except ValueError as err:
         raise InputError(f"scene settings: {err}") from None
     if interpolate is not None and init is None:
-        raise InputError("--interpolate needs --init: it blends the fine-tuned weights with "
+        raise InputError("interpolate= needs init=: it blends the fine-tuned weights with "
                          "the starting checkpoint's")
     if interpolate is not None and not 0.0 <= interpolate <= 1.0:
-        raise InputError(f"--interpolate must be in [0, 1], got {interpolate!r}")
+        raise InputError(f"interpolate= must be in [0, 1], got {interpolate!r}")
     if not isinstance(deepen, int) or not 0 <= deepen <= MAX_EXTRA_CONVS:
-        raise InputError(f"--deepen must be 0..{MAX_EXTRA_CONVS} blocks, got {deepen!r}")
+        raise InputError(f"deepen= must be 0..{MAX_EXTRA_CONVS} blocks, got {deepen!r}")
     if deepen and arch != "stoplight_cnn":
-        raise InputError(f"--deepen grows stoplight_cnn, not {arch}: leave it out")
+        raise InputError(f"deepen= grows stoplight_cnn, not {arch}: leave it out")
     given = {"num_classes": len(LABELS), **(arch_config or {})} if arch_config else None
     if init is not None:
         model, arch_config = _start_from(init, arch, given, meta)
         if deepen and arch_config.get("extra_convs", 0) + deepen > MAX_EXTRA_CONVS:
-            raise InputError(f"--init {init} has {arch_config['extra_convs']} extra blocks "
-                             f"already: --deepen {deepen} would make more than {MAX_EXTRA_CONVS}")
+            raise InputError(f"init={init} has {arch_config['extra_convs']} extra blocks "
+                             f"already: deepen={deepen} would make more than {MAX_EXTRA_CONVS}")
     else:
         arch_config = given or {"num_classes": len(LABELS)}
         if deepen:
@@ -178,8 +178,8 @@ def _start_from(init: str | Path, arch: str, arch_config: dict | None,
     ours = (arch, config, tuple(meta.input_size), meta.labels)
     if theirs != ours:
         raise InputError(
-            f"--init {init} is a {theirs[0]} {theirs[1]} at {theirs[2][0]}x{theirs[2][1]} "
+            f"init={init} is a {theirs[0]} {theirs[1]} at {theirs[2][0]}x{theirs[2][1]} "
             f"with labels {list(theirs[3])}; this run trains a {arch} {config} at "
             f"{ours[2][0]}x{ours[2][1]} with labels {list(ours[3])}. Pass the matching "
-            "--arch and --size, or leave out --init")
+            "arch= and size=, or leave out init=")
     return start.train(), dict(config)

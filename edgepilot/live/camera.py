@@ -58,7 +58,7 @@ class OpenCVSource:
             capture.release()
             if isinstance(self.spec, int):
                 raise SourceError(f"No camera at index {self.spec}: is one connected, and "
-                                  "free? Try another index, a video file, or --source synthetic")
+                                  "free? Try another index, a video file, or source=synthetic")
             kind = "a video OpenCV can read" if self.is_file else "a reachable stream"
             raise SourceError(f"Cannot open '{self.spec}' as {kind}")
         return capture

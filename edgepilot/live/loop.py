@@ -25,7 +25,7 @@ from edgepilot.live.newest import Newest
 from edgepilot.live.overlay import draw_light
 from edgepilot.live.tracker import Tracker, relevant
 from edgepilot.meta import ModelMeta
-from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode, fit, letterbox
+from edgepilot.runtime.detection import DecodeParams, decode, fit, letterbox
 
 __all__ = ["LiveState", "Reading", "Smoother", "parse_roi", "decide", "model_input", "annotate",
            "run_live"]
@@ -105,7 +105,7 @@ class Smoother:
 
     def __init__(self, k: int = 1):
         if k < 1:
-            raise InputError(f"--smooth takes 1 or more frames, got {k}")
+            raise InputError(f"smooth= takes 1 or more frames, got {k}")
         self.window: deque = deque(maxlen=k)
 
     def __call__(self, scores: list[float]) -> list[float]:
@@ -121,10 +121,10 @@ def parse_roi(text: str | None, width: int, height: int) -> tuple[int, int, int,
     try:
         x, y, w, h = (int(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"--roi takes x,y,w,h in pixels, e.g. 200,40,160,320; got '{text}'") \
+        raise InputError(f"roi= takes x,y,w,h in pixels, e.g. 200,40,160,320; got '{text}'") \
             from None
     if w < 2 or h < 2 or x < 0 or y < 0 or x + w > width or y + h > height:
-        raise InputError(f"--roi {text} does not fit in the {width}x{height} frame")
+        raise InputError(f"roi={text} does not fit in the {width}x{height} frame")
     return x, y, w, h
 
 
@@ -140,7 +140,7 @@ def model_input(meta: ModelMeta, roi=None) -> Callable[[np.ndarray], np.ndarray]
 
     if meta is None or not meta.is_image:
         raise InputError("The live demo needs an image model with edgepilot metadata")
-    detector = meta.task == DETECTION_TASK
+    detector = meta.is_detector
 
     def prepare(frame: np.ndarray) -> np.ndarray:
         if roi is not None:
@@ -215,7 +215,7 @@ class _InferenceStage(threading.Thread):
         self.model, self.grabber, self.prepare, self.smoother = model, grabber, prepare, smoother
         self.state, self.timeout = state, timeout
         meta = model.meta
-        self.lights = _Lights(meta, smoother, roi) if meta.task == DETECTION_TASK else None
+        self.lights = _Lights(meta, smoother, roi) if meta.is_detector else None
         self.results = Newest()  # (Reading, frame) for the caller's thread
         self.error: BaseException | None = None
         self._halt = threading.Event()

@@ -128,12 +128,12 @@ def parse_address(text: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise InputError(f"--serve: write an IPv6 address in brackets, e.g. [::1]:8080; got "
+        raise InputError(f"serve=: write an IPv6 address in brackets, e.g. [::1]:8080; got "
                          f"'{text}'")
     try:
         number = int(port)
     except ValueError:
-        raise InputError(f"--serve takes HOST:PORT or PORT, e.g. 127.0.0.1:8080; got '{text}'") \
+        raise InputError(f"serve= takes HOST:PORT or PORT, e.g. 127.0.0.1:8080; got '{text}'") \
             from None
     if not 0 <= number < 65536:
         raise InputError(f"Port {number} is out of range 0-65535 (0: any free port)")
@@ -349,7 +349,7 @@ class LiveServer:
             reason = getattr(err, "strerror", None) or err
             raise EdgepilotError(f"Cannot serve on {host}:{port}: {reason}. Is the port in "
                                  "use, or the address not this machine's? Choose another with "
-                                 "--serve HOST:PORT") from err
+                                 "serve=HOST:PORT") from err
         self.address = self._server.server_address[:2]
         if not self.check_host:
             (log or _print_stderr)(

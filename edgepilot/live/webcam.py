@@ -73,15 +73,15 @@ def check_save_path(path: str | Path) -> Path:
     """Refuse a --save target that cannot work before any model or camera is opened."""
     target = Path(path)
     if target.is_dir():
-        raise InputError(f"--save '{path}' is a folder: give a file name, e.g. {target}/out.mp4")
+        raise InputError(f"save= '{path}' is a folder: give a file name, e.g. {target}/out.mp4")
     if target.suffix.lower() not in CONTAINERS:
-        raise InputError(f"--save '{path}': use a .mp4 name, or .mkv / .avi, which stay "
+        raise InputError(f"save= '{path}': use a .mp4 name, or .mkv / .avi, which stay "
                          "playable even if the process is killed")
     folder = target.parent
     if not folder.is_dir():
-        raise InputError(f"Folder does not exist for --save '{path}': create it first")
+        raise InputError(f"Folder does not exist for save= '{path}': create it first")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise InputError(f"Cannot write --save '{path}': no write permission")
+        raise InputError(f"Cannot write save= '{path}': no write permission")
     return target
 
 
@@ -182,12 +182,12 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
     from edgepilot.live.web import LiveServer, parse_address
 
     if headless and frames is None and save is None:
-        raise InputError("--headless needs --frames N or --save FILE (or both)")
+        raise InputError("headless=True needs frames=N or save=FILE (or both)")
     if save:
         check_save_path(save)  # before loading anything
     address = parse_address(serve) if serve else None
     model = edgepilot.load(resolve_model(model_spec), threads=threads, spin=False)
-    detector = model.meta is not None and model.meta.task == "detection"
+    detector = model.meta is not None and model.meta.is_detector
     src = open_source(source, **({"scene": "street"} if detector else {}))
     size = _frame_size(src)
     server = recorder = show = None

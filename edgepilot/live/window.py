@@ -149,18 +149,18 @@ def open_window(log: Callable[[str], None] = print) -> Window | None:
     x11 = os.name != "nt" and sys.platform != "darwin"  # elsewhere OpenCV draws natively
     display = os.environ.get("DISPLAY", "")
     if x11 and not display and not os.environ.get("WAYLAND_DISPLAY"):
-        raise EdgepilotError("No display here (DISPLAY is not set): use --serve HOST:PORT for "
-                             "a web page, or --headless --frames N --save out.mp4")
+        raise EdgepilotError("No display here (DISPLAY is not set): use serve=HOST:PORT for "
+                             "a web page, or headless=True with frames=N and save=out.mp4")
     if not has_gui():
         return None
     if x11 and not display:
         raise EdgepilotError("OpenCV's windows need X11, and DISPLAY is not set (Wayland "
-                             "without XWayland?): use --serve HOST:PORT for a web page")
+                             "without XWayland?): use serve=HOST:PORT for a web page")
     match = re.fullmatch(r"(?P<host>[^:]*):(?P<number>\d+)(?:\.\d+)?", display)
     if x11 and match and not _x_server_answers(match["host"], int(match["number"])):
         raise EdgepilotError(f"Cannot reach the display DISPLAY={display} (is the X server "
-                             "running, the ssh X forwarding still open?): use --serve "
-                             "HOST:PORT for a web page instead")
+                             "running, the ssh X forwarding still open?): use "
+                             "serve=HOST:PORT for a web page instead")
     return Window(log=log)
 
 
@@ -233,8 +233,8 @@ class Window:
             cv2.namedWindow(TITLE, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO
                             | cv2.WINDOW_GUI_NORMAL)
         except cv2.error as err:
-            raise EdgepilotError(f"OpenCV could not open a window: {err.err}. Use --serve "
-                                 "HOST:PORT for a web page instead") from err
+            raise EdgepilotError(f"OpenCV could not open a window: {err.err}. Use "
+                                 "serve=HOST:PORT for a web page instead") from err
 
     def __call__(self, frame_rgb: np.ndarray, state=None) -> bool:
         cv2 = self.cv2

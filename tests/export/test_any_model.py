@@ -135,7 +135,7 @@ def test_a_file_that_fails_its_own_check_is_not_written(tmp_path, monkeypatch):
     target = tmp_path / "m.onnx"
     target.write_bytes(b"the user's earlier export")
 
-    def broken(module, sample, path, **options):
+    def broken(module, sample, path, options):
         path.write_bytes(b"not a model")
         return {}
 

@@ -118,15 +118,16 @@ def compile_tiny(tiny_tflite, tmp_path, monkeypatch):
     """Run export/edgetpu.py's export() with whatever edgetpu_compiler is on PATH, its int8
     input being a copy of the tiny model (litert's export stubbed out)."""
     from edgepilot.export import edgetpu, litert
+    from edgepilot.export.options import ExportOptions
 
-    def int8_file(module, sample_input, path, **options):
+    def int8_file(module, sample_input, path, options):
         shutil.copyfile(tiny_tflite["int8"], path)
         return {}
 
     monkeypatch.setattr(litert, "export", int8_file)
     path = tmp_path / "out" / "tiny_int8_edgetpu.tflite"
     path.parent.mkdir()
-    return lambda: (edgetpu.export(None, None, path, meta=None, precision="int8"), path)
+    return lambda: (edgetpu.export(None, None, path, ExportOptions(precision="int8")), path)
 
 
 def test_a_compiler_that_writes_no_file_is_named(compile_tiny, tmp_path, monkeypatch):

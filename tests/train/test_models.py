@@ -93,7 +93,7 @@ def test_deepen_past_eight_blocks_is_refused_before_any_work(tmp_path):
     config = {"num_classes": 4, "width": 8, "extra_convs": 7}
     start = save_checkpoint(tmp_path / "deep.pt", create_model("stoplight_cnn", **config),
                             arch="stoplight_cnn", config=config, meta=stoplight_meta(96))
-    with pytest.raises(InputError, match="has 7 extra blocks already: --deepen 2 would make"):
+    with pytest.raises(InputError, match="has 7 extra blocks already: deepen=2 would make"):
         train_stoplight(tmp_path / "out", init=start, deepen=2, n_train=64, n_val=16,
                         n_holdout=16)
     assert not (tmp_path / "out").exists()
