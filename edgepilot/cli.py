@@ -20,7 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
-from edgepilot.errors import EdgepilotError, InputError
+from edgepilot.errors import EdgepilotError, InputError, ModelFileError
 from edgepilot.formats import FORMATS
 from edgepilot.terminal import printable
 
@@ -378,6 +378,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.export:
         check_output_folder(args.out, "--out")
     models = [resolve_model(m) for m in args.models]
+    for model in models:  # a typo ends the run before anything is measured
+        if not (model.is_file() or model.is_dir() and model.suffix == ".mlpackage"):
+            from edgepilot.runtime.model import not_a_model
+
+            raise ModelFileError(not_a_model(model))
     failed, data = [], None
     if args.export:
         files, failed, data = export_matrix(args.export, args.out)
@@ -403,7 +408,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         plot(results, args.plot)
     if all(r.error for r in results):
-        print("error: no model could be benchmarked (each result says why)", file=sys.stderr)
+        print("error: no model could be benchmarked (the table says why)", file=sys.stderr)
+        return 1
+    # A file you named, or a board, that failed is an error; a row of the --export matrix
+    # that cannot run here (Core ML off macOS, int8 without calibration images) is not.
+    named = {Path(m).name for m in args.models}
+    errors = [r for r in results if r.error and (r.host or r.model in named)]
+    if errors:
+        print(f"error: {len(errors)} of {len(results)} runs could not be benchmarked (the table "
+              f"says why): {', '.join(dict.fromkeys(r.host or r.model for r in errors))}",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -738,6 +752,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `edgepilot bench | head`: the reader has gone, quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 128 + getattr(signal, "SIGPIPE", 13)
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)
         if not getattr(err, "reported", False):

@@ -172,7 +172,7 @@ def deploy(model: str | Path, device: str, out: str | Path, *, val_size: int = 5
     _check_out(out)
     path = resolve_model(str(model))
     if not path.exists():
-        raise EdgepilotError(f"Model file not found: '{model}'")
+        raise ModelFileError(f"Model file not found: '{model}'")
     if path.suffix.lower() in (".pt", ".pth"):
         path = _export_for(path, profile, out, val_size, log)
     else:
@@ -180,8 +180,23 @@ def deploy(model: str | Path, device: str, out: str | Path, *, val_size: int = 5
         if fmt != profile.format:
             log(f"warning: '{path.name}' is {fmt}; {profile.name} is profiled for "
                 f"{profile.format} {profile.precision} ({profile.why})")
+        _check_model(path, log)
     bundle = write_bundle([path], out, profile=profile, title=profile.title, _checked=True)
     return bundle
+
+
+def _check_model(path: Path, log: Callable[[str], None]) -> None:
+    """Read the model file as `edgepilot info` does, so that a file that is not a model (a
+    text file named .tflite) is refused here rather than found out on the board."""
+    from edgepilot.errors import MissingDependencyError
+    from edgepilot.info import inspect_model
+
+    try:
+        inspect_model(path)
+    except MissingDependencyError as err:  # no reader here: the board's runtime will tell
+        log(f"warning: '{path.name}' was not read before bundling: {err}")
+    except ModelFileError as err:
+        raise ModelFileError(f"Not bundled: {err}") from err
 
 
 def _export_for(checkpoint: Path, profile, out: Path, val_size: int, log) -> Path:

@@ -173,8 +173,11 @@ def _read_checkpoint(path: Path):
                                  macs.get(name, 0)))
     ops = [type(m).__name__ for m in model.modules() if not list(m.children())]
     inputs = [TensorSummary("input", tuple(x.shape), "float32")]
-    outputs = [TensorSummary(f"output{i or ''}", tuple(t.shape), str(t.dtype).split(".")[-1])
-               for i, t in enumerate(y if isinstance(y, (tuple, list)) else [y])]
+    from edgepilot.export.probe import flatten_outputs  # a detector returns a dict of maps
+
+    tensors, names = flatten_outputs(y)
+    outputs = [TensorSummary(name, tuple(t.shape), str(t.dtype).split(".")[-1])
+               for name, t in zip(names, tensors)]
     return Reading(inputs, outputs, meta.to_dict(), layers, ops)
 
 

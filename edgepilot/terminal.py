@@ -36,6 +36,11 @@ def console(*, piped_width: int, stderr: bool = False):
             return super().render_str(printable(text), **{**options, "markup": False,
                                                          "emoji": False})
 
+        def on_broken_pipe(self) -> None:
+            # `edgepilot bench | head`: let the command line end quietly as for a plain
+            # print (edgepilot.cli.main), not exit 1 from inside rich.
+            raise BrokenPipeError
+
     out = _Plain(stderr=stderr, markup=False, emoji=False)
     if not out.is_terminal:
         out = _Plain(stderr=stderr, markup=False, emoji=False, width=piped_width)

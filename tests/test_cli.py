@@ -274,17 +274,37 @@ def test_bench_duration_must_be_positive(value):
     assert "--duration" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_bench_fails_when_every_model_failed(tmp_path):
+def test_bench_fails_when_a_model_you_named_failed(tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
-    result = run("bench", broken, tmp_path / "missing.onnx", "--runs", 5, "--json",
-                 check_code=1)
-    rows = json.loads(result.stdout)["results"]
-    assert len(rows) == 2 and all(row["error"] for row in rows)
-    assert result.stderr.strip().splitlines()[-1] == \
-        "error: no model could be benchmarked (each result says why)"
-    ok = run("bench", "stoplight", broken, "--runs", 5, "--rounds", 1)  # one works: exit 0
-    assert "broken.onnx" in ok.stdout
+    # A missing file ends the run before anything is measured: no empty table first.
+    missing = run("bench", broken, tmp_path / "missing.onnx", "--runs", 5, check_code=1)
+    assert missing.stdout == "" and "Model file not found" in missing.stderr
+    folder = run("bench", tmp_path, check_code=1)
+    assert "is a folder, not a model file" in folder.stderr
+    result = run("bench", broken, "--runs", 5, "--json", check_code=1)
+    [row] = json.loads(result.stdout)["results"]
+    assert row["error"] and result.stderr.strip().splitlines()[-1] == \
+        "error: no model could be benchmarked (the table says why)"
+    # One good model and one broken one: both rows shown, and the run is an error (issue 35).
+    mixed = run("bench", "stoplight", broken, "--runs", 5, "--rounds", 1, check_code=1)
+    assert "broken.onnx" in mixed.stdout and "stoplight.onnx" in mixed.stdout
+    assert mixed.stderr.strip().splitlines()[-1].startswith(
+        "error: 1 of 2 runs could not be benchmarked") and "broken.onnx" in mixed.stderr
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    # `edgepilot bench ... | head -1`: the pipe closes; no BrokenPipeError traceback.
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first line is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "edgepilot.cli", "devices"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
 
 
 def test_a_folder_given_as_an_image_says_it_is_a_folder(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.live.newest import Newest
+from edgepilot.runtime.image import IMAGE_SUFFIXES
 
 __all__ = ["open_source", "OpenCVSource", "SyntheticSource", "FrameGrabber", "Captured",
            "SourceError", "FrameTimeout"]
@@ -165,6 +166,9 @@ def open_source(spec: str, **synthetic_options):
     if not path.is_file():
         raise InputError(f"Video source '{spec}' is not a file, a camera index, a stream URL "
                          "(rtsp://, http://) or 'synthetic'")
+    if path.suffix.lower() in IMAGE_SUFFIXES:  # OpenCV opens it as a video of no frames
+        raise InputError(f"'{spec}' is an image, not a video: the live demo takes a camera, a "
+                         "video file or a stream; classify an image with predict")
     source = OpenCVSource(str(path))
     if source.capture.get(cv2.CAP_PROP_FRAME_COUNT) <= 0 and source.read() is None:
         source.close()
