@@ -64,6 +64,10 @@ def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
                                  "the file is the compiler's input, not compiled; export "
                                  "again where the compiler is, or compile the _int8.tflite "
                                  "there with 'edgetpu_compiler -s'")
+            # Said on the console too: the file's name promises what it is not yet.
+            notes.setdefault("warnings", []).append(
+                f"NOT COMPILED: {COMPILER} is not on PATH, so the Edge TPU cannot run this "
+                "file as it is; compile it where the compiler is (Linux x86-64)")
     # The file runs only through libedgetpu; without a device the report cannot run it. The
     # same int8 graph runs on the CPU as --format tflite --precision int8.
     from edgepilot.runtime.edgetpu import cannot_run_here

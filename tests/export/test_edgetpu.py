@@ -61,6 +61,18 @@ def test_without_the_compiler_the_checked_input_is_written(trained_tiny, tiny_me
     assert any("DEQUANTIZE" in line for line in check["on_cpu"])
     assert "not on PATH" in report.notes["compiler"]
     assert "libedgetpu" in report.notes["unchecked"]  # no Edge TPU here to run it on
+    # Said on the console, not only in the JSON (issue 35): the name promises a compiled file.
+    [warning] = report.notes["warnings"]
+    assert warning.startswith("NOT COMPILED")
+    from io import StringIO
+
+    from rich.console import Console
+
+    from edgepilot.export.report import print_reports
+
+    out = StringIO()
+    print_reports([report], console=Console(file=out, width=200))
+    assert "tiny_int8_edgetpu.tflite: NOT COMPILED" in out.getvalue()
     from edgepilot.info import inspect_model
 
     assert inspect_model(report.path).details["edge TPU"] == check["summary"]
