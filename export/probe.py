@@ -202,6 +202,8 @@ class Probe:
             result["top1_agreement"] = None  # a detector's first output is not a class
             result.pop("accuracy_torch", None)
             result.pop("accuracy_export", None)
+        else:
+            result.update(_in_probabilities(expected[0], exported[0], model.meta or self.meta))
         return ExportReport(**common, backend=model.backend, **result)
 
 
@@ -214,7 +216,7 @@ class Probe:
         low = max(0.0, threshold - 0.05)  # scores near the threshold may fall either side
         notes["detections"] = agreement(self._detections(expected, low),
                                         self._detections(exported, low), threshold=threshold)
-        result = {"n_inputs": len(exported[0]), "top1_agreement": None,
+        result = {"n_inputs": len(exported[0]), "top1_agreement": None, "outputs_are": "outputs",
                   "max_abs_diff": max(o["max_abs_diff"] for o in notes["outputs"])}
         if self.labels is not None:
             notes["metric"] = "mAP@0.5"
@@ -322,3 +324,22 @@ def _size(path: Path) -> int:
     if path.is_dir():  # folder formats (.mlpackage)
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return path.stat().st_size
+
+
+def _in_probabilities(expected: np.ndarray, exported: np.ndarray, meta: ModelMeta | None) -> dict:
+    """What a classifier's `max_abs_diff` compares, and its class-probability difference:
+    logits are softmaxed on both sides first, so an ONNX file (logits) and a TFLite file
+    (probabilities) of the same model are reported on one scale."""
+    if meta is None or meta.output not in ("logits", "probs", "sigmoid"):
+        return {"outputs_are": "outputs"}
+    want = expected.reshape(len(expected), -1).astype(np.float64)
+    got = exported.reshape(len(exported), -1).astype(np.float64)
+    if meta.output == "logits":
+        want, got = _softmax(want), _softmax(got)
+    return {"outputs_are": "logits" if meta.output == "logits" else "probabilities",
+            "max_prob_diff": float(np.abs(want - got).max())}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

@@ -15,7 +15,10 @@ __all__ = ["ExportReport", "compare", "decisions", "print_reports"]
 class ExportReport:
     """What one export produced and how close it is to the PyTorch module.
 
-    `max_abs_diff` compares raw outputs (logits) on the same preprocessed inputs;
+    `max_abs_diff` compares the file's outputs with the module's on the same preprocessed
+    inputs, in the file's own terms (`outputs_are`: logits, probabilities, or the raw maps of
+    a detector); `max_prob_diff` compares class probabilities for every classifier, whatever
+    its file outputs, so files of different formats can be compared with each other.
     `top1_agreement` is the share of inputs where both pick the same class.
     """
 
@@ -31,6 +34,8 @@ class ExportReport:
     accuracy_torch: float | None = None
     accuracy_export: float | None = None
     size_ratio: float | None = None  # to the fp32 file of the same format, when exported too
+    outputs_are: str = ""  # what max_abs_diff compares: logits, probabilities or outputs
+    max_prob_diff: float | None = None  # classifiers: largest class-probability difference
     notes: dict = field(default_factory=dict)  # calibration, layers kept in float, ...
 
     def to_dict(self) -> dict:
@@ -69,6 +74,15 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _difference(r: ExportReport) -> str:
+    """The table's parity cell: the class-probability difference of a classifier (comparable
+    across formats whether a file outputs logits or probabilities), else the raw outputs'
+    difference, marked so."""
+    if r.max_prob_diff is not None:
+        return f"{r.max_prob_diff:.2e}"
+    return "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e} raw"
+
+
 def print_reports(reports: list[ExportReport], console=None) -> None:
     """Print the reports as one table."""
     from rich.table import Table
@@ -78,20 +92,23 @@ def print_reports(reports: list[ExportReport], console=None) -> None:
     from edgepilot.terminal import printable
 
     table = Table(title="edgepilot export")
-    for column in ("file", "format", "precision", "size", "vs fp32", "max |diff|",
+    for column in ("file", "format", "precision", "size", "vs fp32", "max |Δp|",
                    "top-1 agree", "acc torch", "acc export", "kept float", "time"):
         table.add_column(column, justify="left" if column == "file" else "right")
     for r in reports:
         table.add_row(
             Path(r.path).name, r.format, r.precision, f"{r.size_bytes / 1024:.1f} KiB",
             "-" if r.size_ratio is None else f"{100 * r.size_ratio:.0f}%",
-            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+            _difference(r),
             _pct(r.top1_agreement), _pct(r.accuracy_torch), _pct(r.accuracy_export),
             str(len(r.notes.get("kept_float", [])) or "-"),
             f"{r.seconds:.1f} s",
         )
     console = console or terminal_console(piped_width=150, stderr=True)
     console.print(table)
+    if any(r.max_prob_diff is None and r.max_abs_diff is not None for r in reports):
+        console.print("max |Δp|: largest class-probability difference from PyTorch; 'raw': "
+                      "largest difference of the raw outputs (not class scores)")
     metrics = {r.notes["metric"] for r in reports if r.notes.get("metric")}
     if metrics:  # detectors: the accuracy columns hold mAP, and agreement is per light
         console.print(f"acc columns: {', '.join(sorted(metrics))} (detector)")
