@@ -232,6 +232,12 @@ def _readme(info: dict, profile) -> str:
         f"on any machine with Python {WHEEL_PYTHONS[0]}-{WHEEL_PYTHONS[-1]}"
     why = f"\n{profile.name}: {profile.format} {profile.precision} on {profile.accelerator}; " \
           f"{profile.why}.\n" if profile else ""
+    gpu = [p for p in (profile.providers if profile else ()) if p != "CPUExecutionProvider"]
+    if gpu:  # PyPI's onnxruntime is the CPU build: say so where the bundle promises more
+        why += (f"\nrequirements.txt installs PyPI's onnxruntime, which runs on the CPU only. "
+                f"For {', '.join(gpu)}, install the GPU build your board's vendor ships "
+                f"({profile.limits}) in the venv; run.py asks for them first and says which "
+                "provider really ran (`--json` prints it as the backend).\n")
     return f"""# {model} {where}
 
 Made by edgepilot {info['edgepilot']}.{why}

@@ -77,3 +77,18 @@ def test_classifying_an_image_needs_nothing_else_either(bundle, tmp_path):
 def test_a_half_given_command_says_what_is_missing(bundle, args, needle):
     done = _run(bundle, *args)
     assert done.returncode == 2 and needle in done.stderr, done.stderr
+
+
+def test_a_gpu_bundle_says_that_its_pins_run_on_the_cpu(tmp_path):
+    # Issue 35: the jetson bundle pins PyPI's onnxruntime (CPU only) while its profile names
+    # TensorRT and CUDA: the bundle's README says which is which, and how to get the GPU.
+    from edgepilot.devices.profiles import profile_by_name
+
+    jetson = profile_by_name("jetson")
+    bundle = write_bundle([shipped_model("stoplight")], tmp_path / "b", profile=jetson)
+    readme = (bundle / "README.md").read_text()
+    assert "runs on the CPU only" in readme and "TensorrtExecutionProvider" in readme
+    assert "JetPack" in readme
+    cpu = write_bundle([shipped_model("stoplight")], tmp_path / "c",
+                       profile=profile_by_name("x86"))
+    assert "CPU only" not in (cpu / "README.md").read_text()
