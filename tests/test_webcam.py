@@ -131,6 +131,13 @@ def test_frames_n_records_exactly_n_frames(tmp_path):
     assert decoded_frames(out) == 45 and recorded(lines[-1]) == 45
     video = cv2.VideoCapture(str(out))
     assert video.read()[1].shape == (480, 640, 3)
+    # The summary counts what --frames counts (issue 35: it said 'processed 46'), and its
+    # decisions add up to the frames shown; latencies and CPU are named.
+    summary = lines[-1]
+    assert summary.startswith("processed 45 frames (") and "run through the model" in summary
+    decisions = re.search(r"decisions: (.*?)(;|$)", summary).group(1)
+    assert sum(int(part.split()[-1]) for part in decisions.split(", ")) == 45
+    assert "inference p50" in summary and "cores busy" in summary
 
 
 @pytest.mark.parametrize("sig,code,name", [(signal.SIGINT, 130, "Ctrl-C"),

@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,6 +143,21 @@ class Recorder:
                                  "frames were written: is the disk full?")
 
 
+def summary(state: LiveState, decisions: Counter) -> str:
+    """The closing line of a run: frames shown (what --frames counts) and how many the model
+    ran on, decisions over the shown frames, latencies (p50 of the last frames) and CPU."""
+    def p50(name: str) -> str:
+        values = sorted(state.timings.get(name, ()))
+        return f"{1000 * values[len(values) // 2]:.1f} ms" if values else "-"
+
+    made = ", ".join(f"{decision} {count}" for decision, count in decisions.most_common()
+                     if decision != "-")
+    return (f"processed {state.shown} frames ({state.processed} run through the model), "
+            f"{state.fps:.1f} FPS; inference p50 {p50('inference')}, capture to output p50 "
+            f"{p50('latency')}; {state.cores_busy:.1f} cores busy"
+            + (f"; decisions: {made}" if made else ""))
+
+
 @contextlib.contextmanager
 def _stop_on_signals():
     """While the live loop runs, SIGINT/SIGTERM/SIGHUP ask it to stop at the next frame (so the
@@ -208,8 +224,10 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                 else:
                     log(f"serving the live page on {server.page_url}  (Ctrl-C to stop)")
             quit_requested = []
+            decisions: Counter = Counter()  # shown frames per decision, for the summary
 
             def on_frame(frame, state: LiveState) -> None:
+                decisions[state.decision or "-"] += 1
                 if recorder is not None:
                     recorder.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
                 if server is not None:
@@ -232,11 +250,11 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
         saved = f"; {recorder.frames} frames recorded in {save}" if recorder else ""
         if signals:
             name = "Ctrl-C" if signals[0] == signal.SIGINT else signal.Signals(signals[0]).name
-            log(f"stopped ({name}) after {state.processed} frames{saved}")
+            log(f"stopped ({name}) after {state.shown} frames{saved}")
             raise Stopped(signals[0])
         if grabber.ended and not grabber.finished_normally:
             raise SourceError(f"{source}: {grabber.ended}{saved}")
-        log(f"processed {state.processed} frames, {state.fps:.1f} FPS{saved}")
+        log(summary(state, decisions) + saved)
         return state
     finally:
         src.close()  # the grabber closes it too; this covers failures before it started
