@@ -34,7 +34,7 @@ import edgepilot
 from edgepilot.assets import shipped_model
 from edgepilot.live.camera import FrameGrabber, SyntheticSource
 from edgepilot.live.loop import run_live
-from edgepilot.runtime.detection import agreement
+from edgepilot.runtime.detection_metrics import agreement
 from edgepilot.train.checkpoint import load_checkpoint
 from edgepilot.train.detector import SMALL, detect_batch, summarise, validation_scenes
 

@@ -350,18 +350,18 @@ class BoxesData:
 def bench_data(folder: str | Path):
     """`--data`: one sub-folder of images per label (classifiers), or images with YOLO .txt
     labels beside them or under a sibling labels/ folder (detectors)."""
+    from edgepilot.datafolders import labelled_folder, read_boxes_folder
+
     root = Path(folder)
     if root.is_dir() and next(root.rglob("*.txt"), None) is not None and \
             not any(p.is_dir() and p.name not in ("images", "labels") for p in root.iterdir()):
-        from edgepilot.runtime.detection import read_boxes_folder
-
         return BoxesData(*read_boxes_folder(root))
     return labelled_folder(root)
 
 
 def _detection_map(row: BenchResult, model, data: BoxesData) -> None:
     from edgepilot.runtime import read_image
-    from edgepilot.runtime.detection import evaluate
+    from edgepilot.runtime.detection_metrics import evaluate
 
     labels = model.meta.labels
     largest = max((int(c.max()) for _, c in data.truths if len(c)), default=-1)
@@ -447,21 +447,6 @@ def _pipeline(model, data, clock, repeats: int = 30) -> dict:
         for stage, (a, b) in zip(stages, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
             stages[stage].append(b - a)
     return {stage: latency_stats(values)["p50"] for stage, values in stages.items()}
-
-
-def labelled_folder(path: str | Path) -> tuple[list[Path], list[str]]:
-    """Images in class sub-folders (``data/red/1.jpg``): files and their labels."""
-    root = Path(path)
-    if not root.is_dir():
-        raise EdgepilotError(f"data= takes a folder with one sub-folder per label, got '{root}'")
-    files, labels = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            files.append(file)
-            labels.append(folder.name)
-    if not files:
-        raise EdgepilotError(f"'{root}' has no files in label sub-folders (e.g. {root}/red/1.jpg)")
-    return files, labels
 
 
 def export_matrix(checkpoint: str | Path, out: str | Path, *, validate: bool = True

@@ -231,7 +231,7 @@ def _folder_data(folder: str, meta, limit: int):
     spread evenly over the folders (held in memory at the model's input size)."""
     import numpy as np
 
-    from edgepilot.bench import labelled_folder
+    from edgepilot.datafolders import labelled_folder
     from edgepilot.runtime.image import read_image, resize
 
     files, names = labelled_folder(folder)

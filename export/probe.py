@@ -96,7 +96,7 @@ class Probe:
         """The guard's measure of a set of outputs: top-1 accuracy, or a detector's mAP@0.5."""
         if self.detector is None:
             return float((decisions(outputs[0]) == self.labels).mean())
-        from edgepilot.runtime.detection import evaluate
+        from edgepilot.runtime.detection_metrics import evaluate
 
         return evaluate(self._detections(outputs), self.labels, self.meta.labels)["map50"]
 
@@ -210,7 +210,7 @@ class Probe:
     def _detector_check(self, expected, exported, notes: dict) -> dict:
         """A detector file against the module: the same lights (label, box within 2 px) at
         the runtime's score threshold, and mAP@0.5 of both when scenes are given."""
-        from edgepilot.runtime.detection import agreement
+        from edgepilot.runtime.detection_metrics import agreement
 
         threshold = self.detector.score_threshold
         low = max(0.0, threshold - 0.05)  # scores near the threshold may fall either side

@@ -96,7 +96,7 @@ def test_the_walk_sees_lazy_imports_and_the_rooms_it_guards():
 def test_the_runtime_runs_model_files_only(module):
     bad = _forbidden(module, ("edgepilot.train", "edgepilot.live", "edgepilot.cli",
                               "edgepilot.export", "edgepilot.info", "edgepilot.bench",
-                              "edgepilot.deploy", "edgepilot.demo"))
+                              "edgepilot.deploy", "edgepilot.demo", "edgepilot.datafolders"))
     assert not bad, "\n".join(bad)
 
 

@@ -31,7 +31,8 @@ from edgepilot.draw.scenes import (
 )
 from edgepilot.errors import InputError, require
 from edgepilot.meta import ModelMeta
-from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode, evaluate
+from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode
+from edgepilot.runtime.detection_metrics import evaluate
 from edgepilot.train.checkpoint import save_checkpoint
 from edgepilot.train.models import count_parameters, create_model
 

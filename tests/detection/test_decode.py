@@ -12,13 +12,12 @@ from edgepilot.meta import ModelMeta
 from edgepilot.runtime.detection import (
     DecodeParams,
     Detection,
-    agreement,
     decode,
-    evaluate,
     iou_matrix,
     letterbox,
     nms,
 )
+from edgepilot.runtime.detection_metrics import agreement, evaluate
 
 LABELS = ("red", "yellow", "green")
 PARAMS = DecodeParams(stride=4, score_threshold=0.3, iou_threshold=0.5, max_detections=50)
@@ -186,8 +185,8 @@ def test_agreement_counts_boxes_within_two_pixels():
 
 
 def test_yolo_folder_round_trip(tmp_path):
+    from edgepilot.datafolders import read_boxes_folder, write_boxes_folder
     from edgepilot.errors import EdgepilotError
-    from edgepilot.runtime.detection import read_boxes_folder, write_boxes_folder
 
     images = np.zeros((2, 240, 320, 3), np.uint8)
     truths = [(np.array([[10, 20, 30, 80], [100, 0, 140, 120]], float), np.array([0, 2])),

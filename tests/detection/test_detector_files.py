@@ -15,7 +15,7 @@ import edgepilot
 from edgepilot.assets import shipped_model
 from edgepilot.live.camera import FrameGrabber, SyntheticSource
 from edgepilot.live.loop import run_live
-from edgepilot.runtime.detection import agreement
+from edgepilot.runtime.detection_metrics import agreement
 
 torch = pytest.importorskip("torch")
 
@@ -65,7 +65,7 @@ def test_exported_files_find_what_pytorch_finds(detector, scenes, exported):
 
 def test_shipped_int8_file_keeps_the_detectors_map(detector):
     """The int8 TFLite file the live demo runs, against PyTorch, on 150 held-out scenes."""
-    from edgepilot.runtime.detection import evaluate
+    from edgepilot.runtime.detection_metrics import evaluate
 
     net, meta = detector
     images, truths = validation_scenes("val", 150)
@@ -155,7 +155,7 @@ def _maps(found, truths, labels) -> tuple[float, float]:
 def test_bench_reports_map_for_a_detector(scenes, tmp_path: Path):
     """`bench --data` on a folder of images with YOLO labels: mAP instead of accuracy; the
     same folder given to a classifier is a one-line error in its row."""
-    from edgepilot.runtime.detection import write_boxes_folder
+    from edgepilot.datafolders import write_boxes_folder
 
     images, truths = scenes
     write_boxes_folder(tmp_path / "data", images[:20], truths[:20])

@@ -273,7 +273,8 @@ def test_a_requantization_scale_litert_aborts_on_is_refused(tiny_tflite, tmp_pat
     process, so that a regression fails this test instead of killing the run."""
     from flatbuffers import number_types as N
 
-    from edgepilot.runtime.tflite_metadata import _REQUANTIZED, _all, _root
+    from edgepilot.runtime.flatbuffer import _all, _root
+    from edgepilot.runtime.tflite_guards import _REQUANTIZED
 
     raw = bytearray(Path(tiny_tflite["int8"]).read_bytes())
     root = _root(bytes(raw))
@@ -298,7 +299,7 @@ def test_a_tflite_input_shape_of_gigabytes_is_refused_before_the_interpreter(tin
                                                                               tmp_path):
     """Found by the fuzz run: one flipped byte made an input 1x64x1048640x3, and the
     interpreter allocated 1.5 GB at load before failing. Shapes are bounded first."""
-    from edgepilot.runtime.tflite_metadata import _all, _root
+    from edgepilot.runtime.flatbuffer import _all, _root
 
     raw = bytearray(Path(tiny_tflite["fp32"]).read_bytes())
     graph = _all(_root(bytes(raw)), 2, len(raw))[0]
