@@ -462,13 +462,11 @@ def export_matrix(checkpoint: str | Path, out: str | Path, *, validate: bool = T
     from edgepilot.export import export
     from edgepilot.formats import FORMATS
     from edgepilot.train.checkpoint import load_checkpoint
-    from edgepilot.train.datasets import load_dataset
+    from edgepilot.train.datasets import validation_data
 
     torch = require("torch", "export", "Exporting models")
     net, meta, _ = load_checkpoint(checkpoint)
-    val = None
-    if meta.extra.get("dataset"):
-        val = load_dataset(meta.extra["dataset"], "val", 500, meta.input_size)
+    val = validation_data(meta, 500)
     out = Path(out)
     stem = out / Path(checkpoint).stem
     files, failed = [], []

@@ -116,6 +116,53 @@ def check_output_file(target: str | Path, option: str) -> Path:
     return path
 
 
+def add_train(sub) -> None:
+    """The `train` command's arguments."""
+    p = sub.add_parser("train", help="train a model: stoplight, neuron or digits")
+    p.add_argument("task", choices=["stoplight", "stoplight-detector", "neuron", "digits"],
+                   help="what to train")
+    p.add_argument("--out", default=None, help="output folder (default: runs/TASK)")
+    p.add_argument("--arch", default=None,
+                   help="architecture (stoplight: stoplight_cnn, mobilenet; digits: nielsen, "
+                        "digit_cnn)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                   help="digits: plain SGD as in Nielsen's book, or AdamW")
+    p.add_argument("--size", type=_positive_int, default=96, help="input size in pixels")
+    p.add_argument("--epochs", type=_positive_int, default=6)
+    p.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="default 128 (classifiers), 16 (detector)")
+    p.add_argument("--n-train", type=_positive_int, default=120_000)
+    p.add_argument("--n-val", type=_positive_int, default=2_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fine-tune; stoplight: same "
+                        "--arch and --size)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="peak learning rate (default: stoplight 4e-3, detector 3e-3)")
+    p.add_argument("--light-size", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="stoplight: range of the light's long side in training images, as a "
+                        "share of the frame (default 0.2 0.9; validation keeps the default)")
+    p.add_argument("--glare", type=float, default=None, metavar="SHARE",
+                   help="stoplight: share 0..1 of the non-signal lights in training images "
+                        "drawn as bright as a lit lamp, with no housing (hard negatives; "
+                        "default 0; validation keeps 0)")
+    p.add_argument("--photo-share", type=float, default=None, metavar="SHARE",
+                   help="stoplight: share 0..1 of training images drawn on a real photograph "
+                        "(default: as often as each other background; validation keeps that)")
+    p.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
+                   help="stoplight, with --init: save init + ALPHA x (fine-tuned - init), "
+                        "0..1 (weight-space interpolation, WiSE-FT; default: the fine-tune)")
+    p.add_argument("--deepen", type=int, default=0, metavar="N",
+                   help="stoplight_cnn: N more 3x3 conv blocks at the last resolution; with "
+                        "--init they start as identities, so fine-tuning starts exactly where "
+                        "the checkpoint was (Net2Net)")
+    p.add_argument("--save-ranks", action="store_true",
+                   help="detector under torchrun: also save each process's final weights")
+    p.set_defaults(func=cmd_train)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out:
         check_output_folder(args.out, "--out")
@@ -171,9 +218,70 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export(sub) -> None:
+    """The `export` command's arguments."""
+    p = sub.add_parser("export", help="export any PyTorch model to deployable files")
+    p.add_argument("checkpoint", metavar="model",
+                   help="an edgepilot checkpoint, a TorchScript file, a torch.export program "
+                        "(.pt2), a state_dict (with --arch), or an architecture name "
+                        "(timm:NAME, torchvision:NAME, package.module:factory)")
+    p.add_argument("--arch", default=None,
+                   help="the architecture of a state_dict: package.module:factory (called "
+                        "with no arguments), torchvision:NAME or timm:NAME")
+    p.add_argument("--weights", default=None,
+                   help="a state_dict to load into an architecture given as the model")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a file holding a pickled module (loading it runs its code)")
+    p.add_argument("--input-size", type=_size, default=None,
+                   help="input image size, H or HxW (default: what the model records, else "
+                        "224)")
+    p.add_argument("--labels", default=None, help="a text file of labels, one per line")
+    p.add_argument("--mean", type=_floats, default=None,
+                   help="per-channel mean of pixels scaled to 0..1 (default: ImageNet's)")
+    p.add_argument("--std", type=_floats, default=None,
+                   help="per-channel std of pixels scaled to 0..1 (default: ImageNet's)")
+    p.add_argument("--val-data", default=None,
+                   help="validation images in one sub-folder per label (for accuracy and "
+                        "the int8 guard)")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="a dynamic batch dimension where the format and model allow it "
+                        "(default: batch 1)")
+    p.add_argument("--guard-budget", type=float, default=900.0,
+                   help="seconds the int8 accuracy guard may spend per file (0: no limit)")
+    p.add_argument("--format", nargs="+", default=None, choices=[f.name for f in FORMATS],
+                   help="default: onnx, or the --device profile's format")
+    p.add_argument("--device", default=None,
+                   help="a device profile (see 'edgepilot devices'): picks format and precision; "
+                        "--format/--precision/--io-dtype given as well win")
+    p.add_argument("--precision", nargs="+", default=None,
+                   help="one or more of fp32, fp16, dynamic (tflite), int8 (default: fp32)")
+    p.add_argument("--calib", default=None,
+                   help="int8 calibration images: a folder or .npy (default: validation images)")
+    p.add_argument("--calib-size", type=_positive_int, default=300)
+    p.add_argument("--calib-method", default="minmax",
+                   help="minmax, entropy, percentile, distribution (onnx); minmax, moving_average "
+                        "(tflite)")
+    p.add_argument("--max-drop", type=float, default=1.0,
+                   help="int8 accuracy budget in points; worst layers stay float until met "
+                        "(-1: off)")
+    p.add_argument("--compute-units", default=None, type=str.upper,
+                   choices=["ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU"],
+                   help="coreml: the compute units the model is loaded with (default ALL)")
+    p.add_argument("--io-dtype", default=None, choices=["int8", "uint8", "float32"],
+                   help="boundary type of int8 files (tflite: int8 or uint8 for MediaPipe and "
+                        "mobile task libraries)")
+    p.add_argument("--out", default=None,
+                   help="output path stem, or a folder (existing, or ending in /) to write "
+                        "files named after the checkpoint in (default: beside the checkpoint)")
+    p.add_argument("--val-size", type=int, default=2_000,
+                   help="validation images for the parity report (0: random inputs)")
+    p.set_defaults(func=cmd_export)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from edgepilot.export import export
     from edgepilot.export.sources import load_source, source_meta
+    from edgepilot.train.datasets import validation_data
 
     given = Path(args.checkpoint)
     stem = given.stem if given.exists() or ":" not in args.checkpoint else \
@@ -198,7 +306,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _log(f"exporting {source.kind} ({meta.name}: input {'x'.join(map(str, meta.input_shape))},"
          f" {len(meta.labels)} labels)")
     val = _folder_data(args.val_data, meta, args.val_size) if args.val_data else \
-        _validation_data(meta, args.val_size)
+        validation_data(meta, args.val_size)
     import torch
 
     reports = export(source.module, torch.zeros(meta.input_shape), formats=plan.formats,
@@ -247,18 +355,20 @@ def _folder_data(folder: str, meta, limit: int):
     return images, np.array([index[n] for n in names])
 
 
-def _validation_data(meta, n: int):
-    """Validation images of the checkpoint's dataset, when it names one edgepilot can make."""
-    dataset = meta.extra.get("dataset")
-    if not dataset or n == 0:
-        return None
-    if meta.is_detector:
-        from edgepilot.train.detector import validation_scenes
-
-        return validation_scenes("val", n) if dataset == "streets" else None
-    from edgepilot.train.datasets import load_dataset
-
-    return load_dataset(dataset, "val", n, meta.input_size)
+def add_predict(sub) -> None:
+    """The `predict` command's arguments."""
+    p = sub.add_parser("predict", help="classify images (or find lights) with a model file")
+    p.add_argument("model", help="model file, or 'stoplight' for the shipped model")
+    p.add_argument("images", nargs="*", help="image files")
+    p.add_argument("--inputs", default=None,
+                   help="a feature vector instead of images, e.g. 1,0,0 (green,yellow,red)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--draw", default=None, metavar="OUT",
+                   help="detectors: write the image with its boxes (one image: a file such as "
+                        "out.jpg; several: a folder)")
+    p.add_argument("--threads", type=_threads, default="auto",
+                   help="model threads, or auto (default): measured, see README")
+    p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -354,6 +464,14 @@ def _predict_inputs(model, args: argparse.Namespace) -> int:
     return 0
 
 
+def add_info(sub) -> None:
+    """The `info` command's arguments."""
+    p = sub.add_parser("info", help="inputs, outputs, metadata, layers, parameters, MACs")
+    p.add_argument("model", help="a model file (.onnx, .tflite) or checkpoint (.pt)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from edgepilot.assets import resolve_model
     from edgepilot.info import inspect_model, print_info
@@ -364,6 +482,36 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         print_info(info)
     return 0
+
+
+def add_bench(sub) -> None:
+    """The `bench` command's arguments."""
+    p = sub.add_parser("bench", help="latency, throughput, memory and accuracy of model files")
+    p.add_argument("models", nargs="*", help="model files (.onnx, .tflite) or a .pt checkpoint")
+    p.add_argument("--threads", type=_threads, nargs="+", default=["auto"],
+                   help="thread counts to sweep, e.g. --threads 1 2 auto (default: auto, the "
+                        "fewest within 10%% of the fastest, measured per file)")
+    p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per model")
+    p.add_argument("--duration", type=_positive_float, default=None,
+                   help="seconds of timed runs per model instead of --runs")
+    p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed runs first")
+    p.add_argument("--rounds", type=_positive_int, default=10, help="interleaved rounds")
+    p.add_argument("--data", default=None,
+                   help="labelled images: a folder of label sub-folders (classifiers: "
+                        "accuracy), or images with YOLO .txt boxes (detectors: mAP)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="time decode / preprocess / inference / postprocess")
+    p.add_argument("--export", default=None, metavar="CHECKPOINT",
+                   help="export every format and precision first, then benchmark them all")
+    p.add_argument("--out", default="runs/bench", help="where --export writes the files")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--json-out", default=None, help="also save the JSON here")
+    p.add_argument("--csv", default=None, help="append one row per result to this CSV")
+    p.add_argument("--plot", default=None, help="save a PNG plot here")
+    p.add_argument("--on", action="append", default=[], metavar="USER@HOST[:DIR]",
+                   help="also benchmark on this ssh host (repeatable): ships the models, "
+                        "installs their runtime in DIR/.venv there, runs, collects the results")
+    p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -438,6 +586,13 @@ def _bench_remote(args: argparse.Namespace, models: list) -> list:
     return rows
 
 
+def add_devices(sub) -> None:
+    """The `devices` command's arguments."""
+    p = sub.add_parser("devices", help="device profiles, and what this host is and can run")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_devices)
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from edgepilot.devices import detect_host
     from edgepilot.devices.show import devices_json, print_devices
@@ -448,6 +603,17 @@ def cmd_devices(args: argparse.Namespace) -> int:
     else:
         print_devices(host)
     return 0
+
+
+def add_deploy(sub) -> None:
+    """The `deploy` command's arguments."""
+    p = sub.add_parser("deploy", help="a self-contained bundle of a model for one device")
+    p.add_argument("model", help="a model file, or a .pt checkpoint to export for the device")
+    p.add_argument("--device", required=True, help="a device profile (see 'edgepilot devices')")
+    p.add_argument("--out", required=True, help="the bundle folder (new, empty or a bundle)")
+    p.add_argument("--to", default=None, metavar="USER@HOST:DIR",
+                   help="copy the bundle there over ssh and install it in DIR/.venv")
+    p.set_defaults(func=cmd_deploy)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -462,199 +628,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_webcam(args: argparse.Namespace) -> int:
-    from edgepilot.live.window import check_opencv, window_setup
-
-    if args.window_setup:
-        print(window_setup())
-        return 0
-    check_opencv(log=_log)  # before cv2 is imported: it may be the broken half of two
-    from edgepilot.live.webcam import run_webcam
-
-    run_webcam(args.model, source=args.source, roi=args.roi, smooth=args.smooth,
-               serve=args.serve, headless=args.headless, frames=args.frames, save=args.save,
-               threads=args.threads, token=args.token, log=_log)
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from edgepilot.demo import run_demo
-
-    check_output_folder(args.out, "--out")
-    run_demo(Path(args.out), train=args.train, n_images=args.images, log=_log)
-    return 0
-
-
-def _log(message: str) -> None:
-    print(printable(message), file=sys.stderr, flush=True)
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors are one line and exit 1, like every other edgepilot error."""
-
-    def error(self, message: str):
-        self.exit(1, f"error: {message} (see '{self.prog} --help')\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgepilot", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
-
-    p = sub.add_parser("train", help="train a model: stoplight, neuron or digits")
-    p.add_argument("task", choices=["stoplight", "stoplight-detector", "neuron", "digits"],
-                   help="what to train")
-    p.add_argument("--out", default=None, help="output folder (default: runs/TASK)")
-    p.add_argument("--arch", default=None,
-                   help="architecture (stoplight: stoplight_cnn, mobilenet; digits: nielsen, "
-                        "digit_cnn)")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
-                   help="digits: plain SGD as in Nielsen's book, or AdamW")
-    p.add_argument("--size", type=_positive_int, default=96, help="input size in pixels")
-    p.add_argument("--epochs", type=_positive_int, default=6)
-    p.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="default 128 (classifiers), 16 (detector)")
-    p.add_argument("--n-train", type=_positive_int, default=120_000)
-    p.add_argument("--n-val", type=_positive_int, default=2_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--init", default=None, metavar="CHECKPOINT",
-                   help="start from this checkpoint's weights (fine-tune; stoplight: same "
-                        "--arch and --size)")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help="peak learning rate (default: stoplight 4e-3, detector 3e-3)")
-    p.add_argument("--light-size", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="stoplight: range of the light's long side in training images, as a "
-                        "share of the frame (default 0.2 0.9; validation keeps the default)")
-    p.add_argument("--glare", type=float, default=None, metavar="SHARE",
-                   help="stoplight: share 0..1 of the non-signal lights in training images "
-                        "drawn as bright as a lit lamp, with no housing (hard negatives; "
-                        "default 0; validation keeps 0)")
-    p.add_argument("--photo-share", type=float, default=None, metavar="SHARE",
-                   help="stoplight: share 0..1 of training images drawn on a real photograph "
-                        "(default: as often as each other background; validation keeps that)")
-    p.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
-                   help="stoplight, with --init: save init + ALPHA x (fine-tuned - init), "
-                        "0..1 (weight-space interpolation, WiSE-FT; default: the fine-tune)")
-    p.add_argument("--deepen", type=int, default=0, metavar="N",
-                   help="stoplight_cnn: N more 3x3 conv blocks at the last resolution; with "
-                        "--init they start as identities, so fine-tuning starts exactly where "
-                        "the checkpoint was (Net2Net)")
-    p.add_argument("--save-ranks", action="store_true",
-                   help="detector under torchrun: also save each process's final weights")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("export", help="export any PyTorch model to deployable files")
-    p.add_argument("checkpoint", metavar="model",
-                   help="an edgepilot checkpoint, a TorchScript file, a torch.export program "
-                        "(.pt2), a state_dict (with --arch), or an architecture name "
-                        "(timm:NAME, torchvision:NAME, package.module:factory)")
-    p.add_argument("--arch", default=None,
-                   help="the architecture of a state_dict: package.module:factory (called "
-                        "with no arguments), torchvision:NAME or timm:NAME")
-    p.add_argument("--weights", default=None,
-                   help="a state_dict to load into an architecture given as the model")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow a file holding a pickled module (loading it runs its code)")
-    p.add_argument("--input-size", type=_size, default=None,
-                   help="input image size, H or HxW (default: what the model records, else "
-                        "224)")
-    p.add_argument("--labels", default=None, help="a text file of labels, one per line")
-    p.add_argument("--mean", type=_floats, default=None,
-                   help="per-channel mean of pixels scaled to 0..1 (default: ImageNet's)")
-    p.add_argument("--std", type=_floats, default=None,
-                   help="per-channel std of pixels scaled to 0..1 (default: ImageNet's)")
-    p.add_argument("--val-data", default=None,
-                   help="validation images in one sub-folder per label (for accuracy and "
-                        "the int8 guard)")
-    p.add_argument("--dynamic-batch", action="store_true",
-                   help="a dynamic batch dimension where the format and model allow it "
-                        "(default: batch 1)")
-    p.add_argument("--guard-budget", type=float, default=900.0,
-                   help="seconds the int8 accuracy guard may spend per file (0: no limit)")
-    p.add_argument("--format", nargs="+", default=None, choices=[f.name for f in FORMATS],
-                   help="default: onnx, or the --device profile's format")
-    p.add_argument("--device", default=None,
-                   help="a device profile (see 'edgepilot devices'): picks format and precision; "
-                        "--format/--precision/--io-dtype given as well win")
-    p.add_argument("--precision", nargs="+", default=None,
-                   help="one or more of fp32, fp16, dynamic (tflite), int8 (default: fp32)")
-    p.add_argument("--calib", default=None,
-                   help="int8 calibration images: a folder or .npy (default: validation images)")
-    p.add_argument("--calib-size", type=_positive_int, default=300)
-    p.add_argument("--calib-method", default="minmax",
-                   help="minmax, entropy, percentile, distribution (onnx); minmax, moving_average "
-                        "(tflite)")
-    p.add_argument("--max-drop", type=float, default=1.0,
-                   help="int8 accuracy budget in points; worst layers stay float until met "
-                        "(-1: off)")
-    p.add_argument("--compute-units", default=None, type=str.upper,
-                   choices=["ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU"],
-                   help="coreml: the compute units the model is loaded with (default ALL)")
-    p.add_argument("--io-dtype", default=None, choices=["int8", "uint8", "float32"],
-                   help="boundary type of int8 files (tflite: int8 or uint8 for MediaPipe and "
-                        "mobile task libraries)")
-    p.add_argument("--out", default=None,
-                   help="output path stem, or a folder (existing, or ending in /) to write "
-                        "files named after the checkpoint in (default: beside the checkpoint)")
-    p.add_argument("--val-size", type=int, default=2_000,
-                   help="validation images for the parity report (0: random inputs)")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("predict", help="classify images (or find lights) with a model file")
-    p.add_argument("model", help="model file, or 'stoplight' for the shipped model")
-    p.add_argument("images", nargs="*", help="image files")
-    p.add_argument("--inputs", default=None,
-                   help="a feature vector instead of images, e.g. 1,0,0 (green,yellow,red)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--draw", default=None, metavar="OUT",
-                   help="detectors: write the image with its boxes (one image: a file such as "
-                        "out.jpg; several: a folder)")
-    p.add_argument("--threads", type=_threads, default="auto",
-                   help="model threads, or auto (default): measured, see README")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("bench", help="latency, throughput, memory and accuracy of model files")
-    p.add_argument("models", nargs="*", help="model files (.onnx, .tflite) or a .pt checkpoint")
-    p.add_argument("--threads", type=_threads, nargs="+", default=["auto"],
-                   help="thread counts to sweep, e.g. --threads 1 2 auto (default: auto, the "
-                        "fewest within 10%% of the fastest, measured per file)")
-    p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per model")
-    p.add_argument("--duration", type=_positive_float, default=None,
-                   help="seconds of timed runs per model instead of --runs")
-    p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed runs first")
-    p.add_argument("--rounds", type=_positive_int, default=10, help="interleaved rounds")
-    p.add_argument("--data", default=None,
-                   help="labelled images: a folder of label sub-folders (classifiers: "
-                        "accuracy), or images with YOLO .txt boxes (detectors: mAP)")
-    p.add_argument("--pipeline", action="store_true",
-                   help="time decode / preprocess / inference / postprocess")
-    p.add_argument("--export", default=None, metavar="CHECKPOINT",
-                   help="export every format and precision first, then benchmark them all")
-    p.add_argument("--out", default="runs/bench", help="where --export writes the files")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.add_argument("--json-out", default=None, help="also save the JSON here")
-    p.add_argument("--csv", default=None, help="append one row per result to this CSV")
-    p.add_argument("--plot", default=None, help="save a PNG plot here")
-    p.add_argument("--on", action="append", default=[], metavar="USER@HOST[:DIR]",
-                   help="also benchmark on this ssh host (repeatable): ships the models, "
-                        "installs their runtime in DIR/.venv there, runs, collects the results")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("devices", help="device profiles, and what this host is and can run")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_devices)
-
-    p = sub.add_parser("deploy", help="a self-contained bundle of a model for one device")
-    p.add_argument("model", help="a model file, or a .pt checkpoint to export for the device")
-    p.add_argument("--device", required=True, help="a device profile (see 'edgepilot devices')")
-    p.add_argument("--out", required=True, help="the bundle folder (new, empty or a bundle)")
-    p.add_argument("--to", default=None, metavar="USER@HOST:DIR",
-                   help="copy the bundle there over ssh and install it in DIR/.venv")
-    p.set_defaults(func=cmd_deploy)
-
+def add_webcam(sub) -> None:
+    """The `webcam` command's arguments."""
     p = sub.add_parser("webcam", help="live demo: camera, video, stream or synthetic scene")
     p.add_argument("model", nargs="?", default="stoplight",
                    help="model file (default: the shipped stoplight model)")
@@ -681,17 +656,65 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured per file); idle workers never spin here")
     p.set_defaults(func=cmd_webcam)
 
-    p = sub.add_parser("info", help="inputs, outputs, metadata, layers, parameters, MACs")
-    p.add_argument("model", help="a model file (.onnx, .tflite) or checkpoint (.pt)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_info)
 
+def cmd_webcam(args: argparse.Namespace) -> int:
+    from edgepilot.live.window import check_opencv, window_setup
+
+    if args.window_setup:
+        print(window_setup())
+        return 0
+    check_opencv(log=_log)  # before cv2 is imported: it may be the broken half of two
+    from edgepilot.live.webcam import run_webcam
+
+    run_webcam(args.model, source=args.source, roi=args.roi, smooth=args.smooth,
+               serve=args.serve, headless=args.headless, frames=args.frames, save=args.save,
+               threads=args.threads, token=args.token, log=_log)
+    return 0
+
+
+def add_demo(sub) -> None:
+    """The `demo` command's arguments."""
     p = sub.add_parser("demo", help="the end-to-end stoplight demo")
     p.add_argument("--train", action="store_true",
                    help="train instead of reusing the shipped model")
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--images", type=_positive_int, default=8, help="sample images to save")
     p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgepilot.demo import run_demo
+
+    check_output_folder(args.out, "--out")
+    run_demo(Path(args.out), train=args.train, n_images=args.images, log=_log)
+    return 0
+
+
+def _log(message: str) -> None:
+    print(printable(message), file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit 1, like every other edgepilot error."""
+
+    def error(self, message: str):
+        self.exit(1, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgepilot", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    add_train(sub)
+    add_export(sub)
+    add_predict(sub)
+    add_bench(sub)
+    add_devices(sub)
+    add_deploy(sub)
+    add_webcam(sub)
+    add_info(sub)
+    add_demo(sub)
     return parser
 
 

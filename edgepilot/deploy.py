@@ -207,11 +207,9 @@ def _export_for(checkpoint: Path, profile, out: Path, val_size: int, log) -> Pat
     fmt = profile.resolve_format()  # a format not built yet fails here, before any work
     torch = require("torch", "export", f"Exporting '{checkpoint.name}' for {profile.name}")
     net, meta, _ = load_checkpoint(checkpoint)
-    val = None
-    if meta.extra.get("dataset") and val_size:
-        from edgepilot.train.datasets import load_dataset
+    from edgepilot.train.datasets import validation_data
 
-        val = load_dataset(meta.extra["dataset"], "val", val_size, meta.input_size)
+    val = validation_data(meta, val_size)
     out.mkdir(parents=True, exist_ok=True)
     log(f"exporting {checkpoint.name} for {profile.name}: {fmt.name} {profile.precision}")
     [report] = export(net, torch.zeros(meta.input_shape), formats=fmt.name,

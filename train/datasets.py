@@ -117,3 +117,18 @@ def load_dataset(name: str, split: str, n: int, size: tuple[int, int],
     if options and name != "stoplight":
         raise EdgepilotError(f"Dataset '{name}' takes no options, got {sorted(options)}")
     return make(split, n, size, seed, **options)
+
+
+def validation_data(meta, n: int):
+    """Validation data of the dataset a checkpoint's metadata names, when edgepilot can make
+    it: (images, labels) for a classifier, street scenes with their boxes for a detector;
+    None when it names none edgepilot can make, or `n` is 0. Export, deploy and bench's
+    export matrix all take it from here."""
+    dataset = meta.extra.get("dataset")
+    if not dataset or not n:
+        return None
+    if meta.is_detector:
+        from edgepilot.train.detector import validation_scenes
+
+        return validation_scenes("val", n) if dataset == "streets" else None
+    return load_dataset(dataset, "val", n, meta.input_size)
