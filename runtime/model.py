@@ -181,6 +181,13 @@ class Model:
         self._lock = threading.Lock()
         self._run_failed = f"Running '{path}' failed"  # built once, off the hot path
         self._decode = None  # a detector's DecodeParams, read from meta on first use
+        # What every call checks and converts against, worked out once: on a small model
+        # the wrapper's per-call Python is most of its overhead over the raw session.
+        self._feeds = [_Feed(info) for info in self.inputs]
+        self._dequantize = [info.dequantize if info.quantized else None for info in self.outputs]
+        first = self.inputs[0].shape if self.inputs else ()
+        # The rank of a first input with a fixed batch of one (TFLite), else None.
+        self._batch_of_one = len(first) if first and first[0] == 1 else None
 
     @property
     def backend(self) -> str:
@@ -195,7 +202,8 @@ class Model:
 
         One array per model input. Quantized outputs are dequantized.
         """
-        if len(arrays) != len(self.inputs):
+        feeds = self._feeds
+        if len(arrays) != len(feeds):
             raise InputError(
                 f"{self.path.name} takes {len(self.inputs)} input(s) "
                 f"({', '.join(i.name for i in self.inputs)}), got {len(arrays)}"
@@ -205,17 +213,24 @@ class Model:
         except (ValueError, TypeError) as err:  # ragged nested lists, objects without a shape
             raise InputError(f"Inputs to {self.path.name} must be numeric arrays: "
                              f"{describe(err)}") from err
-        first = self.inputs[0].shape
-        if first and first[0] == 1 and arrays[0].ndim == len(first) and len(arrays[0]) > 1:
+        rank = self._batch_of_one
+        if rank is not None and arrays[0].ndim == rank and len(arrays[0]) > 1:
             # The file has a fixed batch of one (TFLite): run a batch row by row.
             rows = [self(*(a[i:i + 1] for a in arrays)) for i in range(len(arrays[0]))]
             if isinstance(rows[0], tuple):
                 return tuple(np.concatenate(parts) for parts in zip(*rows))
             return np.concatenate(rows)
-        feeds = [_to_input(a, info) for a, info in zip(arrays, self.inputs)]
-        with self._lock, file_errors("", self.path, failed=self._run_failed):
-            raw = self._backend.run(feeds)
-        outputs = [_from_output(y, info) for y, info in zip(raw, self.outputs)]
+        fed = [feed(a) for feed, a in zip(feeds, arrays)]
+        with self._lock:
+            try:
+                raw = self._backend.run(fed)
+            except Exception:
+                # file_errors makes it a ModelFileError (or lets edgepilot's own errors
+                # through). Entered only on a failure: a with block costs ~1 us a call.
+                with file_errors("", self.path, failed=self._run_failed):
+                    raise
+        outputs = [y if dequantize is None else dequantize(y)
+                   for y, dequantize in zip(raw, self._dequantize)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def predict(self, image: np.ndarray | str | Path) -> Prediction | list[Detection]:
@@ -312,42 +327,62 @@ def output_scores(output, meta: ModelMeta) -> list[float]:
     return scores
 
 
-def _to_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:
-    """Check a user array against an input tensor and convert it to the tensor's dtype.
+class _Feed:
+    """Checks a user array against one input tensor and converts it to the tensor's dtype.
 
     Never a silent wrong value: non-numbers, NaN/inf and values the tensor's dtype cannot
     hold are errors; an array of another dtype than a quantized tensor's holds real values
     and is quantized (uint8 pixels into an int8 model: 200 -> 200 / scale + zero point, not
     a cast that wraps to -56).
+
+    Every check runs on every call. What they compare against is built once, at load, and
+    an array of the right shape and the file's dtype (what `preprocess` makes) takes the
+    shortest path: one tuple comparison, the dtype's kind, NaN/inf.
     """
-    fixed = [d for d in info.shape]
-    if x.ndim != len(fixed) or any(d is not None and d != s for d, s in zip(fixed, x.shape)):
-        want = "x".join("?" if d is None else str(d) for d in fixed)
-        raise InputError(
-            f"Input '{info.name}' expects shape {want}, got {'x'.join(map(str, x.shape))}"
-        )
-    if x.dtype.kind not in "biuf":  # strings, bytes, objects, complex
-        raise InputError(f"Input '{info.name}' expects real numbers, got dtype {x.dtype}")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise InputError(f"Input '{info.name}' holds NaN or infinite values; pass finite "
-                         "numbers")
-    if x.dtype == info.dtype:
-        return x  # the file's own dtype: raw values (already quantized, if it is)
-    if info.quantized:
-        return info.quantize(x)  # at the boundary: real values in
-    if info.dtype.kind in "iu":
-        limits = np.iinfo(info.dtype)
-        if x.size and (x.min() < limits.min or x.max() > limits.max):
-            raise InputError(f"Input '{info.name}' is {info.dtype}, which holds "
-                             f"{limits.min}..{limits.max}; got values {x.min()}..{x.max()}")
-        if x.dtype.kind == "f" and (x != np.round(x)).any():
-            raise InputError(f"Input '{info.name}' is {info.dtype}: pass whole numbers")
-    converted = x.astype(info.dtype)
-    if info.dtype.kind == "f" and not np.isfinite(converted).all():
-        raise InputError(f"Input '{info.name}' has values too large for {info.dtype}")
-    return converted
 
+    __slots__ = ("info", "shape", "dtype")
 
+    def __init__(self, info: TensorInfo) -> None:
+        self.info = info
+        self.dtype = info.dtype
+        # Equal to an array's shape only when every dim is static and matches; a dynamic
+        # (None) dim never is, and takes the dim-by-dim check.
+        self.shape = tuple(info.shape)
 
-def _from_output(y: np.ndarray, info: TensorInfo) -> np.ndarray:
-    return info.dequantize(y) if info.quantized else y
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape != self.shape:
+            self._check_shape(x)
+        kind = x.dtype.kind
+        if kind not in "biuf":  # strings, bytes, objects, complex
+            raise InputError(f"Input '{self.info.name}' expects real numbers, got dtype "
+                             f"{x.dtype}")
+        if kind == "f" and not np.isfinite(x).all():
+            raise InputError(f"Input '{self.info.name}' holds NaN or infinite values; pass "
+                             "finite numbers")
+        if x.dtype == self.dtype:
+            return x  # the file's own dtype: raw values (already quantized, if it is)
+        return self._convert(x)
+
+    def _check_shape(self, x: np.ndarray) -> None:
+        fixed = self.shape
+        if x.ndim != len(fixed) or any(d is not None and d != s for d, s in zip(fixed, x.shape)):
+            want = "x".join("?" if d is None else str(d) for d in fixed)
+            raise InputError(f"Input '{self.info.name}' expects shape {want}, got "
+                             f"{'x'.join(map(str, x.shape))}")
+
+    def _convert(self, x: np.ndarray) -> np.ndarray:
+        """An array of another dtype than the tensor's (already checked finite)."""
+        info = self.info
+        if info.quantized:
+            return info.quantize(x)  # at the boundary: real values in
+        if info.dtype.kind in "iu":
+            limits = np.iinfo(info.dtype)
+            if x.size and (x.min() < limits.min or x.max() > limits.max):
+                raise InputError(f"Input '{info.name}' is {info.dtype}, which holds "
+                                 f"{limits.min}..{limits.max}; got values {x.min()}..{x.max()}")
+            if x.dtype.kind == "f" and (x != np.round(x)).any():
+                raise InputError(f"Input '{info.name}' is {info.dtype}: pass whole numbers")
+        converted = x.astype(info.dtype)
+        if info.dtype.kind == "f" and not np.isfinite(converted).all():
+            raise InputError(f"Input '{info.name}' has values too large for {info.dtype}")
+        return converted
