@@ -79,7 +79,7 @@ class Viewer:
 
 def one_thread(model, grabber: FrameGrabber, frames: int, on_frame) -> LiveState:
     """The baseline: every step in one loop, as the live demo did before it was pipelined."""
-    prepare, state = model_input(model.meta), LiveState()
+    prepare, state = model_input(model), LiveState()
     timings, last, started = state.timings, 0, time.perf_counter()
     cpu_started = time.process_time()
     while state.processed < frames:
@@ -166,7 +166,7 @@ def defaults(path: str, frames: int, cores: int | None) -> list[tuple[str, dict]
             with tempfile.TemporaryDirectory() as cache:  # auto measures afresh
                 os.environ["XDG_CACHE_HOME"] = cache
                 model = edgepilot.load(path, threads=threads, spin=spin)
-                choice = getattr(model._backend, "thread_choice", None)
+                choice = model.thread_choice
                 if choice:
                     name += f" -> {choice.threads}"
                 with FrameGrabber(SyntheticSource(fps=30.0), pace=True) as grabber:

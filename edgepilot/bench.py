@@ -19,6 +19,7 @@ import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.runtime.mlpackage import model_size
+from edgepilot.runtime.model import split_delegate
 
 __all__ = ["BenchResult", "benchmark", "latency_stats", "machine_info"]
 
@@ -128,11 +129,9 @@ def slower_quantized(rows: Sequence[BenchResult]) -> list[str]:
             warnings.append(f"{r.model} is {r.latency_ms['p50'] / base:.2f}x slower than its "
                             f"float file ({r.latency_ms['p50']:.3f} ms vs {base:.3f} ms p50) "
                             "on this machine: the float file serves better here")
-        if "partitions" in r.backend:
-            ops = ", ".join(f"{op} x{r.fallback_ops.count(op)}"
-                            for op in dict.fromkeys(r.fallback_ops)) or "some ops"
-            warnings.append(f"{r.model}: the delegate is split ({r.backend}); {ops} run on "
-                            "the CPU's builtin kernels between its partitions")
+        split = split_delegate(r.backend, r.fallback_ops)
+        if split:
+            warnings.append(f"{r.model}: {split}")
     return warnings
 
 
@@ -261,11 +260,10 @@ def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeli
             if before is not None and after is not None:
                 row.memory_mb = round(max(after - before, 0.0), 1)
             row.backend = model.backend
-            choice = getattr(getattr(model, "_backend", None), "thread_choice", None)
+            choice = getattr(model, "thread_choice", None)  # a checkpoint's has none
             if choice is not None:
                 row.auto_threads, row.thread_sweep_ms = choice.threads, dict(choice.timings_ms)
-            row.fallback_ops = list(getattr(getattr(model, "_backend", None), "fallback_ops",
-                                            None) or [])
+            row.fallback_ops = list(getattr(model, "fallback_ops", None) or [])
             loaded.append((row, model, x))
         except Exception as err:  # one bad file is reported in its row, not fatal
             row.error = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -409,18 +407,12 @@ def _accuracy(row: BenchResult, model, data) -> None:
 
 
 def _pipeline(model, data, clock, repeats: int = 30) -> dict:
-    """p50 per stage of the full image path: decode, preprocess, inference, postprocess."""
+    """p50 per stage of the full image path: decode, then the model's own three stages
+    (`Model.prepare`, `run`, `interpret`), as `predict` goes through them."""
     import cv2
-
-    from edgepilot.runtime import preprocess
-    from edgepilot.runtime.model import to_prediction
 
     if model.meta is None or not model.meta.is_image:
         return {}
-    from edgepilot.runtime.detection import DecodeParams, decode, letterbox
-
-    detector, size = model.meta.is_detector, model.meta.input_size
-    params = DecodeParams.from_meta(model.meta) if detector else None
     image = None
     if data is not None:
         first = data.files[0] if isinstance(data, BoxesData) else data[0][0]
@@ -435,14 +427,11 @@ def _pipeline(model, data, clock, repeats: int = 30) -> dict:
         decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR),
                                cv2.COLOR_BGR2RGB)
         t1 = clock()
-        x = preprocess(letterbox(decoded, size)[0] if detector else decoded, model.meta)
+        prepared = model.prepare(decoded)
         t2 = clock()
-        y = model(x)
+        outputs = model.run(prepared.input)
         t3 = clock()
-        if detector:
-            decode(y[params.heatmap], y[params.box], params, model.meta.labels)
-        else:
-            to_prediction(y, model.meta)
+        model.interpret(outputs, prepared)
         t4 = clock()
         for stage, (a, b) in zip(stages, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
             stages[stage].append(b - a)

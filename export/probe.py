@@ -186,13 +186,9 @@ class Probe:
                                "max_abs_diff": float(diff.max())})
         if len(per_output) > 1:
             notes["outputs"] = per_output
-        fallback = getattr(model._backend, "fallback_ops", None)
-        if fallback and "partitions" in model.backend:
-            counts = {op: fallback.count(op) for op in dict.fromkeys(fallback)}
-            named = ", ".join(f"{op} x{n}" for op, n in counts.items())
-            notes.setdefault("warnings", []).append(
-                f"the delegate is split ({model.backend}): {named} fall back to builtin CPU "
-                "kernels between its partitions")
+        split = model.split_delegate() if model.fallback_ops else None
+        if split:
+            notes.setdefault("warnings", []).append(split)
         if self.detector is not None:
             return ExportReport(**common, backend=model.backend,
                                 **self._detector_check(expected, exported, notes))

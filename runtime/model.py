@@ -18,10 +18,11 @@ from edgepilot.errors import InputError, ModelFileError
 from edgepilot.formats import Format, format_for_path
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import Backend, TensorInfo, describe, file_errors
-from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, Detection, decode, letterbox
+from edgepilot.runtime.detection import DecodeParams, Detection, decode, letterbox
 from edgepilot.runtime.image import check_image, preprocess, read_image
 
-__all__ = ["load", "Model", "Prediction", "to_prediction", "output_scores", "meta_mismatch"]
+__all__ = ["load", "Model", "Prediction", "Prepared", "to_prediction", "output_scores",
+           "meta_mismatch"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,18 @@ class Prediction:
     def to_dict(self) -> dict:
         return {"label": self.label, "score": self.score, "index": self.index,
                 "scores": self.scores}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image made into a model's input (`Model.prepare`): the input array, the image's
+    (height, width), and for a detector where the image lies in the input (the letterbox's
+    scale and padding), so that boxes map back to the image's pixels."""
+
+    input: np.ndarray | None
+    image_size: tuple[int, int]
+    scale: float = 1.0
+    pad: tuple[float, float] = (0.0, 0.0)
 
 
 def not_a_model(path: Path, folder: bool = False) -> str:
@@ -133,7 +146,7 @@ def meta_mismatch(meta: ModelMeta, inputs: list[TensorInfo],
     # The batch dim is not the metadata's business: predict feeds one image.
     if any(d is not None and d != w for d, w in zip(first.shape[1:], want[1:])):
         return f"its metadata claims {claim}, but input '{first.name}' is {got}"
-    if meta.task == DETECTION_TASK:
+    if meta.is_detector:
         return _detector_mismatch(meta, outputs)
     # One value per label per image: the dims after the batch, when all of them are static.
     per_image = outputs[0].shape[1:] if len(outputs) == 1 and len(outputs[0].shape) > 1 else ()
@@ -193,6 +206,21 @@ class Model:
     def backend(self) -> str:
         return self._backend.description
 
+    @property
+    def thread_choice(self):
+        """How ``threads="auto"`` chose this model's threads (`ThreadChoice`), or None."""
+        return getattr(self._backend, "thread_choice", None)
+
+    @property
+    def fallback_ops(self) -> list[str]:
+        """Ops a delegate left to the CPU's builtin kernels (TFLite), in graph order."""
+        return list(getattr(self._backend, "fallback_ops", None) or [])
+
+    def split_delegate(self) -> str | None:
+        """One line when the delegate is split into partitions with ops between them on the
+        CPU (export's report and bench both say it), else None."""
+        return split_delegate(self.backend, self.fallback_ops)
+
     def __repr__(self) -> str:
         name = self.meta.name if self.meta else self.path.name
         return f"Model({name!r}, format={self.format.name}, backend={self.backend!r})"
@@ -233,17 +261,50 @@ class Model:
                    for y, dequantize in zip(raw, self._dequantize)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
+    # The image path in three stages, each public so that bench (which times them) and the
+    # live demo (which prepares on the capture thread) go the same way as predict:
+    # prepare (image -> input) -> run (input -> outputs) -> interpret (outputs -> result).
+
+    def prepare(self, image: np.ndarray | str | Path) -> Prepared:
+        """Stage 1: an image (an (H, W, 3) uint8 RGB array of any size, or an image file) as
+        this model's input, resized and normalised as its metadata says. A detector's image
+        is letterboxed (aspect ratio kept), and `Prepared` keeps where it went."""
+        meta = self._require_meta()
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        if not meta.is_detector:
+            return Prepared(preprocess(image, meta), image.shape[:2])
+        image = check_image(image)
+        canvas, scale, pad = letterbox(image, meta.input_size)
+        return Prepared(preprocess(canvas, meta), image.shape[:2], scale, pad)
+
+    def run(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Stage 2: the model on prepared input arrays (the same as calling the model)."""
+        return self(*arrays)
+
+    def interpret(self, outputs, prepared: Prepared | None = None, *,
+                  score_threshold: float | None = None) -> Prediction | list[Detection]:
+        """Stage 3: outputs as a result: a `Prediction` of a classifier, or a detector's
+        `Detection` list, boxes in the pixels of the image `prepared` came from (of the
+        model's input when None). `score_threshold` overrides a detector's own."""
+        meta = self._require_meta()
+        if not meta.is_detector:
+            return to_prediction(outputs, meta)
+        if self._decode is None:
+            self._decode = DecodeParams.from_meta(meta)
+        params = self._decode
+        where = prepared or Prepared(None, tuple(meta.input_size))
+        return decode(outputs[params.heatmap], outputs[params.box], params, meta.labels,
+                      scale=where.scale, pad=where.pad, image_size=where.image_size,
+                      score_threshold=score_threshold)
+
     def predict(self, image: np.ndarray | str | Path) -> Prediction | list[Detection]:
         """Classify one image: an (H, W, 3) uint8 RGB array of any size, or an image file.
 
         A detector (metadata ``task: detection``) returns what it finds instead: a list of
         `Detection` (box in the image's pixels, label, score), best first; see `detect`."""
-        meta = self._require_meta()
-        if isinstance(image, (str, Path)):
-            image = read_image(image)
-        if meta.task == DETECTION_TASK:
-            return self.detect(image)
-        return to_prediction(self(preprocess(image, meta)), meta)
+        prepared = self.prepare(image)
+        return self.interpret(self.run(prepared.input), prepared)
 
     def detect(self, image: np.ndarray | str | Path, *,
                score_threshold: float | None = None) -> list[Detection]:
@@ -252,20 +313,12 @@ class Model:
         The image is letterboxed into the model's input (aspect ratio kept); decoding and
         suppression follow the file's metadata, `score_threshold` overrides its threshold."""
         meta = self._require_meta()
-        if meta.task != DETECTION_TASK:
+        if not meta.is_detector:
             raise InputError(f"{self.path.name} is a classifier (task: {meta.task}): use "
                              "predict(image)")
-        if isinstance(image, (str, Path)):
-            image = read_image(image)
-        image = check_image(image)
-        if self._decode is None:
-            self._decode = DecodeParams.from_meta(meta)
-        params = self._decode
-        canvas, scale, pad = letterbox(image, meta.input_size)
-        outputs = self(preprocess(canvas, meta))
-        return decode(outputs[params.heatmap], outputs[params.box], params, meta.labels,
-                      scale=scale, pad=pad, image_size=image.shape[:2],
-                      score_threshold=score_threshold)
+        prepared = self.prepare(image)
+        return self.interpret(self.run(prepared.input), prepared,
+                              score_threshold=score_threshold)
 
     def predict_inputs(self, values) -> Prediction:
         """Classify one raw feature vector (models with ``preprocess="none"``, such as the
@@ -287,6 +340,16 @@ class Model:
                 "edgepilot.load(path, meta=ModelMeta(...)), or call the model on arrays."
             )
         return self.meta
+
+
+def split_delegate(backend: str, fallback_ops: list[str]) -> str | None:
+    """The warning for a delegate split into partitions (`backend` says "partitions"), naming
+    the ops that run between them; None when it is not split."""
+    if "partitions" not in backend:
+        return None
+    ops = ", ".join(f"{op} x{fallback_ops.count(op)}" for op in dict.fromkeys(fallback_ops))
+    return (f"the delegate is split ({backend}): {ops or 'some ops'} run on the CPU's builtin "
+            "kernels between its partitions")
 
 
 def to_prediction(output, meta: ModelMeta) -> Prediction:

@@ -25,7 +25,7 @@ from edgepilot.live.newest import Newest
 from edgepilot.live.overlay import draw_light
 from edgepilot.live.tracker import Tracker, relevant
 from edgepilot.meta import ModelMeta
-from edgepilot.runtime.detection import DecodeParams, decode, fit, letterbox
+from edgepilot.runtime.detection import DecodeParams, decode, fit
 
 __all__ = ["LiveState", "Reading", "Smoother", "parse_roi", "decide", "model_input", "annotate",
            "run_live"]
@@ -133,22 +133,18 @@ def decide(label: str) -> str:
     return "GO" if label == "green" else "STOP"
 
 
-def model_input(meta: ModelMeta, roi=None) -> Callable[[np.ndarray], np.ndarray]:
-    """The capture thread's `prepare` hook: RGB frame -> model input (ROI crop + resize +
-    normalisation, as the model's metadata says)."""
-    from edgepilot.runtime.image import preprocess
-
+def model_input(model, roi=None) -> Callable[[np.ndarray], np.ndarray]:
+    """The capture thread's `prepare` hook: RGB frame -> model input: the ROI crop, then the
+    model's own first stage (`Model.prepare`: resize or letterbox, normalisation)."""
+    meta = model.meta
     if meta is None or not meta.is_image:
         raise InputError("The live demo needs an image model with edgepilot metadata")
-    detector = meta.is_detector
 
     def prepare(frame: np.ndarray) -> np.ndarray:
         if roi is not None:
             x, y, w, h = roi
             frame = frame[y:y + h, x:x + w]
-        if detector:  # aspect ratio kept; boxes are mapped back with the same geometry
-            frame = letterbox(frame, meta.input_size)[0]
-        return preprocess(frame, meta)
+        return model.prepare(frame).input
 
     return prepare
 
@@ -288,7 +284,7 @@ def run_live(model, grabber: FrameGrabber, *, roi=None, smooth: int = 1,
     on: the model may get to a few more while the output is busy. `stop()` is polled at
     least every 0.1 s. Errors from any stage are raised here; Ctrl-C stops the other threads
     before it propagates."""
-    prepare = model_input(model.meta, roi)
+    prepare = model_input(model, roi)
     smoother = Smoother(smooth)
     grabber.prepare = prepare
     state = LiveState()

@@ -48,7 +48,7 @@ class Stopped(KeyboardInterrupt):
 
 def threads_used(model, asked: int | str | None) -> str:
     """The model's threads as the start-up line says them: ``1 model thread (auto)``."""
-    choice = getattr(getattr(model, "_backend", None), "thread_choice", None)
+    choice = getattr(model, "thread_choice", None)
     count = choice.threads if choice is not None else asked
     if count in (None, "auto"):
         return "the runtime's default model threads"

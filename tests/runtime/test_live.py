@@ -76,7 +76,7 @@ def test_newest_mailbox_hands_over_only_the_newest_item():
 
 def test_the_capture_thread_prepares_the_model_input():
     model = edgepilot.load(shipped_model(), threads=1)
-    prepare = model_input(model.meta, roi=(100, 50, 200, 300))
+    prepare = model_input(model, roi=(100, 50, 200, 300))
     source = SyntheticSource(frames=5)
     with FrameGrabber(source, pace=False, prepare=prepare) as grabber:
         got = grabber.latest()
@@ -181,6 +181,7 @@ def test_an_error_in_the_inference_thread_is_raised_to_the_caller():
 
     class Broken:  # a model whose every run fails
         meta = shipped.meta
+        prepare = staticmethod(shipped.prepare)
 
         def __call__(self, x):
             raise ModelFileError("the model file is damaged")
