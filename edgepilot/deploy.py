@@ -129,7 +129,12 @@ def write_bundle(models: Sequence[Path], out: str | Path, *, profile=None,
     names = []
     for model in models:
         model = Path(model)
-        if model.resolve() != (out / model.name).resolve():
+        try:  # a link loop makes resolve() raise RuntimeError, not OSError
+            already_there = model.resolve() == (out / model.name).resolve()
+        except (OSError, RuntimeError) as err:
+            raise ModelFileError(f"'{model}' cannot be followed to a file ({err.__class__.__name__}"
+                                 "): a symbolic link that leads to itself?") from err
+        if not already_there:
             if format_for_path(model).folder:  # a Core ML .mlpackage: its vetted files only
                 copy_package(check_package(model), out / model.name)
             else:

@@ -176,7 +176,7 @@ def _files_capped(size: int):
         signal.signal(signal.SIGXFSZ, handler)
 
 
-@pytest.mark.parametrize("kind", ["fifo", "zero", "folder-link"])
+@pytest.mark.parametrize("kind", ["fifo", "zero", "folder-link", "loop"])
 def test_a_model_that_is_not_a_regular_file_is_not_bundled(tmp_path, package, kind):
     # Found by the fuzzer (issue 30): shutil.copy2 blocked on a FIFO and copied /dev/zero
     # until the disk was full.
@@ -185,6 +185,9 @@ def test_a_model_that_is_not_a_regular_file_is_not_bundled(tmp_path, package, ki
         os.mkfifo(model)
     elif kind == "zero":
         model.symlink_to("/dev/zero")
+    elif kind == "loop":  # found by the fuzzer: resolve() raised RuntimeError
+        model = tmp_path / "m.mlpackage"
+        model.symlink_to(model)
     else:
         model.symlink_to(package)  # a package is read only as a folder of its own
     with _files_capped(64 << 20), pytest.raises(EdgepilotError) as info:  # a regression
