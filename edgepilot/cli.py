@@ -704,18 +704,22 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgepilot", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"edgepilot {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
-    add_train(sub)
-    add_export(sub)
-    add_predict(sub)
-    add_bench(sub)
-    add_devices(sub)
-    add_deploy(sub)
-    add_webcam(sub)
-    add_info(sub)
-    add_demo(sub)
+    for add in (add_train, add_export, add_predict, add_bench, add_devices, add_deploy,
+                add_webcam, add_info, add_demo):
+        add(sub)
+    for command in sub.choices.values():  # --debug after the command works as well
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks on errors")
     return parser
+
+
+def _version() -> str:
+    import edgepilot
+
+    return edgepilot.__version__
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:

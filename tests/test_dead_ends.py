@@ -52,3 +52,14 @@ def test_a_folder_given_as_a_model_says_it_is_a_folder(tmp_path):
     folder.mkdir()
     done = run("predict", folder, shipped_model("stoplight"))
     assert done.returncode == 1 and "is a folder, not a model file" in done.stderr
+
+
+def test_version_and_debug_anywhere():
+    import edgepilot
+
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"edgepilot {edgepilot.__version__}"
+    after = run("info", "/nonexistent/model.onnx", "--debug")  # after the command too
+    assert after.returncode == 1 and "Traceback" in after.stderr
+    plain = run("info", "/nonexistent/model.onnx")
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
