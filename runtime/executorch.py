@@ -59,7 +59,51 @@ def read_program(path: Path) -> bytes:
             raise ModelFileError(f"'{path}' is {size / 2**30:.1f} GiB, more than the "
                                  f"{room / 2**30:.1f} GiB of memory this process may use: a "
                                  "corrupt or hostile .pte?")
+        declared = declared_size(file.read(64))
+        if declared is not None and size > declared + _SLACK:
+            raise ModelFileError(f"'{path}' is {size:,} bytes but its header accounts for "
+                                 f"{declared:,}: a corrupt or hostile .pte (data after the "
+                                 "program and its segments)")
+        file.seek(0)
         return file.read(size)
+
+
+#: Bytes a .pte may hold past what its extended header accounts for (alignment padding).
+_SLACK = 1 << 16
+
+
+def declared_size(head: bytes) -> int | None:
+    """The bytes a .pte's extended header ("eh00" at byte 8) says the program and its
+    segments span, or None when the header does not say (no header, or an old one without
+    the segments' size)."""
+    if len(head) < 40 or head[8:12] != b"eh00":
+        return None
+    length = int.from_bytes(head[12:16], "little")
+    program = int.from_bytes(head[16:24], "little")
+    base = int.from_bytes(head[24:32], "little")
+    if length < 32:  # no segment data size in this header
+        return None
+    segments = int.from_bytes(head[32:40], "little")
+    return max(program, base + segments if base else 0)
+
+
+def planned_bytes(data: bytes) -> int:
+    """Bytes of working memory the program's "forward" plan asks ExecuTorch to allocate (its
+    non_const_buffer_sizes), read with the bounded flatbuffer reader before anything is
+    allocated. 0 when the table cannot be read: the loader's own checks then report it."""
+    from flatbuffers import number_types
+
+    from edgepilot.runtime.flatbuffer import _root
+
+    try:
+        for plan in _root(data).tables(1):  # Program.execution_plan
+            if plan.string(0) == "forward":  # ExecutionPlan.name
+                start, count = plan.vector(8, limit=1024)  # non_const_buffer_sizes
+                return sum(max(0, plan.t.Get(number_types.Int64Flags, start + 8 * i))
+                           for i in range(count))
+    except Exception:  # noqa: BLE001 - unreadable here; ExecuTorch's verifier says why
+        return 0
+    return 0
 
 
 def memory_room() -> int:
@@ -201,6 +245,11 @@ class ExecuTorchBackend(Backend):
         path = Path(path)
         data = read_program(path)
         check_header(data, path)
+        planned, room = planned_bytes(data), memory_room()
+        if planned > room:  # refused before ExecuTorch tries to allocate it
+            raise ModelFileError(f"'{path}' plans {planned / 2**30:.1f} GiB of working memory, "
+                                 f"more than the {room / 2**30:.1f} GiB this process may take: "
+                                 "a corrupt or hostile .pte?")
         digest = hashlib.sha256(data).digest()
         if not vetted and digest not in _VETTED:  # once per content and process
             vet(data, path)

@@ -1,6 +1,8 @@
 """ExecuTorch: the shipped stoplight model to .pte, fp32 and int8, then load, predict, bench and
 info through edgepilot's runtime, compared with PyTorch on images the exporter never saw."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,42 @@ def test_method_names_from_the_file_never_break_the_error_line(files, tmp_path):
         with pytest.raises(ModelFileError, match="no 'forward' method") as info:
             call(path)
         assert str(info.value).isprintable(), repr(str(info.value))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [1 << 20, 3 << 30])
+def test_data_after_the_program_is_refused_before_it_is_read(files, tmp_path, extra):
+    # Found by the fuzzer (issue 30): a program made sparse to 3 GiB was read whole (3.4 GiB
+    # of RSS) before ExecuTorch found nothing of use in it. The extended header says how far
+    # the program and its segments reach.
+    from edgepilot.info import inspect_model
+
+    data = open(files["fp32"].path, "rb").read()
+    path = tmp_path / "padded.pte"
+    path.write_bytes(data)
+    os.truncate(path, len(data) + extra)
+    for call in (inspect_model, edgepilot.load):
+        with pytest.raises(ModelFileError, match="header accounts for") as info:
+            call(path)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("planned", [8 << 30, 1 << 62])
+def test_absurd_planned_memory_is_refused_before_it_is_allocated(files, tmp_path, planned,
+                                                                monkeypatch):
+    # Found by the fuzzer (issue 30): 8 GiB or 2^62 bytes of planned memory reached
+    # ExecuTorch's allocator, a MemoryError where memory is capped.
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    import edgepilot.runtime.executorch as backend
+
+    pte = deserialize_pte_binary(open(files["fp32"].path, "rb").read())
+    plan = next(p for p in pte.program.execution_plan if p.name == "forward")
+    plan.non_const_buffer_sizes = [0, planned]
+    path = tmp_path / "planned.pte"
+    path.write_bytes(bytes(serialize_pte_binary(pte, extract_delegate_segments=True)))
+    monkeypatch.setattr(backend, "memory_room", lambda: 4 << 30)  # as under a 4 GiB cap
+    with pytest.raises(ModelFileError, match="of working memory") as info:
+        edgepilot.load(path)
+    assert "\n" not in str(info.value)
