@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,19 +79,10 @@ def _copy_model_file(model: Path, target: Path) -> None:
     """Copy a model file (a link to one is followed: the user named it) as the regular file it
     is when opened: never a FIFO, a device or ``/dev/zero``, and never more bytes than it held
     when opened."""
-    from edgepilot.runtime.model import not_a_model
+    from edgepilot.runtime.model import open_model_file
 
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(model, flags)
-    except OSError as err:
-        raise ModelFileError(not_a_model(model) if isinstance(
-            err, (FileNotFoundError, IsADirectoryError)) else
-            f"Cannot read '{model}': {err.strerror}") from err
-    with os.fdopen(fd, "rb") as reader:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ModelFileError(not_a_model(model))
+    with open_model_file(model) as reader:
+        info = os.fstat(reader.fileno())
         with open(target, "wb") as writer:
             left = info.st_size
             while left > 0 and (chunk := reader.read(min(left, 1 << 20))):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import warnings
 from pathlib import Path
 
@@ -41,19 +40,10 @@ _DTYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np
 def read_program(path: Path) -> bytes:
     """The bytes of a .pte, refused before the read when they could not fit in memory (a
     sparse 20 GiB file would otherwise be read whole) or when it is not a regular file."""
-    from edgepilot.runtime.model import not_a_model
+    from edgepilot.runtime.model import open_model_file
 
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block the open
-    try:
-        fd = os.open(path, flags)
-    except OSError as err:
-        raise ModelFileError(not_a_model(Path(path)) if isinstance(
-            err, (FileNotFoundError, IsADirectoryError)) else
-            f"Cannot read '{path}': {err.strerror}") from err
-    with os.fdopen(fd, "rb") as file, file_errors("ExecuTorch", path):
-        size = os.fstat(fd).st_size
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ModelFileError(not_a_model(Path(path)))
+    with open_model_file(path) as file, file_errors("ExecuTorch", path):
+        size = os.fstat(file.fileno()).st_size
         room = memory_room()
         if size > room:
             raise ModelFileError(f"'{path}' is {size / 2**30:.1f} GiB, more than the "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,23 @@ def not_a_model(path: Path, folder: bool = False) -> str:
     if path.is_dir():
         return f"'{path}' is a folder, not a model file: give the model file inside it"
     return f"'{path}' is not a regular file (a FIFO, socket or device): give a model file"
+
+
+def open_model_file(path: Path):
+    """`path` opened for reading as the regular file it is (a link to one is followed), or a
+    ModelFileError saying what it is instead. A FIFO is opened without blocking, so that it
+    is turned away rather than waited on. Returns the open binary file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise ModelFileError(not_a_model(Path(path)) if isinstance(
+            err, (FileNotFoundError, IsADirectoryError)) else
+            f"Cannot read '{path}': {err.strerror}") from err
+    file = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        file.close()
+        raise ModelFileError(not_a_model(Path(path)))
+    return file
 
 
 def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | str | None = "auto",
