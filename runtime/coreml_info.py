@@ -1,9 +1,12 @@
 """`edgepilot info` for Core ML .mlpackage folders, on any OS: read from the spec with
 coremltools (no Core ML needed): the image input and its scale and bias, the class labels,
-op counts of the ML Program, the weights' storage precision and the chosen compute units."""
+op counts of the ML Program, its layers (conv, linear, matmul... whose weights are ``const``
+or ``constexpr_*`` ops: dims from their output types, never the weight file), the weights'
+storage precision and the chosen compute units."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -12,7 +15,7 @@ from edgepilot.errors import require
 from edgepilot.runtime.backend import quiet_native_stderr
 from edgepilot.runtime.coreml import COMPUTE_UNITS_KEY, META_KEY
 from edgepilot.runtime.mlpackage import check_package, spec_copy
-from edgepilot.runtime.reading import Reading, TensorSummary, parse_meta
+from edgepilot.runtime.reading import OpRule, Reading, TensorSummary, count_layers, parse_meta
 
 __all__ = ["read_info", "read_spec", "image_preprocessing", "weight_dtypes"]
 
@@ -26,6 +29,22 @@ def read_spec(path: Path):
         warnings.simplefilter("ignore")
         ct = require("coremltools", "coreml", "Inspecting Core ML models")
         return ct.utils.load_spec(str(private))
+
+
+#: MIL ops that are layers: their named inputs in the order the rule's slots index, and the rule.
+OPS = {
+    "conv": (("x", "weight", "bias"), OpRule((1,), (2,), "conv")),
+    "conv_transpose": (("x", "weight", "bias"), OpRule((1,), (2,))),
+    "linear": (("x", "weight", "bias"), OpRule((1,), (2,), "dot", 0)),
+    "matmul": (("x", "y"), OpRule((0, 1), (), "dot", 0)),
+    "prelu": (("x", "alpha"), OpRule((1,))),
+    # Mean and variance are statistics, not weights.
+    "batch_norm": (("x", "mean", "variance", "gamma", "beta"), OpRule((3,), (4,))),
+    "instance_norm": (("x", "gamma", "beta"), OpRule((1,), (2,))),
+    "layer_norm": (("x", "axes", "gamma", "beta"), OpRule((2,), (3,))),
+}
+#: Ops that give a constant in another dtype or shape (fp16 weights reach a layer by a cast).
+_VIEWS = frozenset({"cast", "reshape", "transpose", "squeeze", "expand_dims"})
 
 
 def _operations(spec) -> list:
@@ -93,11 +112,50 @@ def read_info(path: Path) -> Reading:
     outputs = [TensorSummary(o.name, (), o.type.WhichOneof("Type") or "?")
                for o in description.output]
     metadata = dict(description.metadata.userDefined)
-    ops = [op.type for op in _operations(spec)]
+    operations = _operations(spec)
+    ops = [op.type for op in operations]
     meta = parse_meta(metadata.get(META_KEY), path)
     labels = meta.get("labels") if meta else None
     details = {"input scale and bias": image_preprocessing(spec) or "none",
                "labels": ", ".join(labels) if labels else "none",
                "compute units": metadata.get(COMPUTE_UNITS_KEY, "not set (Core ML: ALL)"),
                "weights stored as": weight_dtypes(path) or "none"}
-    return Reading(inputs, outputs, meta, [], [o for o in ops if o != "const"], details)
+    return Reading(inputs, outputs, meta, _layers(spec, operations),
+                   [o for o in ops if o != "const"], details)
+
+
+def _layers(spec, operations) -> list:
+    """The ML Program's layers, counted from its ops' types (see `edgepilot.info`)."""
+    main = spec.mlProgram.functions["main"]
+    shapes = {i.name: _dims(i.type) for i in main.inputs}
+    sizes: dict[str, int] = {}
+    nodes = []
+    for op in operations:
+        if not op.outputs:
+            continue
+        for out in op.outputs:
+            shapes[out.name] = _dims(out.type)
+        first = op.outputs[0].name
+        if op.type == "const" or op.type.startswith("constexpr_"):  # constexpr_: compressed
+            dims = shapes[first]  # weights, decompressed when the model loads
+            if dims is not None:
+                sizes[first] = math.prod(dims)
+            continue
+        names = {key: [a.name for a in arg.arguments if a.name]
+                 for key, arg in op.inputs.items()}
+        slots = OPS[op.type][0] if op.type in OPS else ("x",) if op.type in _VIEWS else ()
+        ins = [(names.get(key) or [None])[0] for key in slots] if slots else \
+            [name for key in sorted(names) for name in names[key]]
+        nodes.append((first, op.type, ins, [out.name for out in op.outputs]))
+    return count_layers(nodes, sizes, shapes.get, {op: rule for op, (_, rule) in OPS.items()},
+                        _VIEWS)
+
+
+def _dims(value_type) -> tuple | None:
+    """The dims of a MIL tensor type; None when one is not a constant."""
+    if value_type.WhichOneof("type") != "tensorType":
+        return None
+    dims = value_type.tensorType.dimensions
+    if any(d.WhichOneof("dimension") != "constant" for d in dims):
+        return None
+    return tuple(int(d.constant.size) for d in dims)

@@ -63,10 +63,13 @@ class Reading(NamedTuple):
     layers: list[Layer]
     ops: list[str]
     details: dict = {}  # format-specific facts: compute units, weight precision, delegates...
+    # Why parameters and MACs cannot be known from the file ("delegated to QnnBackend": the
+    # weights are in a blob only that backend reads); empty when every layer was counted.
+    uncounted: str = ""
 
 
-
-def count_layers(nodes, sizes: dict, shape, table: dict[str, OpRule]) -> list[Layer]:
+def count_layers(nodes, sizes: dict, shape, table: dict[str, OpRule],
+                 views: frozenset = frozenset()) -> list[Layer]:
     """The layers of one graph, in graph order.
 
     Args:
@@ -74,12 +77,14 @@ def count_layers(nodes, sizes: dict, shape, table: dict[str, OpRule]) -> list[La
         sizes: element count of every constant tensor.
         shape: tensor -> dims with a batch of one, or None when unknown.
         table: how to count each op type.
+        views: the format's own ops that give a constant in another dtype or shape, beside
+            the ONNX and TFLite ones (`_VIEWS`).
     """
     origin = {t: t for t in sizes}  # tensor -> the constant it is a view of
     producer: dict = {}  # activation -> index in `layers` of the layer computing it
     layers: list[Layer] = []
     for name, op, ins, outs in nodes:
-        if op in _VIEWS and ins and ins[0] in origin:
+        if (op in _VIEWS or op in views) and ins and ins[0] in origin:
             origin[outs[0]] = origin[ins[0]]
             continue
         index = next((producer[i] for i in ins if i in producer), None)

@@ -5,14 +5,19 @@ exporters), the checkpoint tests import it themselves, and the rest is what a ru
 runs.
 """
 
+import importlib.util
+import io
 import json
 import subprocess
 import sys
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edgepilot
+from edgepilot.assets import shipped_model
 from edgepilot.errors import MissingDependencyError, ModelFileError, UnsupportedFormatError
 from edgepilot.formats import format_by_name
 from edgepilot.info import inspect_model, print_info
@@ -105,7 +110,7 @@ def test_conv_macs_and_parameters(tiny_conv, fmt):
 
 
 def test_checkpoint_counts_what_torch_counts(tmp_path):
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     from edgepilot.train.checkpoint import save_checkpoint
     from edgepilot.train.models import create_model
 
@@ -123,6 +128,21 @@ def test_checkpoint_counts_what_torch_counts(tmp_path):
     assert info.macs > 0 and info.op_histogram["Conv2d"] == 6
     assert info.format == "checkpoint" and info.meta["name"] == "stoplight"
     assert info.inputs[0].shape == (1, 3, 32, 32) and info.outputs[0].shape == (1, 4)
+    # Untrained: each batch norm folds into a bias-free conv as a new bias of zeros, which
+    # TFLite and ExecuTorch keep (C fewer each) and torch's ONNX exporter drops (2C fewer).
+    channels = sum(m.num_features for m in net.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d))
+    exported = info.parameters - channels
+    assert info.details["parameters when exported"] == exported
+    note = info.details["batch norm"]
+    assert note.startswith(f"{2 * channels:,} parameters in 6 layers, folded into the conv")
+    assert f"count {channels:,} fewer" in note
+    onnx_count = info.parameters - 2 * channels
+    assert f"ONNX: {2 * channels:,} fewer, {onnx_count:,}:" in note
+    if importlib.util.find_spec("litert_torch"):  # the claims, against the exported files
+        reports = edgepilot.export(net, torch.zeros(1, 3, 32, 32), formats=["onnx", "tflite"],
+                                   out=tmp_path / "s", quiet=True)
+        assert [inspect_model(r.path).parameters for r in reports] == [onnx_count, exported]
 
 
 def test_nielsen_checkpoint(tmp_path):
@@ -172,3 +192,125 @@ def test_importing_info_imports_no_heavy_framework():
                              check=True).stdout.split()
     assert "edgepilot.info" in modules
     assert not [m for m in ("torch", "onnx", "tensorflow") if m in modules]
+
+
+# The shipped stoplight CNN: 7 convolutions each followed by a BatchNorm2d, which exporters fold.
+STOPLIGHT_PARAMETERS, STOPLIGHT_EXPORTED, STOPLIGHT_MACS = 208_980, 208_580, 21_897_600
+
+
+def test_checkpoint_says_its_batch_norm_is_folded_on_export():
+    pytest.importorskip("torch")
+    info = inspect_model(shipped_model("stoplight", ".pt"))
+    onnx_info = inspect_model(shipped_model("stoplight"))  # exported from that checkpoint
+    assert info.parameters == STOPLIGHT_PARAMETERS and info.macs == STOPLIGHT_MACS
+    assert onnx_info.parameters == STOPLIGHT_EXPORTED and onnx_info.macs == STOPLIGHT_MACS
+    # 7 x (weight + bias) of 16..96 channels; their shifts become the bias-free convs' biases
+    assert info.details["batch norm"] == (
+        "800 parameters in 7 layers, folded into the convolutions before them on export: "
+        "exported files count 400 fewer")
+    assert info.details["parameters when exported"] == onnx_info.parameters
+    assert json.loads(json.dumps(info.to_dict()))["details"]["parameters when exported"] \
+        == STOPLIGHT_EXPORTED
+    text = _printed(info, width=200)  # on one line
+    assert "batch norm" in text and "exported files count 400 fewer" in text
+    assert "208,580" in text
+    # The exported file states its own count and claims nothing about batch norm.
+    assert not any("batch norm" in key for key in onnx_info.details)
+    text = _printed(onnx_info)
+    assert "208,580" in text and "batch norm" not in text.lower() and "fold" not in text
+
+
+def _printed(info, width: int = 120) -> str:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, markup=False)
+    print_info(info, console=console)
+    return console.file.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stoplight_files(tmp_path_factory):
+    """The shipped stoplight checkpoint as .onnx, .pte (XNNPACK, as edgepilot exports it; and
+    with portable kernels only) and .mlpackage: format -> path."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("executorch.exir")
+    pytest.importorskip("coremltools")
+    from edgepilot.train.checkpoint import load_checkpoint
+
+    net, meta, _ = load_checkpoint(shipped_model("stoplight", ".pt"))
+    out = tmp_path_factory.mktemp("stoplight") / "stoplight"
+    x = torch.zeros(meta.input_shape)
+    reports = edgepilot.export(net, x, formats=["onnx", "executorch", "coreml"], out=out,
+                               meta=meta, max_drop=None, quiet=True)
+    files = {r.format: Path(r.path) for r in reports}
+    from executorch.exir import to_edge
+
+    portable = out.with_name("portable.pte")
+    portable.write_bytes(to_edge(torch.export.export(net.eval(), (x,))).to_executorch().buffer)
+    files["portable"] = portable
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["executorch", "coreml"])
+def test_pte_and_mlpackage_count_what_the_onnx_file_counts(stoplight_files, fmt):
+    onnx_info = inspect_model(stoplight_files["onnx"])
+    info = inspect_model(stoplight_files[fmt])
+    assert (onnx_info.parameters, onnx_info.macs) == (STOPLIGHT_EXPORTED, STOPLIGHT_MACS)
+    assert (info.parameters, info.weights, info.biases, info.macs) == \
+        (onnx_info.parameters, onnx_info.weights, onnx_info.biases, onnx_info.macs)
+    assert [(x.parameters, x.macs) for x in info.layers] == \
+        [(x.parameters, x.macs) for x in onnx_info.layers]  # layer by layer, 7 convs and a FC
+    assert [x.op for x in info.layers] == (["XNNConv2d"] * 7 + ["XNNFullyConnected"]
+                                           if fmt == "executorch" else ["conv"] * 7 + ["linear"])
+    assert "counts" not in info.details and "0 layers" not in _printed(info)
+
+
+@pytest.mark.slow
+def test_a_pte_of_portable_kernels_counts_its_batch_norm(stoplight_files):
+    """Lowered without a delegate, the program keeps batch norm as a kernel of its own: it
+    counts what the checkpoint counts."""
+    info = inspect_model(stoplight_files["portable"])
+    assert info.details["delegated subgraphs"] == "none (portable kernels only)"
+    assert (info.parameters, info.macs) == (STOPLIGHT_PARAMETERS, STOPLIGHT_MACS)
+    ops = Counter(x.op for x in info.layers)
+    assert ops == {"aten::convolution": 7, "aten::_native_batch_norm_legit_no_training": 7,
+                   "aten::addmm": 1}
+
+
+@pytest.mark.slow
+def test_a_delegate_that_cannot_be_read_is_unknown_not_zero(stoplight_files, tmp_path):
+    data = stoplight_files["executorch"].read_bytes()
+    assert data.count(b"XnnpackBackend") == 1  # the delegate's id: same length, other backend
+    path = tmp_path / "npu.pte"
+    path.write_bytes(data.replace(b"XnnpackBackend", b"AcmeNpuBackend"))
+    info = inspect_model(path)
+    assert (info.parameters, info.weights, info.biases, info.macs) == (None, None, None, None)
+    assert info.details["counts"] == "unknown (delegated to AcmeNpuBackend)"
+    assert info.details["delegated subgraphs"] == {"AcmeNpuBackend": 1}
+    assert json.loads(json.dumps(info.to_dict()))["parameters"] is None
+    text = _printed(info)
+    assert "unknown (delegated to AcmeNpuBackend)" in text
+    assert " 0 (" not in text and "0 layers" in text  # no 0 parameters or MACs claimed
+
+
+@pytest.mark.slow
+def test_an_xnnpack_graph_of_another_schema_is_unknown_not_an_error(stoplight_files,
+                                                                     tmp_path):
+    data = stoplight_files["executorch"].read_bytes()
+    assert data.count(b"XN01") == 1  # the XNNPACK graph's file identifier
+    path = tmp_path / "future.pte"
+    path.write_bytes(data.replace(b"XN01", b"XN99"))
+    info = inspect_model(path)
+    assert info.parameters is None and info.macs is None and info.layers == []
+    assert info.details["counts"].startswith("unknown (delegated to XnnpackBackend: its graph")
+
+
+def test_a_batch_norm_not_after_a_convolution_is_not_said_to_fold():
+    torch = pytest.importorskip("torch")
+    from edgepilot.info import _batch_norm_note
+
+    norm = torch.nn.BatchNorm1d(10)  # after a Linear, say: exporters may keep it
+    assert _batch_norm_note({"bn": norm}, {}, {"bn": norm}, set(), 100) == {
+        "batch norm": "20 parameters in 1 layer; 1 not right after a convolution, which this "
+                      "count assumes exporters keep"}
