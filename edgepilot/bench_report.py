@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from edgepilot.bench import BenchResult, machine_info, slower_quantized
 from edgepilot.errors import EdgepilotError, MissingDependencyError
 
-__all__ = ["print_table", "to_json", "dump_json", "append_csv", "plot"]
+__all__ = ["print_table", "to_json", "dump_json", "append_csv", "plot", "Column", "fit_table"]
 
 SCHEMA_VERSION = 1
 CSV_FIELDS = ("model", "format", "threads", "backend", "size_bytes", "runs", "min_ms", "p50_ms",
@@ -23,57 +25,221 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def print_table(results: Sequence[BenchResult], console=None) -> None:
+class Column(NamedTuple):
+    """A column of a table that `fit_table` fits to the console's width.
+
+    `rank`: 0 is essential (shown even when a name column must fold to make room), then the
+    lower the sooner a column is shown. `kind`: "number" never wraps (a number is never split
+    over two lines); "name" (a file or model name) folds only when the essential columns need
+    the room; "text" (a backend) wraps between words.
+    """
+
+    header: str
+    rank: int = 0
+    kind: str = "number"
+    justify: str = "right"
+
+
+_NAME_FLOOR = 14  # cells a name column may fold down to for the essential columns
+_UNLIMITED = 10_000  # a pipe's width: measured, never reached
+
+
+def _text(value):
+    from rich.text import Text
+
+    return value if isinstance(value, Text) else Text(str(value))
+
+
+def _build(columns: Sequence[Column], rows: Sequence[Sequence], widths: dict[int, int],
+           headers: Sequence[str], **table_options):
+    """A rich Table of the columns in `widths` (index: largest content width, in cells)."""
     from rich.table import Table
+
+    table = Table(**table_options)
+    shown = sorted(widths)
+    for i in shown:
+        column = columns[i]
+        table.add_column(_text(headers[i]), justify=column.justify, overflow="fold",
+                         no_wrap=column.kind == "number",
+                         max_width=None if column.kind == "number" else widths[i])
+    for row in rows:
+        table.add_row(*(_text(row[i]) for i in shown))
+    return table
+
+
+def _measure(console, renderable) -> int:
+    """Cells `renderable` takes with no width limit (a table: every column at its widest)."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(_UNLIMITED), renderable).maximum
+
+
+def _measuring_console():
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=_UNLIMITED, markup=False, emoji=False,
+                   highlight=False)
+
+
+def _compact_headers(columns: Sequence[Column], rows: Sequence[Sequence]) -> list[str]:
+    """Headers for a narrow console: a header wider than its column's cells takes a line per
+    word ("top-1" over "agree")."""
+    from rich.cells import cell_len
+
+    return ["\n".join(column.header.split())
+            if cell_len(column.header) > max((cell_len(str(row[i])) for row in rows), default=0)
+            else column.header for i, column in enumerate(columns)]
+
+
+def _content_widths(console, columns, rows, headers) -> tuple[list[int], list[int], list[int]]:
+    """Per column: its widest cell; the narrowest it may be with names whole; the narrowest
+    it may be for the essential columns (names folded down to `_NAME_FLOOR`)."""
+    from rich.measure import Measurement
+
+    options = console.options.update_width(_UNLIMITED)
+    widest, whole, squeezed = [], [], []
+    for i, column in enumerate(columns):
+        sizes = [Measurement.get(console, options, _text(cell))
+                 for cell in [headers[i], *(row[i] for row in rows)]]
+        most = max(size.maximum for size in sizes)
+        least = {"number": most, "name": most,
+                 "text": min(most, max(size.minimum for size in sizes))}[column.kind]
+        widest.append(most)
+        whole.append(least)
+        squeezed.append(min(most, _NAME_FLOOR) if column.kind == "name" else least)
+    return widest, whole, squeezed
+
+
+def natural_width(columns: Sequence[Column], rows: Sequence[Sequence], lines: Sequence = (),
+                  **table_options) -> int:
+    """The width of the table with every column, nothing folded or wrapped, or of the widest
+    of `lines` (printed under it) if wider: a pipe's width, so that nothing is cut or split."""
+    console = _measuring_console()
+    headers = [column.header for column in columns]
+    widest = _content_widths(console, columns, rows, headers)[0]
+    table = _build(columns, rows, dict(enumerate(widest)), headers, **table_options)
+    return max(_measure(console, item) for item in [table, *lines])
+
+
+def fit_table(columns: Sequence[Column], rows: Sequence[Sequence], console,
+              **table_options) -> tuple:
+    """`rows` as a rich Table no wider than `console`, and the headers of the columns left out.
+
+    Every column when they all fit. Else wide headers take a line per word, and columns are
+    taken in rank order while the table, measured by rich, still fits: essential ones (rank
+    0) with name columns folded down to `_NAME_FLOOR` cells, the others only with names
+    whole. Numbers never wrap, so no number is split; the space left goes to the names, then
+    to text columns, up to their widest cell.
+    """
+    width = console.width
+    headers = [column.header for column in columns]
+    widest = _content_widths(console, columns, rows, headers)[0]
+    table = _build(columns, rows, dict(enumerate(widest)), headers, **table_options)
+    if _measure(console, table) <= width:
+        return table, []
+    headers = _compact_headers(columns, rows)
+    widest, whole, squeezed = _content_widths(console, columns, rows, headers)
+    order = sorted(range(len(columns)), key=lambda i: (columns[i].rank, i))
+    chosen: list[int] = []
+    for i in order:
+        least = squeezed if columns[i].rank == 0 else whole
+        trial = {j: least[j] for j in (*chosen, i)}
+        if not chosen or _measure(console, _build(columns, rows, trial, headers)) <= width:
+            chosen.append(i)
+    widths = {j: squeezed[j] for j in chosen}
+    spare = width - _measure(console, _build(columns, rows, widths, headers))
+    for kind in ("name", "text"):  # a cell more of content is a cell more of table
+        for j in chosen:
+            if columns[j].kind == kind and spare > 0:
+                grow = min(spare, widest[j] - widths[j])
+                widths[j] += grow
+                spare -= grow
+    left_out = [column.header for i, column in enumerate(columns) if i not in widths]
+    return _build(columns, rows, widths, headers, **table_options), left_out
+
+
+def left_out_line(left_out: Sequence[str], width: int, how: str):
+    """The line under a table that names the columns it left out, and how to see them."""
+    from rich.text import Text
+
+    return Text(f"columns left out at {width} columns: {', '.join(left_out)}; {how}",
+                style="dim")
+
+
+def print_table(results: Sequence[BenchResult], console=None) -> None:
+    """The results as one table, fitted to the terminal (see `fit_table`); piped, every column
+    at full width. A failed row says `failed`; why is printed under the table."""
     from rich.text import Text
 
     from edgepilot.terminal import console as terminal_console
     from edgepilot.terminal import printable
 
     info = machine_info()
-    table = Table(title=f"edgepilot bench — {info['cores']} cores, {info['cpu']}")
-    for column in ("model", "format", "threads", "p50 ms", "p90 ms", "p99 ms", "mean±std",
-                   "CPU ms", "inf/s", "load ms", "first ms", "size", "model MB", "RSS MB",
-                   "accuracy", "backend"):
-        table.add_column(column, justify="left" if column in ("model", "backend") else "right",
-                         overflow="fold",  # file names stay whole; the backend folds first
-                         min_width=min(48, max((len(r.model) for r in results), default=5))
-                         if column == "model" else None)
+    title = printable(f"edgepilot bench — {info['cores']} cores, {info['cpu']}")
+    measured = any(r.accuracy is not None for r in results)
+    columns = [
+        Column("model", 0, "name", "left"), Column("format", 0), Column("threads", 0),
+        Column("p50 ms", 0), Column("p90 ms", 2), Column("p99 ms", 5), Column("mean±std", 6),
+        Column("CPU ms", 8), Column("inf/s", 4), Column("load ms", 10),
+        Column("first ms", 11), Column("size", 7), Column("model MB", 9),
+        Column("RSS MB", 3), Column("accuracy", 0 if measured else 12),
+        Column("backend", 1, "text", "left"),
+    ]
+    rows = []
     for r in results:
+        names = [printable(r.model), printable(r.format), printable(r.threads_shown)]
         if r.error:
-            table.add_row(r.model, r.format, r.threads_shown,
-                          Text(f"failed: {printable(r.error)}", style="red"), *[""] * 12)
+            rows.append([*names, Text("failed", style="red"), *[""] * 12])
             continue
         lat = r.latency_ms
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}% ({r.n_data})"
         if r.accuracy is not None and r.metric != "top-1":
-            accuracy = f"{r.metric} {accuracy}"
-        table.add_row(r.model, r.format, r.threads_shown, _ms(lat["p50"]),
-                      _ms(lat["p90"]), _ms(lat["p99"]), f"{lat['mean']:.3f}±{lat['std']:.3f}",
-                      _ms(r.cpu_ms), f"{r.throughput:.0f}", f"{r.load_ms:.1f}", f"{r.first_ms:.2f}",
-                      f"{r.size_bytes / 1024:.0f} KiB",
-                      "-" if r.memory_mb is None else f"{r.memory_mb:.1f}",
-                      f"{r.peak_rss_mb:.0f}", accuracy,
-                      r.backend)
-    console = console or terminal_console(piped_width=200)
-    console.print(table)
-    for warning in slower_quantized(results):
-        console.print(Text("warning ", style="yellow") + Text(printable(warning)))
-    if any(r.cpu_ms is not None for r in results):
-        console.print("CPU ms: the process's CPU time per inference, all threads (CPU ms / mean "
-                      "ms = cores kept busy)")
+            accuracy = f"{printable(r.metric)} {accuracy}"
+        rows.append([*names, _ms(lat["p50"]), _ms(lat["p90"]), _ms(lat["p99"]),
+                     f"{lat['mean']:.3f}±{lat['std']:.3f}", _ms(r.cpu_ms),
+                     f"{r.throughput:.0f}", f"{r.load_ms:.1f}", f"{r.first_ms:.2f}",
+                     f"{r.size_bytes / 1024:.0f} KiB",
+                     "-" if r.memory_mb is None else f"{r.memory_mb:.1f}",
+                     f"{r.peak_rss_mb:.0f}", accuracy, printable(r.backend)])
+
+    failures = [Text.assemble(f"{printable(r.model)}: ", ("failed", "red"),
+                              f": {printable(r.error)}") for r in results if r.error]
+    warnings = [Text("warning ", style="yellow") + Text(printable(warning))
+                for warning in slower_quantized(results)]
+    cpu_note = Text("CPU ms: the process's CPU time per inference, all threads (CPU ms / mean "
+                    "ms = cores kept busy)")
+    if all(r.cpu_ms is None for r in results):
+        cpu_note = None
+    notes = []
     for r in results:
         if r.thread_sweep_ms:
             sweep = ", ".join(f"{n}: {ms:.3f}" for n, ms in sorted(r.thread_sweep_ms.items()))
-            console.print(f"auto threads {r.model}: {r.auto_threads} (ms per inference by "
-                          f"threads {sweep}; the fewest within 10% of the fastest)")
+            notes.append(Text(printable(
+                f"auto threads {r.model}: {r.auto_threads} (ms per inference by threads "
+                f"{sweep}; the fewest within 10% of the fastest)")))
     for r in results:
         if r.pipeline_ms:
             stages = ", ".join(f"{k} {v:.3f} ms" for k, v in r.pipeline_ms.items())
-            console.print(f"pipeline {r.model} (threads {r.threads_shown}): {stages}")
+            notes.append(Text(printable(
+                f"pipeline {r.model} (threads {r.threads_shown}): {stages}")))
         if r.skipped_data:
-            console.print(f"{r.model}: skipped {r.skipped_data} file(s) in --data that are "
-                          "not images")
+            notes.append(Text(printable(f"{r.model}: skipped {r.skipped_data} file(s) in "
+                                        "--data that are not images")))
+    if console is None:  # piped: as wide as the table and every line under it, nothing cut
+        lines = [*failures, *warnings, *([cpu_note] if cpu_note else []), *notes]
+        console = terminal_console(piped_width=max(80, natural_width(columns, rows, lines,
+                                                                     title=title)))
+    table, left_out = fit_table(columns, rows, console, title=title)
+    console.print(table)
+    if left_out:
+        console.print(left_out_line(left_out, console.width,
+                                    "widen the terminal or use --json"))
+    for line in [*failures, *warnings]:
+        console.print(line)
+    if cpu_note and "CPU ms" not in left_out:
+        console.print(cpu_note)
+    for line in notes:
+        console.print(line)
 
 
 def to_json(results: Sequence[BenchResult]) -> dict:

@@ -84,44 +84,60 @@ def _difference(r: ExportReport) -> str:
 
 
 def print_reports(reports: list[ExportReport], console=None) -> None:
-    """Print the reports as one table."""
-    from rich.table import Table
+    """Print the reports as one table, fitted to the terminal (the columns left out are
+    named under it); piped, every column at full width."""
     from rich.text import Text
 
+    from edgepilot.bench_report import Column, fit_table, left_out_line, natural_width
     from edgepilot.terminal import console as terminal_console
     from edgepilot.terminal import printable
 
-    table = Table(title="edgepilot export")
-    for column in ("file", "format", "precision", "size", "vs fp32", "max |Δp|",
-                   "top-1 agree", "acc torch", "acc export", "kept float", "time"):
-        table.add_column(column, justify="left" if column == "file" else "right")
-    for r in reports:
-        table.add_row(
-            Path(r.path).name, r.format, r.precision, f"{r.size_bytes / 1024:.1f} KiB",
-            "-" if r.size_ratio is None else f"{100 * r.size_ratio:.0f}%",
-            _difference(r),
-            _pct(r.top1_agreement), _pct(r.accuracy_torch), _pct(r.accuracy_export),
-            str(len(r.notes.get("kept_float", [])) or "-"),
-            f"{r.seconds:.1f} s",
-        )
-    console = console or terminal_console(piped_width=150, stderr=True)
-    console.print(table)
-    if any(r.max_prob_diff is None and r.max_abs_diff is not None for r in reports):
-        console.print("max |Δp|: largest class-probability difference from PyTorch; 'raw': "
-                      "largest difference of the raw outputs (not class scores)")
-    metrics = {r.notes["metric"] for r in reports if r.notes.get("metric")}
+    columns = [
+        Column("file", 0, "name", "left"), Column("format", 0), Column("precision", 0),
+        Column("size", 0), Column("vs fp32", 1), Column("max |Δp|", 0),
+        Column("top-1 agree", 0), Column("acc torch", 0), Column("acc export", 0),
+        Column("kept float", 3), Column("time", 2),
+    ]
+    rows = [[printable(Path(r.path).name), printable(r.format), printable(r.precision),
+             f"{r.size_bytes / 1024:.1f} KiB",
+             "-" if r.size_ratio is None else f"{100 * r.size_ratio:.0f}%",
+             _difference(r),
+             _pct(r.top1_agreement), _pct(r.accuracy_torch), _pct(r.accuracy_export),
+             str(len(r.notes.get("kept_float", [])) or "-"),
+             f"{r.seconds:.1f} s"] for r in reports]
+    title = "edgepilot export"
+    notes = []
+    metrics = {printable(r.notes["metric"]) for r in reports if r.notes.get("metric")}
     if metrics:  # detectors: the accuracy columns hold mAP, and agreement is per light
-        console.print(f"acc columns: {', '.join(sorted(metrics))} (detector)")
+        notes.append(Text(f"acc columns: {', '.join(sorted(metrics))} (detector)"))
     for r in reports:
         agree = r.notes.get("detections")
         if agree:
-            console.print(f"{Path(r.path).name}: {100 * agree['agree']:.1f}% of PyTorch's "
-                          f"{agree['detections']} detections found with the same label, box "
-                          f"edges within {agree['tolerance_px']:g} px (largest gap "
-                          f"{agree['max_box_px']:g} px)")
+            notes.append(Text(printable(
+                f"{Path(r.path).name}: {100 * agree['agree']:.1f}% of PyTorch's "
+                f"{agree['detections']} detections found with the same label, box edges "
+                f"within {agree['tolerance_px']:g} px (largest gap {agree['max_box_px']:g} px)")))
     for r in reports:
         for warning in r.notes.get("warnings", []):
-            console.print(Text("warning ", style="yellow") +
-                          Text(printable(f"{Path(r.path).name}: {warning}")))
+            notes.append(Text("warning ", style="yellow") +
+                         Text(printable(f"{Path(r.path).name}: {warning}")))
         if r.notes.get("unchecked"):
-            console.print(f"{Path(r.path).name}: not checked here: {r.notes['unchecked']}")
+            notes.append(Text(printable(f"{Path(r.path).name}: not checked here: "
+                                        f"{r.notes['unchecked']}")))
+    raw_note = None
+    if any(r.max_prob_diff is None and r.max_abs_diff is not None for r in reports):
+        raw_note = Text("max |Δp|: largest class-probability difference from PyTorch; 'raw': "
+                        "largest difference of the raw outputs (not class scores)")
+    if console is None:  # piped: the table and every line under it at full width, nothing cut
+        lines = [*notes, *([raw_note] if raw_note else [])]
+        console = terminal_console(stderr=True, piped_width=max(
+            80, natural_width(columns, rows, lines, title=title)))
+    table, left_out = fit_table(columns, rows, console, title=title)
+    console.print(table)
+    if left_out:
+        console.print(left_out_line(left_out, console.width, "widen the terminal, or use "
+                                    "--json"))
+    if raw_note and "max |Δp|" not in left_out:
+        console.print(raw_note)
+    for line in notes:
+        console.print(line)
