@@ -46,7 +46,7 @@ def export_files(net, meta, folder: Path) -> dict[str, str]:
         for report in edgepilot.export(net, torch.zeros(meta.input_shape),
                                        formats=["onnx", "tflite"], precision=precision,
                                        out=folder / "stoplight_detector", meta=meta,
-                                       val_data=val, quiet=True):
+                                       data=val, quiet=True):
             files[f"{report.format} {precision}"] = report.path
             print(f"  {Path(report.path).name}: {report.size_bytes / 1024:.1f} KiB, "
                   f"guard mAP@0.5 torch {report.accuracy_torch:.4f} -> "

@@ -136,7 +136,7 @@ def run_row(name: str, out: Path, n_images: int) -> list[dict]:
         try:
             [report] = edgepilot.export(module, torch.zeros(meta.input_shape), formats=fmt,
                                         precision=precision, out=out / name, meta=meta,
-                                        val_data=(images, labels), max_drop=None,
+                                        data=(images, labels), max_drop=None,
                                         quiet=True)
             row.update(status="ok", size_kib=round(report.size_bytes / 1024),
                        max_abs_diff=report.max_abs_diff, top1=report.top1_agreement,

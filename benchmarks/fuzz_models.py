@@ -432,7 +432,7 @@ def seed_models(out: Path, formats: tuple[str, ...] = FORMATS) -> dict[str, list
         val = stoplight.generate(200, seed=7)
         reports = edgepilot.export(net, torch.zeros(1, 3, *meta.input_size), formats="tflite",
                                    precision=["fp32", "int8"], out=out / "stoplight",
-                                   meta=meta, val_data=val, quiet=True)
+                                   meta=meta, data=val, quiet=True)
         seeds["tflite"] = [Path(r.path) for r in reports if r.path]
     for fmt in ("pte", "mlpackage"):
         if fmt in formats:

@@ -64,7 +64,7 @@ def overlap(module, meta, calib, val, labels, out: Path) -> None:
     started = time.perf_counter()
     fp32, int8 = edgepilot.export(module, torch.zeros(1, 3, 224, 224), formats="tflite",
                                   precision=["fp32", "int8"], out=out / "lite0", meta=meta,
-                                  calib=calib, val_data=(val, labels), max_drop=None)
+                                  calib=calib, data=(val, labels), max_drop=None)
     print(f"exported fp32 + int8 in {time.perf_counter() - started:.0f} s")
     a, b = top5(edgepilot.load(fp32.path), val), top5(edgepilot.load(int8.path), val)
     overlap = np.mean([len(x & y) / 5 for x, y in zip(a, b)])
@@ -79,7 +79,7 @@ def guarded(module, meta, calib, val, labels, out: Path, budget: float) -> None:
         try:
             [guarded] = edgepilot.export(module, torch.zeros(1, 3, 224, 224), formats=fmt,
                                          precision="int8", out=out / f"guarded_{fmt}",
-                                         meta=meta, calib=calib, val_data=(val, labels),
+                                         meta=meta, calib=calib, data=(val, labels),
                                          max_drop=1.0, guard_budget=budget, quiet=True)
             outcome = (f"written, top-1 agreement {guarded.top1_agreement:.3f}, "
                        f"{len(guarded.notes.get('kept_float', []))} layer(s) kept in float")

@@ -43,7 +43,7 @@ def export_all(out: Path) -> dict[str, dict[tuple[str, str], str]]:
         reports = edgepilot.export(model, torch.zeros(1, 3, *model_meta.input_size),
                                    formats=["onnx", "tflite"], precision=["fp32", "int8"],
                                    out=out / name, meta=model_meta, calib=calib[0],
-                                   val_data=calib, quiet=True)
+                                   data=calib, quiet=True)
         files[name] = {(r.format, r.precision): r.path for r in reports}
         for r in reports:
             if r.precision == "int8":

@@ -1,6 +1,6 @@
 """Robustness report of the stoplight classifier: accuracy per scene factor, PyTorch and int8.
 
-Usage: python benchmarks/robustness.py [CHECKPOINT] [--n-val 4000] [--n-holdout 2000]
+Usage: python benchmarks/robustness.py [CHECKPOINT] [--val-size 4000] [--holdout-size 2000]
            [--files a_int8.onnx b_int8.tflite | --out DIR] [--json out.json]
 
 Without --files, the checkpoint (default: the shipped model) is exported to int8 ONNX and int8
@@ -22,8 +22,8 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", help="stoplight .pt (default: the shipped one)")
-    parser.add_argument("--n-val", type=int, default=4000)
-    parser.add_argument("--n-holdout", type=int, default=2000)
+    parser.add_argument("--val-size", type=int, default=4000)
+    parser.add_argument("--holdout-size", type=int, default=2000)
     parser.add_argument("--files", nargs="*", help="exported files to score instead of exporting")
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--out", help="folder for the exported int8 files (default: temporary)")
@@ -46,7 +46,7 @@ def main() -> None:
         out = Path(args.out or tempfile.mkdtemp(prefix="robustness-")) / "stoplight"
         val = load_dataset("stoplight", "val", 1000, size)
         reports = edgepilot.export(net, torch.zeros(1, 3, *size), formats=["onnx", "tflite"],
-                                   precision="int8", out=out, meta=meta, val_data=val, quiet=True)
+                                   precision="int8", out=out, meta=meta, data=val, quiet=True)
         files = [r.path for r in reports]
 
     predictors = {"pytorch": lambda images: predict_logits(net, images, meta).argmax(1)}
@@ -54,7 +54,8 @@ def main() -> None:
         model = edgepilot.load(path, threads=1)
         predictors[Path(path).name] = (
             lambda images, model=model: np.array([model.predict(im).index for im in images]))
-    report = robustness_report(predictors, n_val=args.n_val, n_holdout=args.n_holdout, size=size)
+    report = robustness_report(predictors, n_val=args.val_size, n_holdout=args.holdout_size,
+                               size=size)
     print(format_report(report))
     base = report["overall"]["val"]["pytorch"]
     for name in report["models"][1:]:

@@ -58,7 +58,7 @@ def models(folder: Path) -> dict[str, str]:
     files = {"onnx fp32 (shipped)": str(shipped_model())}
     for report in edgepilot.export(net, torch.zeros(meta.input_shape), formats=["onnx", "tflite"],
                                    precision="int8", out=folder / "stoplight", meta=meta,
-                                   val_data=val, quiet=True):
+                                   data=val, quiet=True):
         files[f"{report.format} int8"] = report.path
     return files
 

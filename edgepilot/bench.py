@@ -21,7 +21,7 @@ from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.runtime.mlpackage import model_size
 from edgepilot.runtime.model import split_delegate
 
-__all__ = ["BenchResult", "benchmark", "latency_stats", "machine_info"]
+__all__ = ["BenchResult", "benchmark", "latency_stats", "machine_info", "verdict"]
 
 
 @dataclass
@@ -108,6 +108,38 @@ def _rss_mb() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 
 
+def verdict(rows: Sequence[BenchResult]) -> list[str]:
+    """One line per machine that ran two or more files: the fastest by p50, how many times
+    faster than the slowest, and whether it gave up accuracy (when --data measured it).
+    Machines are never compared with each other: each line is one machine's run."""
+    lines = []
+    for host in dict.fromkeys(r.host for r in rows):
+        ok = [r for r in rows if r.host == host and not r.error and r.latency_ms]
+        if len(ok) < 2:
+            continue
+        several = len({r.model for r in ok}) < len(ok)  # one file at several thread counts
+        name = {id(r): f"{r.model} at {r.threads_shown} threads" if several else r.model
+                for r in ok}
+        fast = min(ok, key=lambda r: r.latency_ms["p50"])
+        slow = max(ok, key=lambda r: r.latency_ms["p50"])
+        ratio = slow.latency_ms["p50"] / fast.latency_ms["p50"]
+        line = (f"fastest{f' on {host}' if host else ''}: {name[id(fast)]}, p50 "
+                f"{fast.latency_ms['p50']:.3f} ms, {ratio:.1f}x the speed of {name[id(slow)]}")
+        scored = [r for r in ok if r.accuracy is not None]
+        if fast.accuracy is None:
+            line += "; accuracy not measured (--data)" if not scored else \
+                "; its accuracy was not measured"
+        elif len(scored) > 1:
+            best = max(scored, key=lambda r: r.accuracy)
+            gap = 100 * (best.accuracy - fast.accuracy)
+            line += (f"; {fast.metric} {100 * fast.accuracy:.2f}%, " +
+                     ("the best measured" if best is fast else
+                      f"within {gap:.2f} points of the best ({name[id(best)]})" if gap <= 0.5 else
+                      f"{gap:.2f} points below {name[id(best)]}'s {100 * best.accuracy:.2f}%"))
+        lines.append(line)
+    return lines
+
+
 def slower_quantized(rows: Sequence[BenchResult]) -> list[str]:
     """Warnings for quantized files slower than the float file of the same model and format
     at the same threads (``net_int8.tflite`` against ``net.tflite``), and for TFLite files
@@ -153,8 +185,8 @@ def _peak_rss_mb() -> float:
 class _Candidate:
     """A model file, or a PyTorch checkpoint run eagerly as the baseline."""
 
-    def __init__(self, spec, threads: int | str | None):
-        self.spec, self.threads = spec, threads
+    def __init__(self, spec, threads: int | str | None, accelerator: str | None = None):
+        self.spec, self.threads, self.accelerator = spec, threads, accelerator
         self.name = Path(str(getattr(spec, "path", spec))).name
         self.path = Path(str(getattr(spec, "path", spec)))
 
@@ -164,8 +196,13 @@ class _Candidate:
         if self.path.suffix.lower() in (".pt", ".pth"):
             return _TorchModel(self.path, self.threads)
         import edgepilot
+        from edgepilot.formats import format_for_path
 
-        return edgepilot.load(self.path, threads=self.threads)
+        # --accelerator picks the Coral for Edge TPU files; the other files run as before.
+        picks = self.accelerator is not None and \
+            "accelerator" in format_for_path(self.path).load_options
+        return edgepilot.load(self.path, threads=self.threads,
+                              **({"accelerator": self.accelerator} if picks else {}))
 
 
 class _TorchModel:
@@ -198,7 +235,8 @@ class _TorchModel:
 def benchmark(models: Sequence, *, threads: Sequence[int | str | None] = ("auto",),
               runs: int = 100, duration: float | None = None, warmup: int = 10,
               rounds: int = 10, data: tuple[list, np.ndarray] | None = None,
-              pipeline: bool = False, clock: Callable[[], float] = time.perf_counter,
+              pipeline: bool = False, accelerator: str | None = None,
+              clock: Callable[[], float] = time.perf_counter,
               cpu_clock: Callable[[], float] = time.process_time) -> list[BenchResult]:
     """Benchmark model files (any format `edgepilot.load` reads, or a .pt checkpoint).
 
@@ -213,6 +251,8 @@ def benchmark(models: Sequence, *, threads: Sequence[int | str | None] = ("auto"
         data: ``(images, labels)`` for an accuracy column; images are arrays or paths.
         pipeline: also time the full image path by stage (decode, preprocess, inference,
             postprocess), on the first data image or a generated one.
+        accelerator: the Coral Edge TPU that runs the _edgetpu.tflite files (see
+            `edgepilot.load`); other files are not affected.
         clock: the monotonic clock (injectable for tests).
         cpu_clock: the process's CPU time, all threads (injectable for tests): the timed runs'
             CPU time per inference is reported beside their latency.
@@ -230,15 +270,15 @@ def benchmark(models: Sequence, *, threads: Sequence[int | str | None] = ("auto"
     results = []
     for count in threads:
         results += _bench_threads(models, count, runs, duration, warmup, rounds, data,
-                                  pipeline, clock, cpu_clock)
+                                  pipeline, clock, cpu_clock, accelerator)
     return results
 
 
 def _bench_threads(models, threads, runs, duration, warmup, rounds, data, pipeline,
-                   clock, cpu_clock) -> list[BenchResult]:
+                   clock, cpu_clock, accelerator=None) -> list[BenchResult]:
     loaded, rows = [], []
     for spec in models:
-        candidate = _Candidate(spec, threads)
+        candidate = _Candidate(spec, threads, accelerator)
         row = BenchResult(model=candidate.name, format=_format_name(candidate.path),
                           threads=threads)
         rows.append(row)
@@ -464,7 +504,7 @@ def export_matrix(checkpoint: str | Path, out: str | Path, *, validate: bool = T
             try:
                 [report] = export(net, torch.zeros(meta.input_shape), formats=fmt.name,
                                   precision=precision, out=stem, meta=meta,
-                                  val_data=val if validate else None,
+                                  data=val if validate else None,
                                   calib=None if val is None else val[0], quiet=True)
                 files.append(Path(report.path))
             except Exception as err:  # a format that fails says why in its row

@@ -116,9 +116,32 @@ def check_output_file(target: str | Path, option: str) -> Path:
     return path
 
 
+class _Renamed(argparse.Action):
+    """An old spelling of a flag, kept for one release: sets the new flag's value and says
+    once, on stderr, what to type instead."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is now {self.new}; the old spelling will be removed in "
+              "the next release", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _renamed(p: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Accept `old` as a deprecated spelling of the flag `new` (same value, hidden in help)."""
+    action = next(a for a in p._actions if new in a.option_strings)
+    p.add_argument(old, action=_Renamed, new=new, dest=action.dest, type=action.type,
+                   nargs=action.nargs, metavar=action.metavar, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+
+
 def add_train(sub) -> None:
     """The `train` command's arguments."""
-    p = sub.add_parser("train", help="train a model: stoplight, neuron or digits")
+    p = sub.add_parser("train",
+                       help="train a model: stoplight, stoplight-detector, neuron or digits")
     p.add_argument("task", choices=["stoplight", "stoplight-detector", "neuron", "digits"],
                    help="what to train")
     p.add_argument("--out", default=None, help="output folder (default: runs/TASK)")
@@ -126,15 +149,20 @@ def add_train(sub) -> None:
                    help="architecture (stoplight: stoplight_cnn, mobilenet; digits: nielsen, "
                         "digit_cnn)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
-                   help="digits: plain SGD as in Nielsen's book, or AdamW")
-    p.add_argument("--size", type=_positive_int, default=96, help="input size in pixels")
-    p.add_argument("--epochs", type=_positive_int, default=6)
+                   help="digits: plain SGD as in Nielsen's book, or AdamW (default: "
+                        "%(default)s)")
+    p.add_argument("--input-size", type=_size, default=None, metavar="PIXELS",
+                   help="stoplight: input size in pixels, square (default: 96)")
+    p.add_argument("--epochs", type=_positive_int, default=6,
+                   help="passes over the training images (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="default 128 (classifiers), 16 (detector)")
-    p.add_argument("--n-train", type=_positive_int, default=120_000)
-    p.add_argument("--n-val", type=_positive_int, default=2_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=_positive_int, default=120_000, metavar="N",
+                   help="training images generated (stoplight; default: %(default)s)")
+    p.add_argument("--val-size", type=_positive_int, default=2_000, metavar="N",
+                   help="validation images, and as many held-out ones (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tune; stoplight: same "
@@ -160,6 +188,10 @@ def add_train(sub) -> None:
                         "the checkpoint was (Net2Net)")
     p.add_argument("--save-ranks", action="store_true",
                    help="detector under torchrun: also save each process's final weights")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _renamed(p, "--size", "--input-size")
+    _renamed(p, "--n-train", "--train-size")
+    _renamed(p, "--n-val", "--val-size")
     p.set_defaults(func=cmd_train)
 
 
@@ -172,14 +204,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"not '{args.task}': leave it out")
     for flag, value in (("--light-size", args.light_size), ("--glare", args.glare),
                         ("--photo-share", args.photo_share), ("--interpolate", args.interpolate),
-                        ("--deepen", args.deepen or None)):
+                        ("--deepen", args.deepen or None), ("--input-size", args.input_size)):
         if value is not None and args.task != "stoplight":
             raise InputError(f"{flag} applies to 'train stoplight', not '{args.task}': "
                              "leave it out")
     if args.task == "neuron":
         from edgepilot.train.classic import train_neuron
 
-        print(json.dumps(train_neuron(args.out or "runs/neuron", seed=args.seed), indent=2))
+        _print_summary(train_neuron(args.out or "runs/neuron", seed=args.seed), args.json)
         return 0
     if args.task == "digits":
         from edgepilot.train.classic import train_digits
@@ -187,7 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train_digits(args.out or "runs/digits", arch=args.arch or "nielsen",
                                optimizer=args.optimizer, seed=args.seed,
                                progress=not args.quiet, log=_log)
-        print(json.dumps(summary, indent=2))
+        _print_summary(summary, args.json)
         return 0
     if args.task == "stoplight-detector":
         from edgepilot.train.detector import DetectorConfig, train_detector
@@ -197,10 +229,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 lr=args.lr or DetectorConfig.lr, init=args.init,
                                 progress=not args.quiet)
         summary = train_detector(args.out or "runs/stoplight_detector", config=config,
-                                 n_val=args.n_val, n_holdout=args.n_val,
+                                 val_size=args.val_size, holdout_size=args.val_size,
                                  save_ranks=args.save_ranks, log=_log)
         if summary:  # under torchrun only rank 0 evaluates and reports
-            print(json.dumps(summary, indent=2))
+            _print_summary(summary, args.json)
         return 0
     from edgepilot.train.recipes import train_stoplight
     from edgepilot.train.trainer import TrainConfig
@@ -209,13 +241,34 @@ def cmd_train(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size or 128, lr=args.lr or TrainConfig.lr,
                          progress=not args.quiet)
     summary = train_stoplight(args.out or "runs/stoplight", arch=args.arch or "stoplight_cnn",
-                              size=args.size, n_train=args.n_train,
-                              n_val=args.n_val, n_holdout=args.n_val, config=config,
+                              input_size=_square(args.input_size or (96, 96)),
+                              train_size=args.train_size, val_size=args.val_size,
+                              holdout_size=args.val_size, config=config,
                               init=args.init, light_size=args.light_size, glare=args.glare,
                               photo_share=args.photo_share, interpolate=args.interpolate,
                               deepen=args.deepen, log=_log)
-    print(json.dumps(summary, indent=2))
+    _print_summary(summary, args.json)
     return 0
+
+
+def _square(size: tuple[int, int]) -> int:
+    if size[0] != size[1]:
+        raise InputError(f"train makes square images: give one number to --input-size, got "
+                         f"{size[0]}x{size[1]}")
+    return size[0]
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    """A training summary: JSON with --json, else one line per figure and the file written."""
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        if key != "checkpoint" and value is not None:
+            shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+            print(f"{key}: {shown}")
+    if summary.get("checkpoint"):
+        print(f"wrote {summary['checkpoint']}")
 
 
 def add_export(sub) -> None:
@@ -240,14 +293,16 @@ def add_export(sub) -> None:
                    help="per-channel mean of pixels scaled to 0..1 (default: ImageNet's)")
     p.add_argument("--std", type=_floats, default=None,
                    help="per-channel std of pixels scaled to 0..1 (default: ImageNet's)")
-    p.add_argument("--val-data", default=None,
-                   help="validation images in one sub-folder per label (for accuracy and "
-                        "the int8 guard)")
+    p.add_argument("--data", default=None, metavar="FOLDER",
+                   help="labelled images, one sub-folder per label: the accuracy columns and "
+                        "the int8 guard (default: images generated for edgepilot's own models, "
+                        "else random inputs)")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="a dynamic batch dimension where the format and model allow it "
                         "(default: batch 1)")
-    p.add_argument("--guard-budget", type=float, default=900.0,
-                   help="seconds the int8 accuracy guard may spend per file (0: no limit)")
+    p.add_argument("--guard-budget", type=float, default=900.0, metavar="SECONDS",
+                   help="seconds the int8 accuracy guard may spend per file (0: no limit; "
+                        "default: %(default)g)")
     p.add_argument("--format", nargs="+", default=None, choices=[f.name for f in FORMATS],
                    help="default: onnx, or the --device profile's format")
     p.add_argument("--device", default=None,
@@ -257,13 +312,14 @@ def add_export(sub) -> None:
                    help="one or more of fp32, fp16, dynamic (tflite), int8 (default: fp32)")
     p.add_argument("--calib", default=None,
                    help="int8 calibration images: a folder or .npy (default: validation images)")
-    p.add_argument("--calib-size", type=_positive_int, default=300)
+    p.add_argument("--calib-size", type=_positive_int, default=300, metavar="N",
+                   help="calibration images used, at most (default: %(default)s)")
     p.add_argument("--calib-method", default="minmax",
                    help="minmax, entropy, percentile, distribution (onnx); minmax, moving_average "
-                        "(tflite)")
+                        "(tflite) (default: %(default)s)")
     p.add_argument("--max-drop", type=float, default=1.0,
                    help="int8 accuracy budget in points; worst layers stay float until met "
-                        "(-1: off)")
+                        "(-1: off; default: %(default)g)")
     p.add_argument("--compute-units", default=None, type=str.upper,
                    choices=["ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU"],
                    help="coreml: the compute units the model is loaded with (default ALL)")
@@ -273,8 +329,12 @@ def add_export(sub) -> None:
     p.add_argument("--out", default=None,
                    help="output path stem, or a folder (existing, or ending in /) to write "
                         "files named after the checkpoint in (default: beside the checkpoint)")
-    p.add_argument("--val-size", type=int, default=2_000,
-                   help="validation images for the parity report (0: random inputs)")
+    p.add_argument("--val-size", type=_non_negative_int, default=2_000, metavar="N",
+                   help="validation images for the parity report (0: random inputs; default: "
+                        "%(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="print the export reports as JSON (default: one file name per line)")
+    _renamed(p, "--val-data", "--data")
     p.set_defaults(func=cmd_export)
 
 
@@ -305,20 +365,23 @@ def cmd_export(args: argparse.Namespace) -> int:
                        mean=args.mean, std=args.std)
     _log(f"exporting {source.kind} ({meta.name}: input {'x'.join(map(str, meta.input_shape))},"
          f" {len(meta.labels)} labels)")
-    val = _folder_data(args.val_data, meta, args.val_size) if args.val_data else \
+    val = _folder_data(args.data, meta, args.val_size) if args.data else \
         validation_data(meta, args.val_size)
     import torch
 
     reports = export(source.module, torch.zeros(meta.input_shape), formats=plan.formats,
-                     out=out, meta=meta, precision=plan.precisions, val_data=val,
+                     out=out, meta=meta, precision=plan.precisions, data=val,
                      calib=args.calib, calib_size=args.calib_size,
                      calib_method=args.calib_method,
                      max_drop=None if args.max_drop < 0 else args.max_drop,
                      io_dtype=plan.io_dtype, dynamic_batch=args.dynamic_batch,
                      guard_budget=None if args.guard_budget <= 0 else args.guard_budget,
                      compute_units=args.compute_units)
-    for report in reports:
-        print(report.path)
+    if args.json:
+        print(json.dumps([report.to_dict() for report in reports], indent=2, default=str))
+    else:
+        for report in reports:
+            print(report.path)
     return 0
 
 
@@ -348,7 +411,7 @@ def _folder_data(folder: str, meta, limit: int):
         files, names = [files[i] for i in keep], [names[i] for i in keep]
     unknown = sorted(set(names) - set(meta.labels))
     if unknown:
-        raise EdgepilotError(f"--val-data: sub-folder(s) {', '.join(unknown[:5])} are not "
+        raise EdgepilotError(f"--data: sub-folder(s) {', '.join(unknown[:5])} are not "
                              f"labels of the model ({', '.join(meta.labels[:5])} ...)")
     index = {label: i for i, label in enumerate(meta.labels)}
     images = np.stack([resize(read_image(f), meta.input_size) for f in files])
@@ -358,34 +421,53 @@ def _folder_data(folder: str, meta, limit: int):
 def add_predict(sub) -> None:
     """The `predict` command's arguments."""
     p = sub.add_parser("predict", help="classify images (or find lights) with a model file")
-    p.add_argument("model", help="model file, or 'stoplight' for the shipped model")
+    p.add_argument("model", help=f"a model file ({_SUFFIXES}), or a shipped model: stoplight, "
+                   "stoplight-detector")
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--inputs", default=None,
                    help="a feature vector instead of images, e.g. 1,0,0 (green,yellow,red)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--draw", default=None, metavar="OUT",
-                   help="detectors: write the image with its boxes (one image: a file such as "
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="detectors: write each image with its boxes (one image: a file such as "
                         "out.jpg; several: a folder)")
-    p.add_argument("--threads", type=_threads, default="auto",
-                   help="model threads, or auto (default): measured, see README")
+    _add_threads(p)
+    _add_accelerator(p)
+    _renamed(p, "--draw", "--out")
     p.set_defaults(func=cmd_predict)
+
+
+def _add_threads(p: argparse.ArgumentParser, *, several: bool = False) -> None:
+    p.add_argument("--threads", type=_threads, nargs="+" if several else None,
+                   default=["auto"] if several else "auto", metavar="N",
+                   help=("thread counts to compare, e.g. --threads 1 2 auto; " if several else
+                         "model threads: a number, or ") +
+                   "auto (the default): the fewest within 10%% of the fastest, measured once "
+                   "per file and host")
+
+
+def _add_accelerator(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accelerator", default=None, metavar="NAME",
+                   help="the accelerator that runs the model: a Coral Edge TPU as usb, usb:N, "
+                        "pci:N (default: the first one found; other formats run on the CPU)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import edgepilot
     from edgepilot.assets import resolve_model
 
-    model = edgepilot.load(resolve_model(args.model), threads=args.threads)
+    model = edgepilot.load(resolve_model(args.model), threads=args.threads,
+                           accelerator=args.accelerator)
     if args.inputs is not None:
         return _predict_inputs(model, args)
     if not args.images:
         raise InputError("Give image files to classify (or --inputs for a model that takes "
                          "a feature vector)")
     draw = None
-    if args.draw:
+    if args.out:
         if model.meta is None or not model.meta.is_detector:
-            raise InputError("--draw is for detectors; this model classifies whole images")
-        draw = _draw_target(args.draw, len(args.images))
+            raise InputError("--out writes images with their boxes, for detectors; this model "
+                             "classifies whole images (leave --out out)")
+        draw = _draw_target(args.out, len(args.images))
     failures = 0
     results = []
     for image in args.images:
@@ -421,15 +503,15 @@ def _print_detections(image: str, detections) -> None:
 
 
 def _draw_target(target: str, count: int):
-    """Where --draw writes: a file for one image, a folder (created) for several. Refuses to
+    """Where --out writes: a file for one image, a folder (created) for several. Refuses to
     overwrite an input."""
     path = Path(target)
     if count > 1 or path.is_dir() or target.endswith(("/", os.sep)):
         path.mkdir(parents=True, exist_ok=True)
         return path
-    check_output_folder(path.parent, "--draw")
+    check_output_folder(path.parent, "--out")
     if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".webp"):
-        raise InputError(f"--draw {target}: give an image file name (.jpg, .png) or a folder")
+        raise InputError(f"--out {target}: give an image file name (.jpg, .png) or a folder")
     return path
 
 
@@ -442,10 +524,10 @@ def _draw(image: str, detections, target: Path) -> None:
     frame = draw_detections(read_image(image).copy(), detections)
     out = target / (Path(image).stem + ".jpg") if target.is_dir() else target
     if out.resolve() == Path(image).resolve():
-        raise InputError(f"--draw would overwrite the input {image}: choose another name")
+        raise InputError(f"--out would overwrite the input {image}: choose another name")
     if not cv2.imwrite(str(out), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)):
-        raise InputError(f"--draw: could not write {out}")
-    _log(f"drew {len(detections)} light(s) on {out}")
+        raise InputError(f"--out: could not write {out}")
+    _log(f"wrote {out} ({len(detections)} light(s) drawn)")
 
 
 def _predict_inputs(model, args: argparse.Namespace) -> int:
@@ -467,7 +549,8 @@ def _predict_inputs(model, args: argparse.Namespace) -> int:
 def add_info(sub) -> None:
     """The `info` command's arguments."""
     p = sub.add_parser("info", help="inputs, outputs, metadata, layers, parameters, MACs")
-    p.add_argument("model", help="a model file (.onnx, .tflite) or checkpoint (.pt)")
+    p.add_argument("model", help=f"a model file ({_SUFFIXES}), a checkpoint (.pt), or a "
+                   "shipped model: stoplight, stoplight-detector")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
@@ -487,27 +570,33 @@ def cmd_info(args: argparse.Namespace) -> int:
 def add_bench(sub) -> None:
     """The `bench` command's arguments."""
     p = sub.add_parser("bench", help="latency, throughput, memory and accuracy of model files")
-    p.add_argument("models", nargs="*", help="model files (.onnx, .tflite) or a .pt checkpoint")
-    p.add_argument("--threads", type=_threads, nargs="+", default=["auto"],
-                   help="thread counts to sweep, e.g. --threads 1 2 auto (default: auto, the "
-                        "fewest within 10%% of the fastest, measured per file)")
-    p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per model")
-    p.add_argument("--duration", type=_positive_float, default=None,
+    p.add_argument("models", nargs="*", help=f"model files ({_SUFFIXES}), .pt checkpoints, or "
+                   "shipped models: stoplight, stoplight-detector")
+    _add_threads(p, several=True)
+    _add_accelerator(p)
+    p.add_argument("--runs", type=_positive_int, default=200, metavar="N",
+                   help="timed runs per model (default: %(default)s)")
+    p.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
                    help="seconds of timed runs per model instead of --runs")
-    p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed runs first")
-    p.add_argument("--rounds", type=_positive_int, default=10, help="interleaved rounds")
-    p.add_argument("--data", default=None,
+    p.add_argument("--warmup", type=_non_negative_int, default=10, metavar="N",
+                   help="untimed runs first (default: %(default)s)")
+    p.add_argument("--rounds", type=_positive_int, default=10, metavar="N",
+                   help="the timed runs are split into this many rounds, the models taking "
+                        "turns, so a busy moment hits them all alike (default: %(default)s)")
+    p.add_argument("--data", default=None, metavar="FOLDER",
                    help="labelled images: a folder of label sub-folders (classifiers: "
                         "accuracy), or images with YOLO .txt boxes (detectors: mAP)")
     p.add_argument("--pipeline", action="store_true",
                    help="time decode / preprocess / inference / postprocess")
     p.add_argument("--export", default=None, metavar="CHECKPOINT",
                    help="export every format and precision first, then benchmark them all")
-    p.add_argument("--out", default="runs/bench", help="where --export writes the files")
+    p.add_argument("--out", default="runs/bench", metavar="FOLDER",
+                   help="where --export writes the files (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.add_argument("--json-out", default=None, help="also save the JSON here")
-    p.add_argument("--csv", default=None, help="append one row per result to this CSV")
-    p.add_argument("--plot", default=None, help="save a PNG plot here")
+    p.add_argument("--json-out", default=None, metavar="FILE", help="also save the JSON here")
+    p.add_argument("--csv", default=None, metavar="FILE",
+                   help="append one row per result to this CSV")
+    p.add_argument("--plot", default=None, metavar="FILE", help="save a PNG plot here")
     p.add_argument("--on", action="append", default=[], metavar="USER@HOST[:DIR]",
                    help="also benchmark on this ssh host (repeatable): ships the models, "
                         "installs their runtime in DIR/.venv there, runs, collects the results")
@@ -516,7 +605,7 @@ def add_bench(sub) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgepilot.assets import resolve_model
-    from edgepilot.bench import bench_data, benchmark, export_matrix
+    from edgepilot.bench import bench_data, benchmark, export_matrix, verdict
     from edgepilot.bench_report import append_csv, dump_json, plot, print_table, to_json
 
     for target, option in ((args.plot, "--plot"), (args.csv, "--csv"),
@@ -541,7 +630,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("Give model files to benchmark, or --export CHECKPOINT")
     results = benchmark(models, threads=args.threads, runs=args.runs, duration=args.duration,
                         warmup=args.warmup, rounds=args.rounds, data=data,
-                        pipeline=args.pipeline)
+                        pipeline=args.pipeline, accelerator=args.accelerator)
     results = failed + results
     if args.on:
         results += _bench_remote(args, models)
@@ -549,12 +638,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(to_json(results), indent=2))
     else:
         print_table(results)
+        for line in verdict(results):
+            print(printable(line))
     if args.json_out:
         dump_json(results, args.json_out)
+        _log(f"wrote {args.json_out}")
     if args.csv:
         append_csv(results, args.csv)
+        _log(f"wrote {args.csv} ({len(results)} row(s) appended)")
     if args.plot:
         plot(results, args.plot)
+        _log(f"wrote {args.plot}")
     if all(r.error for r in results):
         print("error: no model could be benchmarked (the table says why)", file=sys.stderr)
         return 1
@@ -613,31 +707,65 @@ def add_deploy(sub) -> None:
     p.add_argument("--out", required=True, help="the bundle folder (new, empty or a bundle)")
     p.add_argument("--to", default=None, metavar="USER@HOST:DIR",
                    help="copy the bundle there over ssh and install it in DIR/.venv")
+    p.add_argument("--threads", type=_threads, default="auto", metavar="N",
+                   help="the bundle's model threads: a number, or auto (the default): "
+                        "measured on the board at first load and cached there")
+    p.add_argument("--json", action="store_true",
+                   help="print what was bundled as JSON (default: the bundle folder)")
     p.set_defaults(func=cmd_deploy)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from edgepilot.deploy import deploy
 
-    bundle = deploy(args.model, args.device, check_output_folder(args.out, "--out"), log=_log)
-    print(bundle)
+    bundle = deploy(args.model, args.device, check_output_folder(args.out, "--out"),
+                    threads=args.threads, log=_log)
+    where = None
     if args.to:
         from edgepilot.remote import deploy_to
 
         deploy_to(bundle, args.to, log=_log)
+        where = args.to
+    info = json.loads((bundle / "bundle.json").read_text())
+    if args.json:
+        print(json.dumps({"bundle": str(bundle), "to": where, **info}, indent=2))
+    else:
+        print(bundle)
+    _log(_next_steps(bundle, info, where))
     return 0
+
+
+def _next_steps(bundle: Path, info: dict, remote: str | None) -> str:
+    """What to type next, on the board."""
+    model = info["models"][0]
+    if remote:
+        host, _, folder = remote.rpartition(":")
+        there = f"ssh {host} and, in {folder}:"
+        setup = ""
+    else:
+        there = f"copy {bundle}/ to the board (or deploy again with --to USER@HOST:DIR), then " \
+                "there:"
+        setup = "\n  python3 -m venv .venv && .venv/bin/pip install -r requirements.txt"
+    return (f"next: {there}{setup}\n  .venv/bin/python run.py photo.jpg              # "
+            f"{model} on an image\n  .venv/bin/python run.py --source 0 --frames 100   # the "
+            "camera, headless\n  .venv/bin/python run.py --bench --json          # its speed "
+            "there (edgepilot bench --on does this over ssh)")
 
 
 def add_webcam(sub) -> None:
     """The `webcam` command's arguments."""
     p = sub.add_parser("webcam", help="live demo: camera, video, stream or synthetic scene")
     p.add_argument("model", nargs="?", default="stoplight",
-                   help="model file (default: the shipped stoplight model)")
+                   help=f"a model file ({_SUFFIXES}), or a shipped model: stoplight (the "
+                        "default), stoplight-detector")
     p.add_argument("--source", default="synthetic",
-                   help="camera index, video file, rtsp:// or http:// URL, or synthetic")
+                   help="camera index (0: the first camera), video file, rtsp:// or http:// "
+                        "URL, or synthetic: a drawn street, no camera needed (default: "
+                        "%(default)s)")
     p.add_argument("--roi", default=None, help="x,y,w,h: classify only this part of the frame")
     p.add_argument("--smooth", type=_positive_int, default=5,
-                   help="average scores over the last K frames so the label does not flicker")
+                   metavar="K", help="average scores over the last K frames so the label "
+                   "does not flicker (default: %(default)s)")
     p.add_argument("--serve", default=None, metavar="HOST:PORT",
                    help="serve a web page with the live stream (default host 127.0.0.1; "
                         "0.0.0.0 to open it to the network)")
@@ -645,15 +773,22 @@ def add_webcam(sub) -> None:
                    help="with --serve: the page answers only requests that carry this token "
                         "(?token=TEXT, printed in the page's address; default: "
                         "$EDGEPILOT_TOKEN, else none)")
-    p.add_argument("--headless", action="store_true", help="no window: use with --frames/--save")
+    p.add_argument("--headless", action="store_true",
+                   help="no window: use with --frames and/or --record")
     p.add_argument("--window-setup", action="store_true",
                    help="print the pip commands that swap the headless OpenCV for the one with "
                         "windows, and exit")
-    p.add_argument("--frames", type=_positive_int, default=None, help="stop after N frames")
-    p.add_argument("--save", default=None, help="record the annotated video (.mp4)")
-    p.add_argument("--threads", type=_threads, default="auto",
-                   help="model threads (default: auto, the fewest within 10%% of the fastest, "
-                        "measured per file); idle workers never spin here")
+    p.add_argument("--frames", type=_positive_int, default=None, metavar="N",
+                   help="stop after N frames reached the output")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="record the annotated video (.mp4; .mkv or .avi stay playable if the "
+                        "process is killed)")
+    _add_threads(p)
+    _add_accelerator(p)
+    p.add_argument("--json", action="store_true",
+                   help="at the end, print the run's summary as JSON (frames, decisions, FPS, "
+                        "latency, cores busy)")
+    _renamed(p, "--save", "--record")
     p.set_defaults(func=cmd_webcam)
 
 
@@ -666,9 +801,13 @@ def cmd_webcam(args: argparse.Namespace) -> int:
     check_opencv(log=_log)  # before cv2 is imported: it may be the broken half of two
     from edgepilot.live.webcam import run_webcam
 
-    run_webcam(args.model, source=args.source, roi=args.roi, smooth=args.smooth,
-               serve=args.serve, headless=args.headless, frames=args.frames, save=args.save,
-               threads=args.threads, token=args.token, log=_log)
+    state = run_webcam(args.model, source=args.source, roi=args.roi, smooth=args.smooth,
+                       serve=args.serve, headless=args.headless, frames=args.frames,
+                       record=args.record, threads=args.threads, token=args.token,
+                       accelerator=args.accelerator, log=_log)
+    if args.json:
+        print(json.dumps({"model": args.model, "source": args.source, "shown": state.shown,
+                          "decisions": state.decisions, **state.public()}, indent=2))
     return 0
 
 
@@ -677,8 +816,10 @@ def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the end-to-end stoplight demo")
     p.add_argument("--train", action="store_true",
                    help="train instead of reusing the shipped model")
-    p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--images", type=_positive_int, default=8, help="sample images to save")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    p.add_argument("--images", type=_positive_int, default=8,
+                   help="sample images to save (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the demo's summary as JSON")
     p.set_defaults(func=cmd_demo)
 
 
@@ -686,7 +827,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edgepilot.demo import run_demo
 
     check_output_folder(args.out, "--out")
-    run_demo(Path(args.out), train=args.train, n_images=args.images, log=_log)
+    summary = run_demo(Path(args.out), train=args.train, n_images=args.images, log=_log)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def add_samples(sub) -> None:
+    """The `samples` command's arguments."""
+    p = sub.add_parser("samples", help="write sample images (class folders, street scenes with "
+                       "YOLO boxes) that the README's examples read")
+    p.add_argument("--out", default=".",
+                   help="the folder to write them in (default: the current folder); nothing "
+                        "there is overwritten")
+    p.add_argument("--json", action="store_true", help="print the files written as JSON")
+    p.set_defaults(func=cmd_samples)
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from edgepilot.samples import write_samples
+
+    written = write_samples(check_output_folder(args.out, "--out"), log=_log)
+    if args.json:
+        print(json.dumps([str(p) for p in written], indent=2))
     return 0
 
 
@@ -708,7 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     for add in (add_train, add_export, add_predict, add_bench, add_devices, add_deploy,
-                add_webcam, add_info, add_demo):
+                add_webcam, add_info, add_demo, add_samples):
         add(sub)
     for command in sub.choices.values():  # --debug after the command works as well
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -770,6 +933,8 @@ def _on_sigterm(signum, frame):
 
 
 _FLAGS: dict[str, str] = {}
+#: What a model argument may be, from the format table.
+_SUFFIXES = ", ".join(dict.fromkeys(f.suffix for f in FORMATS))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ def run_demo(out: Path, *, train: bool = False, n_images: int = 8, n_eval: int =
     val = load_dataset("stoplight", "val", 2000, meta.input_size)
     sample = torch.zeros(meta.input_shape)
     [report] = edgepilot.export(net, sample, formats="onnx", out=out / "stoplight", meta=meta,
-                                val_data=val)
+                                data=val)
 
     log("3/3 predicting with the runtime on new images at the generator's full size")
     model = edgepilot.load(report.path)

@@ -152,8 +152,10 @@ def write_bundle(models: Sequence[Path], out: str | Path, *, profile=None,
 
 
 def deploy(model: str | Path, device: str, out: str | Path, *, val_size: int = 500,
-           log: Callable[[str], None] = print) -> Path:
+           threads: int | str = "auto", log: Callable[[str], None] = print) -> Path:
     """Bundle `model` for `device` in `out`; a checkpoint (.pt) is exported for it first.
+    `threads`: the bundle's model threads, "auto" (measured on the board at first load and
+    cached there) or a count.
 
     Example:
         >>> deploy("runs/stoplight/stoplight.pt", "rpi5", "bundle/")
@@ -163,6 +165,9 @@ def deploy(model: str | Path, device: str, out: str | Path, *, val_size: int = 5
     from edgepilot.formats import format_for_path
 
     profile = profile_by_name(device)
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or
+                              threads < 1):
+        raise InputError(f"threads must be 1 or more or 'auto', got {threads!r}")
     out = Path(out)
     _check_out(out)
     path = resolve_model(str(model))
@@ -176,7 +181,8 @@ def deploy(model: str | Path, device: str, out: str | Path, *, val_size: int = 5
             log(f"warning: '{path.name}' is {fmt}; {profile.name} is profiled for "
                 f"{profile.format} {profile.precision} ({profile.why})")
         _check_model(path, log)
-    bundle = write_bundle([path], out, profile=profile, title=profile.title, _checked=True)
+    bundle = write_bundle([path], out, profile=profile, threads=threads, title=profile.title,
+                          _checked=True)
     return bundle
 
 
@@ -209,7 +215,7 @@ def _export_for(checkpoint: Path, profile, out: Path, val_size: int, log) -> Pat
     log(f"exporting {checkpoint.name} for {profile.name}: {fmt.name} {profile.precision}")
     [report] = export(net, torch.zeros(meta.input_shape), formats=fmt.name,
                       precision=profile.precision, out=out / checkpoint.stem, meta=meta,
-                      val_data=val, io_dtype=profile.io_dtype, quiet=True)
+                      data=val, io_dtype=profile.io_dtype, quiet=True)
     return Path(report.path)
 
 

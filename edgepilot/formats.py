@@ -32,6 +32,8 @@ class Format:
         folder: the "file" is a folder (a Core ML ``.mlpackage``).
         options: export options only this format takes (fields of
             `edgepilot.export.options.ExportOptions`), e.g. Core ML's ``compute_units``.
+        load_options: `edgepilot.load` options only this format takes, e.g. the Edge TPU's
+            ``accelerator`` (which Coral runs the file).
         runtime_requirements: what running a file of this format needs, as pip requirements
             with the lowest version edgepilot supports (pyproject.toml says the same; a test
             keeps them equal). Deploy bundles pin these; empty where no torch-free Python
@@ -49,6 +51,7 @@ class Format:
     reader: str = ""
     folder: bool = False
     options: tuple[str, ...] = ()
+    load_options: tuple[str, ...] = ()
     runtime_requirements: tuple[str, ...] = ()
 
 
@@ -92,6 +95,7 @@ FORMATS: tuple[Format, ...] = (
                     "libedgetpu on a Coral USB/PCIe/Dev Board)",
         backend_class="EdgeTPUBackend",
         reader="edgetpu_check",
+        load_options=("accelerator",),
         runtime_requirements=_LITERT,
     ),
     Format(

@@ -38,7 +38,7 @@ def export(
     out: str | Path = "model",
     meta: ModelMeta | None = None,
     precision: Sequence[str] | str | None = None,
-    val_data: tuple[np.ndarray, np.ndarray] | None = None,
+    data: tuple[np.ndarray, np.ndarray] | None = None,
     calib: str | Path | np.ndarray | None = None,
     calib_size: int = 300,
     calib_method: str = "minmax",
@@ -47,6 +47,7 @@ def export(
     dynamic_batch: bool = False,
     guard_budget: float | None = 900.0,
     quiet: bool = False,
+    val_data: tuple[np.ndarray, np.ndarray] | None = None,
     **format_options,
 ) -> list[ExportReport]:
     """Export `module` to each format and precision, check it against PyTorch and report.
@@ -62,15 +63,16 @@ def export(
         meta: labels and preprocessing to embed (needed for ``Model.predict``).
         precision: one or more of the formats' precisions (default: each format's first:
             fp32, or int8 for edgetpu).
-        val_data: ``(images (N, H, W, 3) uint8 RGB, labels (N,))`` for parity and accuracy
+        data: ``(images (N, H, W, 3) uint8 RGB, labels (N,))`` for parity and accuracy
             on real images; without it parity is measured on random images (or random
-            inputs, for models without image metadata).
+            inputs, for models without image metadata). (``val_data=`` is its old name,
+            accepted with a DeprecationWarning.)
         calib: int8 calibration images: a folder, an .npy file or an array (default: the
             validation images).
         calib_size: at most this many calibration images.
         calib_method: e.g. ``minmax`` (both formats), ``entropy``/``percentile`` (onnx).
         max_drop: int8 accuracy budget in points; layers are kept in float until the drop is
-            within it (needs `val_data`; None turns the guard off).
+            within it (needs `data`; None turns the guard off).
         io_dtype: boundary type of int8 files: tflite ``int8`` (default) or ``uint8`` (what
             MediaPipe and the mobile task libraries need); onnx QDQ files keep ``float32``.
         dynamic_batch: ask for a dynamic batch dimension (formats that support one); a model
@@ -90,8 +92,14 @@ def export(
     Example:
         >>> edgepilot.export(net, torch.zeros(1, 3, 64, 64), formats=["onnx", "tflite"],
         ...                  precision=["fp32", "int8"], out="runs/net", meta=meta,
-        ...                  val_data=(images, labels))
+        ...                  data=(images, labels))
     """
+    if val_data is not None:
+        import warnings
+
+        warnings.warn("export(val_data=...) is now data=...; val_data= will be removed in the "
+                      "next release", DeprecationWarning, stacklevel=2)
+        data = val_data if data is None else data
     check_format_options(format_options)  # a typo is an error, not an option ignored
     torch = require("torch", "export", "Exporting models")
     fmts = [format_by_name(f) for f in ([formats] if isinstance(formats, str) else formats)]
@@ -118,10 +126,12 @@ def export(
         module = module.eval()
     except NotImplementedError:  # torch.export's program.module(): its mode is already fixed
         pass
-    probe = Probe(module, sample_input, meta, val_data)
+    if data is not None:  # a detector's reference on 2,000 scenes takes a while: say so
+        log(f"running PyTorch on the {len(data[0]):,} validation images (the reference)")
+    probe = Probe(module, sample_input, meta, data)
     calibration = None
     if any(prec == "int8" for _, prec in combos):
-        calibration = _calibration(calib, val_data, meta, calib_size)
+        calibration = _calibration(calib, data, meta, calib_size)
     out = Path(out)
     for fmt in FORMATS:  # "runs/net.onnx" and "runs/net" mean the same stem
         if out.name.lower().endswith(fmt.suffix):
@@ -151,7 +161,10 @@ def export(
             with torch.no_grad():
                 notes = exporter.export(module, sample_input, draft, options)
             seconds = time.perf_counter() - started
+            log(f"{path.name}: written in {seconds:.1f} s; checking it against PyTorch" +
+                (f" on {len(data[0]):,} images" if data is not None else " on random inputs"))
             report = probe.check(draft, fmt.name, prec, seconds, notes)
+            log(f"{path.name}: checked in {time.perf_counter() - started - seconds:.1f} s")
             report.path = str(path)
             _install(draft, path)
         finally:
@@ -247,7 +260,7 @@ def _calibration(calib, val_data, meta, calib_size) -> Calibration:
     if calib is None:
         if val_data is None:
             raise EdgepilotError("int8 export needs calibration images: pass calib= (a folder, "
-                                 ".npy file or array) or val_data=")
+                                 ".npy file or array) or data=")
         calibration = load_calibration(val_data[0], meta.input_size, calib_size, meta)
         calibration.source = "validation images"
         return calibration

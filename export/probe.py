@@ -66,7 +66,7 @@ class Probe:
             _check_labels(meta, self.shapes[0])
         if val_data is not None:
             if meta is None:
-                raise EdgepilotError("val_data needs meta= (labels and preprocessing) to turn "
+                raise EdgepilotError("data= needs meta= (labels and preprocessing) to turn "
                                      "its images into model inputs")
             check = _check_detection_data if self.detector else _check_val_data
             self.images, self.labels = check(val_data, meta, len(first))
@@ -245,10 +245,10 @@ def _detector(meta: ModelMeta | None, shapes: list[tuple]):
 def _check_detection_data(val_data, meta: ModelMeta, n_outputs: int):
     """val_data of a detector: images (N, H, W, 3) and, per image, (boxes (n, 4), labels)."""
     if not isinstance(val_data, (tuple, list)) or len(val_data) != 2:
-        raise EdgepilotError("val_data of a detector must be a pair (images, targets)")
+        raise EdgepilotError("data= of a detector must be a pair (images, targets)")
     images, targets = np.asarray(val_data[0]), list(val_data[1])
     if not len(images) or len(images) != len(targets):
-        raise EdgepilotError(f"val_data has {len(images)} image(s) and {len(targets)} "
+        raise EdgepilotError(f"data= has {len(images)} image(s) and {len(targets)} "
                              "target(s); give one (boxes, labels) pair per image")
     checked = []
     for boxes, labels in targets:
@@ -256,7 +256,7 @@ def _check_detection_data(val_data, meta: ModelMeta, n_outputs: int):
         if len(boxes) != len(labels) or (len(labels) and (
                 labels.dtype.kind not in "iu" or labels.min() < 0 or
                 labels.max() >= len(meta.labels))):
-            raise EdgepilotError("val_data targets must be (boxes (n, 4), labels (n,)) with "
+            raise EdgepilotError("data= targets must be (boxes (n, 4), labels (n,)) with "
                                  f"label indices 0..{len(meta.labels) - 1}")
         checked.append((boxes, labels.astype(np.int64)))
     return images, checked
@@ -276,18 +276,18 @@ def _check_labels(meta: ModelMeta, shape: tuple) -> None:
 
 def _check_val_data(val_data, meta: ModelMeta, n_outputs: int):
     if not isinstance(val_data, (tuple, list)) or len(val_data) != 2:
-        raise EdgepilotError("val_data must be a pair (images, labels)")
+        raise EdgepilotError("data= must be a pair (images, labels)")
     images, labels = val_data
     images, labels = np.asarray(images), np.asarray(labels)
     if not len(images) or len(images) != len(labels):
-        raise EdgepilotError(f"val_data has {len(images)} image(s) and {len(labels)} label(s); "
+        raise EdgepilotError(f"data= has {len(images)} image(s) and {len(labels)} label(s); "
                              "give one label per image")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise EdgepilotError(f"val_data labels must be class indices (N,) of integers, got "
+        raise EdgepilotError(f"data= labels must be class indices (N,) of integers, got "
                              f"shape {labels.shape} {labels.dtype}")
     if n_outputs == 1 and (labels.min() < 0 or labels.max() >= len(meta.labels)):
         raise EdgepilotError(
-            f"val_data labels range {labels.min()}..{labels.max()}, but meta has "
+            f"data= labels range {labels.min()}..{labels.max()}, but meta has "
             f"{len(meta.labels)} labels (indices 0..{len(meta.labels) - 1})")
     return images, labels
 

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgepilot.errors import EdgepilotError, ModelFileError, require
+from edgepilot.errors import EdgepilotError, InputError, ModelFileError, require
 from edgepilot.export.noise import first_line, quiet_exporters
 from edgepilot.meta import ModelMeta
 
@@ -56,6 +56,17 @@ class Source:
     std: tuple[float, ...] | None = None
 
 
+def _exported_format(path: Path) -> str | None:
+    """The format of a file an export writes (by suffix), or None for anything else."""
+    from edgepilot.errors import UnsupportedFormatError
+    from edgepilot.formats import format_for_path
+
+    try:
+        return format_for_path(path).name
+    except UnsupportedFormatError:
+        return None
+
+
 def load_source(model: str, *, arch: str | None = None, weights: str | None = None,
                 trust_pickle: bool = False) -> Source:
     """The model that `model` names: a file (see the module docstring) or an architecture
@@ -73,6 +84,12 @@ def load_source(model: str, *, arch: str | None = None, weights: str | None = No
         else:
             source.kind += " (random weights: pass --weights FILE for trained ones)"
         return source
+    exported = _exported_format(path)
+    if exported:  # an .onnx or .tflite is an export's output, never its input
+        raise InputError(f"'{path.name}' is already an exported {exported} file: export takes "
+                         "the PyTorch model it came from (an edgepilot checkpoint, TorchScript, "
+                         "a .pt2 program, or a state_dict with arch=). To run or measure this "
+                         "file, use predict or bench")
     if not path.is_file():
         hint = "" if ":" not in model else \
             " (an architecture is written package.module:factory, torchvision:NAME or timm:NAME)"

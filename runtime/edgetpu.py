@@ -77,13 +77,13 @@ class EdgeTPUBackend(InterpreterBackend):
     Args:
         path: the _edgetpu.tflite file.
         threads: CPU threads for the ops that stay on the CPU.
-        device: ``usb``, ``usb:1``, ``pci:0``, ``:0`` ... (None: the first Edge TPU found).
+        accelerator: ``usb``, ``usb:1``, ``pci:0``, ``:0`` ... (None: the first Edge TPU found).
     """
 
     def __init__(self, path: Path, *, threads: int | None = None,
-                 device: str | None = None) -> None:
+                 accelerator: str | None = None) -> None:
         path = Path(path)
-        selector = parse_device(device)
+        selector = parse_device(accelerator)
         module, dist = interpreter_module()
         data = path.read_bytes()
         with file_errors(dist, path):
@@ -118,6 +118,6 @@ class EdgeTPUBackend(InterpreterBackend):
             raise EdgepilotError(
                 f"Cannot run '{path.name}' on a Coral Edge TPU: libedgetpu found no Edge TPU "
                 f"{'at ' + selector if selector else 'on USB or PCIe'}. Plug it in (USB "
-                "accelerators need a USB 3 port for full speed) or pick another with device="
-                "'usb:1' / 'pci:0'; on this machine run the int8 file on the CPU instead "
-                "(edgepilot.load('<model>_int8.tflite'))") from err
+                "accelerators need a USB 3 port for full speed) or pick another with "
+                "accelerator='usb:1' / 'pci:0'; on this machine run the int8 file on the CPU "
+                "instead (edgepilot.load('<model>_int8.tflite'))") from err

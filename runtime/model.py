@@ -11,6 +11,7 @@ import math
 import os
 import stat
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def open_model_file(path: Path):
 
 
 def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | str | None = "auto",
-         spin: bool | None = None, **backend_options) -> Model:
+         spin: bool | None = None, accelerator: str | None = None,
+         **backend_options) -> Model:
     """Load a model file with the backend its suffix calls for.
 
     Args:
@@ -95,6 +97,10 @@ def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | str 
             as None.
         spin: whether idle worker threads spin waiting for work (onnxruntime; None: the
             backend's default). Pass False for a loop paced by a camera.
+        accelerator: the accelerator that runs the model, for formats that pick one: a Coral
+            Edge TPU as ``usb``, ``usb:N``, ``pci:N`` or ``:N`` (None: the first one found).
+            (``device=`` is its old name, accepted with a DeprecationWarning: ``device`` means
+            a device profile everywhere else.)
         **backend_options: passed to the backend, e.g. ``providers=[...]`` for ONNX.
 
     Example:
@@ -104,6 +110,16 @@ def load(path: str | Path, *, meta: ModelMeta | None = None, threads: int | str 
     """
     path = Path(path)
     fmt = format_for_path(path)  # fails on an unknown suffix before touching the file
+    if "device" in backend_options:
+        warnings.warn("edgepilot.load(device=...) is now accelerator=...; device= will be "
+                      "removed in the next release", DeprecationWarning, stacklevel=2)
+        accelerator = backend_options.pop("device")
+    if accelerator is not None and "accelerator" not in fmt.load_options:
+        raise InputError(f"accelerator={accelerator!r} picks a Coral Edge TPU for an "
+                         f"_edgetpu.tflite file; '{path.name}' ({fmt.name}) runs on the CPU here: "
+                         "leave accelerator out")
+    if accelerator is not None:
+        backend_options["accelerator"] = accelerator
     if not (path.is_dir() if fmt.folder else path.is_file()):  # .mlpackage: a folder
         raise ModelFileError(not_a_model(path, fmt.folder))
     if threads != "auto" and threads is not None and (
@@ -344,9 +360,15 @@ class Model:
         stoplight neuron's green, yellow, red)."""
         meta = self._require_meta()
         x = np.asarray(values, dtype=np.float32).reshape(1, -1)
-        expected = meta.input_size[0] * meta.input_size[1]
+        expected = math.prod(meta.input_shape[1:])
+        if meta.is_image:  # its input is pixels, preprocessed from an image
+            height, width = meta.input_size
+            raise InputError(f"{self.path.name} takes images ({height}x{width} pixels, "
+                             f"{meta.channels} channel(s): {expected:,} values), not a feature "
+                             "vector: give images instead")
         if x.shape[1] != expected:
-            raise InputError(f"{self.path.name} takes {expected} input values, got {x.shape[1]}")
+            raise InputError(f"{self.path.name} takes {expected:,} input values, got "
+                             f"{x.shape[1]:,}")
         if not np.isfinite(x).all():
             raise InputError("Input values must be finite numbers")
         return to_prediction(self(x), meta)

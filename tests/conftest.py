@@ -164,7 +164,7 @@ def tiny_onnx(tmp_path_factory, trained_tiny, tiny_meta, colour_data):
     net, _ = trained_tiny
     out = tmp_path_factory.mktemp("export") / "tiny"
     [report] = edgepilot.export(net, torch.zeros(1, 3, 32, 32), formats="onnx", out=out,
-                                meta=tiny_meta, val_data=colour_data, quiet=True)
+                                meta=tiny_meta, data=colour_data, quiet=True)
     return report
 
 
@@ -180,7 +180,7 @@ def tiny_tflite(tmp_path_factory, trained_tiny, tiny_meta, colour_data):
     out = tmp_path_factory.mktemp("tflite") / "tiny"
     reports = edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="tflite",
                                precision=["fp32", "int8"], out=out, meta=tiny_meta,
-                               val_data=colour_data, quiet=True)
+                               data=colour_data, quiet=True)
     return {r.precision: r.path for r in reports}
 
 

@@ -82,8 +82,8 @@ def test_debug_shows_the_traceback():
 @pytest.mark.slow
 def test_train_export_predict_round_trip(tmp_path):
     """The whole path through the CLI at a tiny scale: a few steps, not an accurate model."""
-    run("train", "stoplight", "--out", tmp_path, "--steps", "8", "--n-train", "256",
-        "--n-val", "64", "--batch-size", "32", "--quiet")
+    run("train", "stoplight", "--out", tmp_path, "--steps", "8", "--train-size", "256",
+        "--val-size", "64", "--batch-size", "32", "--quiet")
     checkpoint = tmp_path / "stoplight.pt"
     assert checkpoint.is_file()
     metrics = json.loads((tmp_path / "stoplight.metrics.json").read_text())
@@ -135,7 +135,7 @@ def test_fine_tune_starts_from_the_checkpoint_and_refuses_another_kind(tmp_path)
 
     from edgepilot.train.checkpoint import load_checkpoint
 
-    common = ("--n-train", "128", "--n-val", "32", "--batch-size", "32", "--quiet")
+    common = ("--train-size", "128", "--val-size", "32", "--batch-size", "32", "--quiet")
     run("train", "stoplight", "--out", tmp_path / "a", "--steps", "4", *common)
     start = tmp_path / "a" / "stoplight.pt"
     # A learning rate this small leaves the weights where --init put them.
@@ -190,11 +190,11 @@ def test_fine_tune_starts_from_the_checkpoint_and_refuses_another_kind(tmp_path)
         "--init", tmp_path / "g" / "stoplight.pt", "--seed", "2", *common)
     assert load_checkpoint(tmp_path / "k" / "stoplight.pt")[2]["config"]["extra_convs"] == 1
 
-    result = run("train", "stoplight", "--out", tmp_path / "d", "--init", start, "--size", "48",
-                 *common, check_code=1)
+    result = run("train", "stoplight", "--out", tmp_path / "d", "--init", start,
+                 "--input-size", "48", *common, check_code=1)
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: --init {start} is a stoplight_cnn") and "at 48x48" in line
-    assert "Pass the matching --arch and --size" in line and not (tmp_path / "d").exists()
+    assert "Pass the matching --arch and --input-size" in line and not (tmp_path / "d").exists()
 
 
 def test_info_on_the_shipped_model_and_checkpoint():

@@ -72,7 +72,7 @@ def test_demo_train_exports_and_evaluates_the_model_it_trained(tmp_path, monkeyp
     train, load = recipes.train_stoplight, datasets.load_dataset
 
     def small(out, **options):  # the demo's own call, at a size a test can afford
-        return train(out, n_train=128, n_val=64, n_holdout=64, **options,
+        return train(out, train_size=128, val_size=64, holdout_size=64, **options,
                      config=TrainConfig(steps=4, batch_size=16, progress=False))
 
     def fewer(name, split, n, *args, **kwargs):  # the export's 2,000 validation images

@@ -176,7 +176,7 @@ def test_guard_that_cannot_meet_its_budget_fails_and_writes_nothing(tmp_path, co
         with pytest.raises(EdgepilotError, match=f"{fmt} int8 loses .* layer\\(s\\) kept in "
                                                  "float"):
             edgepilot.export(net, torch.zeros(1, 3, 32, 32), formats=fmt, precision="int8",
-                             out=tmp_path / "m", meta=meta, val_data=colour_data,
+                             out=tmp_path / "m", meta=meta, data=colour_data,
                              max_drop=-100.0, quiet=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m_int8.onnx"]
     assert (tmp_path / "m_int8.onnx").read_bytes() == b"the user's earlier file"

@@ -126,7 +126,7 @@ def recorded(line: str) -> int:
 def test_frames_n_records_exactly_n_frames(tmp_path):
     # --frames counts frames written, not frames inferred: the file holds exactly N.
     out = tmp_path / "out.mp4"
-    code, lines = finish(webcam("--headless", "--frames", 45, "--save", out))
+    code, lines = finish(webcam("--headless", "--frames", 45, "--record", out))
     assert code == 0, lines
     assert decoded_frames(out) == 45 and recorded(lines[-1]) == 45
     video = cv2.VideoCapture(str(out))
@@ -145,7 +145,7 @@ def test_frames_n_records_exactly_n_frames(tmp_path):
                                            (signal.SIGHUP, 129, "SIGHUP")])
 def test_a_signal_stops_promptly_and_finalises_the_recording(tmp_path, sig, code, name):
     out = tmp_path / "out.mp4"
-    process = webcam("--headless", "--save", out)  # endless until stopped
+    process = webcam("--headless", "--record", out)  # endless until stopped
     wait_until_recording(process, out)
     process.send_signal(sig)
     returncode, lines = finish(process)
@@ -158,7 +158,7 @@ def test_a_signal_stops_promptly_and_finalises_the_recording(tmp_path, sig, code
 def test_a_killed_process_leaves_a_playable_mkv(tmp_path):
     # SIGKILL (the OOM killer, a power cut) cannot be caught: Matroska needs no finalising.
     out = tmp_path / "out.mkv"
-    process = webcam("--headless", "--save", out)
+    process = webcam("--headless", "--record", out)
     wait_until_recording(process, out, min_bytes=300_000)  # several frames on disk
     process.kill()
     finish(process)
@@ -171,7 +171,7 @@ def test_a_second_signal_stops_at_once(tmp_path):
     # child is paused while both are sent, so both are pending when it resumes, long before
     # the first one's orderly stop (threads joined, file finalised) can be over.
     out = tmp_path / "out.mkv"
-    process = webcam("--headless", "--save", out)
+    process = webcam("--headless", "--record", out)
     wait_until_recording(process, out)
     process.send_signal(signal.SIGSTOP)
     process.send_signal(signal.SIGINT)
@@ -205,7 +205,7 @@ def complete_avi_frames(path) -> int:
 def test_a_killed_process_leaves_an_avi_playable_up_to_its_last_frame(tmp_path):
     # Like Matroska, AVI needs no finalising: every frame wholly on disk plays.
     out = tmp_path / "out.avi"
-    process = webcam("--headless", "--save", out)
+    process = webcam("--headless", "--record", out)
     wait_until_recording(process, out, min_bytes=300_000)
     process.kill()
     finish(process)
@@ -224,7 +224,7 @@ def _file_size_limit(limit: int):
 
 def test_a_full_disk_is_an_error_not_a_silent_empty_video(tmp_path):
     out = tmp_path / "out.mp4"
-    process = webcam("--headless", "--frames", 300, "--save", out,
+    process = webcam("--headless", "--frames", 300, "--record", out,
                      preexec_fn=_file_size_limit(300_000))
     code, lines = finish(process)
     assert code == 1, lines
@@ -250,7 +250,7 @@ def test_a_stream_that_stops_ends_with_a_message_and_keeps_the_recording(tmp_pat
     thread.start()
     out = tmp_path / "out.mp4"
     try:
-        process = webcam("--source", camera.url + "stream.mjpg", "--headless", "--save", out)
+        process = webcam("--source", camera.url + "stream.mjpg", "--headless", "--record", out)
         wait_until_recording(process, out)
     finally:
         publishing.clear()
@@ -266,7 +266,7 @@ def test_a_stream_that_stops_ends_with_a_message_and_keeps_the_recording(tmp_pat
 def test_roi_is_drawn_and_bad_options_and_sources_are_one_line_errors(tmp_path):
     out = tmp_path / "roi.mp4"
     code, lines = finish(webcam("--headless", "--frames", 3, "--roi", "200,40,160,320",
-                                "--save", out))
+                                "--record", out))
     assert code == 0, lines
     frame = cv2.cvtColor(cv2.VideoCapture(str(out)).read()[1], cv2.COLOR_BGR2RGB)
     edge = frame[100:340, 199:202].reshape(-1, 3).mean(axis=0)  # the box's left side
@@ -277,9 +277,9 @@ def test_roi_is_drawn_and_bad_options_and_sources_are_one_line_errors(tmp_path):
         (["--roi", "600,0,100,100"], "does not fit in the 640x480 frame"),
         (["--roi", "1,2,3"], "--roi takes x,y,w,h"),
         (["--smooth", "0"], "must be 1 or more"),
-        (["--save", tmp_path / "x.txt"], "use a .mp4 name"),
-        (["--save", tmp_path], "is a folder"),
-        (["--save", tmp_path / "missing" / "x.mp4"], "Folder does not exist"),
+        (["--record", tmp_path / "x.txt"], "use a .mp4 name"),
+        (["--record", tmp_path], "is a folder"),
+        (["--record", tmp_path / "missing" / "x.mp4"], "Folder does not exist"),
         (["--serve", "::1:8080"], "IPv6 address in brackets"),
         (["--source", "7"], "No camera at index 7"),  # and no OpenCV/FFmpeg probe notes
         (["--source", notes], "Cannot open"),

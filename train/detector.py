@@ -31,6 +31,7 @@ from edgepilot.draw.scenes import (
 )
 from edgepilot.errors import InputError, require
 from edgepilot.meta import ModelMeta
+from edgepilot.renamed import renamed
 from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode
 from edgepilot.runtime.detection_metrics import evaluate
 from edgepilot.train.checkpoint import save_checkpoint
@@ -200,12 +201,19 @@ def _distributed():
 
 
 def train_detector(out: str | Path = "runs/stoplight_detector", *,
-                   config: DetectorConfig | None = None, n_val: int = 500,
-                   n_holdout: int = 500, save_ranks: bool = False, log=print) -> dict:
+                   config: DetectorConfig | None = None, val_size: int = 500,
+                   holdout_size: int = 500, save_ranks: bool = False, log=print,
+                   **old_names) -> dict:
     """Train the detector, evaluate it on held-out scenes, save ``<out>/stoplight_detector.pt``.
+
+    `val_size`, `holdout_size`: scenes to evaluate on (old names ``n_val``, ``n_holdout``
+    still work, with a DeprecationWarning).
 
     `save_ranks` also writes each rank's final weights (``weights.rank<N>.pt``), to check that
     a distributed run ends with the same model everywhere."""
+    sizes = renamed(old_names, {"n_val": "val_size", "n_holdout": "holdout_size"},
+                    "train_detector", val_size=val_size, holdout_size=holdout_size)
+    n_val, n_holdout = sizes["val_size"], sizes["holdout_size"]
     config = config or DetectorConfig()
     rank, world, device = _distributed()
     if config.batch_size % world:

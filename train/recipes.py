@@ -14,6 +14,7 @@ from pathlib import Path
 from edgepilot.draw.stoplight import LABELS
 from edgepilot.errors import InputError, require
 from edgepilot.meta import ModelMeta
+from edgepilot.renamed import renamed
 from edgepilot.train.checkpoint import load_checkpoint, save_checkpoint
 from edgepilot.train.datasets import HOLDOUT, load_dataset, scene_config
 from edgepilot.train.models import MAX_EXTRA_CONVS, count_parameters, create_model
@@ -34,14 +35,18 @@ def stoplight_meta(size: int = 96) -> ModelMeta:
 
 
 def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stoplight_cnn",
-                    size: int = 96, n_train: int = 120_000, n_val: int = 2_000,
-                    n_holdout: int = 2_000, arch_config: dict | None = None,
+                    input_size: int = 96, train_size: int = 120_000, val_size: int = 2_000,
+                    holdout_size: int = 2_000, arch_config: dict | None = None,
                     config: TrainConfig | None = None, init: str | Path | None = None,
                     light_size: tuple[float, float] | None = None,
                     glare: float | None = None, photo_share: float | None = None,
                     interpolate: float | None = None, deepen: int = 0,
-                    log=print) -> dict:
+                    log=print, **old_names) -> dict:
     """Train a stoplight classifier, evaluate it, and save ``<out>/stoplight.pt``.
+
+    `input_size`: pixels, square; `train_size`, `val_size`, `holdout_size`: images generated
+    for training, validation and the held-out report (the old names ``size``, ``n_train``,
+    ``n_val``, ``n_holdout`` still work, with a DeprecationWarning).
 
     `init`: a stoplight checkpoint of the same architecture and input size to start from
     (fine-tuning, e.g. on another seed's images at a lower learning rate); the run keeps the
@@ -68,6 +73,12 @@ def train_stoplight(out: str | Path = "runs/stoplight", *, arch: str = "stopligh
     # 96x96 is the generator's own size: at 64x64 a light under 1/3 of the frame has lamps
     # 2.6-6 px across (0.6-0.84 of a third of the housing), and held-out small lights scored
     # 88.6% against 93.3% at 96 (same recipe).
+    sizes = renamed(old_names, {"size": "input_size", "n_train": "train_size",
+                                "n_val": "val_size", "n_holdout": "holdout_size"},
+                    "train_stoplight", input_size=input_size, train_size=train_size,
+                    val_size=val_size, holdout_size=holdout_size)
+    size, n_train, n_val, n_holdout = (sizes[k] for k in ("input_size", "train_size",
+                                                         "val_size", "holdout_size"))
     config = config or TrainConfig(epochs=6)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
@@ -181,5 +192,5 @@ def _start_from(init: str | Path, arch: str, arch_config: dict | None,
             f"init={init} is a {theirs[0]} {theirs[1]} at {theirs[2][0]}x{theirs[2][1]} "
             f"with labels {list(theirs[3])}; this run trains a {arch} {config} at "
             f"{ours[2][0]}x{ours[2][1]} with labels {list(ours[3])}. Pass the matching "
-            "arch= and size=, or leave out init=")
+            "arch= and input_size=, or leave out init=")
     return start.train(), dict(config)

@@ -69,6 +69,7 @@ class LiveState:
     reason: str = ""  # detectors: which light decides, and why
     processed: int = 0  # frames the model ran on
     shown: int = 0  # frames drawn and handed to the output (the newest wins if it lags)
+    decisions: dict = field(default_factory=dict)  # decision -> shown frames, at the end
     # Seconds per frame, for the last TIMING_WINDOW frames: prepare (capture thread),
     # inference (the model call), stage (the inference thread's whole work on a frame),
     # overlay and output (caller's thread), latency (capture -> overlay done); "wall" (the

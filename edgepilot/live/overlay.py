@@ -1,6 +1,6 @@
 """Lights drawn on a frame: a box in the colour of each light's state, its label and score.
 
-Shared by `edgepilot predict --draw` (detections of one image) and the live overlay (the
+Shared by `edgepilot predict --out` (detections of one image) and the live overlay (the
 lights the tracker follows, the deciding one drawn thicker)."""
 
 from __future__ import annotations

@@ -70,19 +70,20 @@ def _window(log: Callable[[str], None]):
     return open_window(log)
 
 
-def check_save_path(path: str | Path) -> Path:
-    """Refuse a --save target that cannot work before any model or camera is opened."""
+def check_record_path(path: str | Path) -> Path:
+    """Refuse a recording target that cannot work before any model or camera is opened."""
     target = Path(path)
     if target.is_dir():
-        raise InputError(f"save= '{path}' is a folder: give a file name, e.g. {target}/out.mp4")
+        raise InputError(f"record= '{path}' is a folder: give a file name, e.g. "
+                         f"{target}/out.mp4")
     if target.suffix.lower() not in CONTAINERS:
-        raise InputError(f"save= '{path}': use a .mp4 name, or .mkv / .avi, which stay "
+        raise InputError(f"record= '{path}': use a .mp4 name, or .mkv / .avi, which stay "
                          "playable even if the process is killed")
     folder = target.parent
     if not folder.is_dir():
-        raise InputError(f"Folder does not exist for save= '{path}': create it first")
+        raise InputError(f"Folder does not exist for record= '{path}': create it first")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise InputError(f"Cannot write save= '{path}': no write permission")
+        raise InputError(f"Cannot write record= '{path}': no write permission")
     return target
 
 
@@ -93,7 +94,7 @@ class Recorder:
     checks that it can be read back."""
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
-        self.path = check_save_path(path)
+        self.path = check_record_path(path)
         self.frames = 0
         self.closed = False
         # A failed write is reported once, by RecordingError, not by a warning per frame.
@@ -182,9 +183,10 @@ def _stop_on_signals():
 
 def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                roi: str | None = None, smooth: int = 5, serve: str | None = None,
-               headless: bool = False, frames: int | None = None, save: str | None = None,
+               headless: bool = False, frames: int | None = None, record: str | None = None,
                threads: int | str | None = "auto", token: str | None = None,
-               log: Callable[[str], None] = print) -> LiveState:
+               accelerator: str | None = None, log: Callable[[str], None] = print,
+               save: str | None = None) -> LiveState:
     """Run the live demo; returns the final state (with timings) when it ends.
 
     `frames` stops after that many frames reached the output (a recording of N frames holds
@@ -192,17 +194,27 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
     and the runtime's idle workers do not spin: frames come at the camera's pace, and workers
     that spin between them keep their cores busy for nothing. A signal (Ctrl-C, SIGTERM)
     finalises the recording and then raises `Stopped`. `token`: the page requires it (see
-    `LiveServer`); its address, printed, carries it."""
+    `LiveServer`); its address, printed, carries it. `record`: the annotated video file
+    (``save=`` is its old name, accepted with a DeprecationWarning). `accelerator`: the Coral
+    that runs an _edgetpu.tflite (see `edgepilot.load`). The state returned holds the
+    decisions over the shown frames."""
     import edgepilot
     from edgepilot.assets import resolve_model
     from edgepilot.live.web import LiveServer, parse_address
 
-    if headless and frames is None and save is None:
-        raise InputError("headless=True needs frames=N or save=FILE (or both)")
-    if save:
-        check_save_path(save)  # before loading anything
+    if save is not None:
+        import warnings
+
+        warnings.warn("run_webcam(save=...) is now record=...; save= will be removed in the "
+                      "next release", DeprecationWarning, stacklevel=2)
+        record = record or save
+    if headless and frames is None and record is None:
+        raise InputError("headless=True needs frames=N or record=FILE (or both)")
+    if record:
+        check_record_path(record)  # before loading anything
     address = parse_address(serve) if serve else None
-    model = edgepilot.load(resolve_model(model_spec), threads=threads, spin=False)
+    model = edgepilot.load(resolve_model(model_spec), threads=threads, spin=False,
+                           **({"accelerator": accelerator} if accelerator else {}))
     detector = model.meta is not None and model.meta.is_detector
     src = open_source(source, **({"scene": "street"} if detector else {}))
     size = _frame_size(src)
@@ -210,7 +222,7 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
     try:
         region = parse_roi(roi, *size)
         with _stop_on_signals() as signals:
-            recorder = Recorder(save, src.fps, size) if save else None
+            recorder = Recorder(record, src.fps, size) if record else None
             if not headless and not address:
                 show = _window(log)
             fallback = not headless and not address and show is None
@@ -235,25 +247,26 @@ def run_webcam(model_spec: str = "stoplight", *, source: str = "synthetic",
                 if show is not None and show(frame, state):
                     quit_requested.append(True)
 
-            if save and frames is None and recorder.path.suffix.lower() == ".mp4":
+            if record and frames is None and recorder.path.suffix.lower() == ".mp4":
                 log("note: an .mp4 is playable once finalised (at the end, Ctrl-C, SIGTERM); "
                     "record to .mkv to keep every frame even if the process is killed")
             log(f"{model.path.name} on {source} ({size[0]}x{size[1]}), {model.backend}, "
                 f"{threads_used(model, threads)}"
-                + (f", recording to {save}" if save else ""))
+                + (f", recording to {record}" if record else ""))
             with FrameGrabber(src) as grabber:
                 state = run_live(model, grabber, roi=region, smooth=smooth, frames=frames,
                                  on_frame=on_frame,
                                  stop=lambda: bool(quit_requested or signals))
         if recorder is not None:
             recorder.close()
-        saved = f"; {recorder.frames} frames recorded in {save}" if recorder else ""
+        saved = f"; {recorder.frames} frames recorded in {record}" if recorder else ""
         if signals:
             name = "Ctrl-C" if signals[0] == signal.SIGINT else signal.Signals(signals[0]).name
             log(f"stopped ({name}) after {state.shown} frames{saved}")
             raise Stopped(signals[0])
         if grabber.ended and not grabber.finished_normally:
             raise SourceError(f"{source}: {grabber.ended}{saved}")
+        state.decisions = dict(decisions.most_common())
         log(summary(state, decisions) + saved)
         return state
     finally:

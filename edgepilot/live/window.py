@@ -150,7 +150,7 @@ def open_window(log: Callable[[str], None] = print) -> Window | None:
     display = os.environ.get("DISPLAY", "")
     if x11 and not display and not os.environ.get("WAYLAND_DISPLAY"):
         raise EdgepilotError("No display here (DISPLAY is not set): use serve=HOST:PORT for "
-                             "a web page, or headless=True with frames=N and save=out.mp4")
+                             "a web page, or headless=True with frames=N and record=out.mp4")
     if not has_gui():
         return None
     if x11 and not display:

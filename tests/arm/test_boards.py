@@ -82,7 +82,7 @@ def files(tmp_path_factory):
     for fmt, precisions in CLASSIFIER.items():
         reports = edgepilot.export(net, torch.zeros(meta.input_shape), formats=fmt,
                                    precision=list(precisions), out=out, meta=meta,
-                                   val_data=val, quiet=True)
+                                   data=val, quiet=True)
         paths += [Path(r.path) for r in reports]
     return paths + [shipped_model("stoplight-detector", "_int8.tflite"),
                     shipped_model("stoplight-detector", ".onnx")]

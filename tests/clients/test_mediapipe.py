@@ -33,11 +33,11 @@ def exported(tmp_path_factory):
     files = {}
     for report in edgepilot.export(net, torch.zeros(1, 3, 64, 64), formats="tflite",
                                    precision=["fp32", "fp16", "dynamic", "int8"], out=out,
-                                   meta=meta, val_data=val, quiet=True):
+                                   meta=meta, data=val, quiet=True):
         files[report.precision] = report.path
     [uint8] = edgepilot.export(net, torch.zeros(1, 3, 64, 64), formats="tflite",
                                precision="int8", io_dtype="uint8", out=out.with_name("u8"),
-                               meta=meta, val_data=val, quiet=True)
+                               meta=meta, data=val, quiet=True)
     files["int8-uint8io"] = uint8.path
     images = load_dataset("stoplight", "val", 100, meta.input_size, seed=5)[0]
     np.save(out.with_name("images.npy"), images)

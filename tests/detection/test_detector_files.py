@@ -38,7 +38,7 @@ def exported(detector, scenes, tmp_path_factory):
     net, meta = detector
     out = tmp_path_factory.mktemp("detector") / "det"
     reports = edgepilot.export(net, torch.zeros(meta.input_shape), formats=["onnx", "tflite"],
-                               out=out, meta=meta, val_data=scenes, quiet=True)
+                               out=out, meta=meta, data=scenes, quiet=True)
     return {r.format: r for r in reports}
 
 
@@ -89,7 +89,7 @@ def test_predict_prints_boxes_and_draws_them(scenes, tmp_path: Path):
     drawn = tmp_path / "out.jpg"
     result = subprocess.run(
         [sys.executable, "-m", "edgepilot.cli", "predict", "stoplight-detector", str(photo),
-         "--json", "--draw", str(drawn)], capture_output=True, text=True, timeout=300)
+         "--json", "--out", str(drawn)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     (entry,) = json.loads(result.stdout)["predictions"]
     found = entry["detections"]
@@ -183,9 +183,10 @@ def test_draw_refuses_classifiers(tmp_path: Path):
     photo = tmp_path / "x.png"
     cv2.imwrite(str(photo), np.zeros((64, 64, 3), np.uint8))
     result = subprocess.run([sys.executable, "-m", "edgepilot.cli", "predict", "stoplight",
-                             str(photo), "--draw", str(tmp_path / "o.jpg")],
+                             str(photo), "--out", str(tmp_path / "o.jpg")],
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "--draw is for detectors" in result.stderr
+    assert result.returncode != 0
+    assert "--out writes images with their boxes, for detectors" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

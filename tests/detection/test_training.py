@@ -116,7 +116,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path: Path):
     result = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()),
          "-m", "edgepilot.cli", "train", "stoplight-detector", "--steps", "3",
-         "--batch-size", "4", "--n-val", "2", "--save-ranks", "--quiet", "--out", str(out)],
+         "--batch-size", "4", "--val-size", "2", "--save-ranks", "--quiet", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(out / f"weights.rank{r}.pt", weights_only=True) for r in (0, 1)]

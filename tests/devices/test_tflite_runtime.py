@@ -47,7 +47,7 @@ def compared(rpi5_bundle, tmp_path_factory):
     val = load_dataset("stoplight", "val", 300, meta.input_size)
     files = {r.precision: Path(r.path) for r in edgepilot.export(
         net, torch.zeros(1, 3, 64, 64), formats="tflite", precision=["fp32", "fp16", "dynamic"],
-        out=out, meta=meta, val_data=val, quiet=True)}
+        out=out, meta=meta, data=val, quiet=True)}
     [files["int8"]] = rpi5_bundle.glob("*_int8.tflite")  # what deploy made for the Pi 5
     images = load_dataset("stoplight", "val", N_IMAGES, meta.input_size, seed=4242)[0]
     inputs, ours, steps = {}, {}, {}

@@ -96,7 +96,7 @@ def exported(request, data, tmp_path_factory):
     for fmt in formats_for(request.param):
         reports += edgepilot.export(net, torch.zeros(1, 3, 16, 16), formats=fmt.name,
                                     precision=list(fmt.precisions), out=out, meta=META,
-                                    val_data=data, quiet=True, max_drop=None)
+                                    data=data, quiet=True, max_drop=None)
     return request.param, net, {(r.format, r.precision): r for r in reports}
 
 

@@ -126,7 +126,7 @@ def test_val_data_mistakes_are_named(tmp_path, labels, message):
     images = np.zeros((6, 16, 16, 3), np.uint8)
     with pytest.raises(EdgepilotError, match=message):
         edgepilot.export(small_cnn(), torch.zeros(1, 3, 16, 16), out=tmp_path / "m",
-                         meta=META, val_data=(images, labels), quiet=True)
+                         meta=META, data=(images, labels), quiet=True)
 
 
 def test_a_file_that_fails_its_own_check_is_not_written(tmp_path, monkeypatch):
@@ -344,7 +344,7 @@ def test_cli_val_data_folder_gives_accuracy_and_names_unknown_labels(tmp_path, c
         (tmp_path / "val" / label).mkdir(parents=True)
         for i, image in enumerate(_images_classified_as(net, index, 3)):
             cv2.imwrite(str(tmp_path / "val" / label / f"{i}.png"), image[:, :, ::-1])
-    code, out, err = cli(model, "--input-size", "16", "--labels", labels, "--val-data",
+    code, out, err = cli(model, "--input-size", "16", "--labels", labels, "--data",
                          tmp_path / "val", "--val-size", "4", "--out", tmp_path / "m")
     assert code == 0, err[-2000:]
     report = json.loads((tmp_path / "m.onnx.json").read_text())
@@ -359,7 +359,7 @@ def test_cli_val_data_folder_gives_accuracy_and_names_unknown_labels(tmp_path, c
     assert report["accuracy_torch"] == report["accuracy_export"] == 0.5
     (tmp_path / "val" / "zebra").mkdir()
     cv2.imwrite(str(tmp_path / "val" / "zebra" / "0.png"), np.zeros((8, 8, 3), np.uint8))
-    code, out, err = cli(model, "--input-size", "16", "--labels", labels, "--val-data",
+    code, out, err = cli(model, "--input-size", "16", "--labels", labels, "--data",
                          tmp_path / "val", "--out", tmp_path / "m2")
     assert code != 0 and "zebra" in err and len(err.strip().splitlines()) <= 2
 

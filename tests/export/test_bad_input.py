@@ -48,7 +48,7 @@ def test_skipped_calibration_images_reach_the_report(tmp_path, trained_tiny, tin
     (folder / "bad.png").write_text("x")
     [report] = edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="onnx",
                                 precision="int8", out=tmp_path / "m", meta=tiny_meta,
-                                val_data=colour_data, calib=folder, quiet=True)
+                                data=colour_data, calib=folder, quiet=True)
     assert report.notes["calibration"] == {"method": "minmax", "images": 20,
                                            "source": str(folder), "skipped": 1}
 
@@ -65,7 +65,7 @@ def test_unknown_calibration_method(tmp_path, trained_tiny, tiny_meta, colour_da
     with pytest.raises(UnsupportedFormatError, match="entropy, percentile"):
         edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="onnx",
                          precision="int8", out=tmp_path / "m", meta=tiny_meta,
-                         val_data=colour_data, calib_method="kl", quiet=True)
+                         data=colour_data, calib_method="kl", quiet=True)
     assert not list(tmp_path.glob("m*"))
 
 
@@ -94,4 +94,4 @@ def test_uint8_io_is_only_for_tflite(tmp_path, trained_tiny, tiny_meta, colour_d
     with pytest.raises(UnsupportedFormatError, match="float32 inputs and outputs"):
         edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="onnx",
                          precision="int8", io_dtype="uint8", out=tmp_path / "m",
-                         meta=tiny_meta, val_data=colour_data, quiet=True)
+                         meta=tiny_meta, data=colour_data, quiet=True)

@@ -121,7 +121,7 @@ def test_a_tiny_guard_budget_stops_the_guard_saying_so(tmp_path, cli, trained_ti
     (tmp_path / "labels.txt").write_text("\n".join(tiny_meta.labels) + "\n")
     labelled_folder(tmp_path / "val", *(a[:128] for a in colour_data), tiny_meta.labels)
     common = [model_file, "--input-size", "32", "--labels", tmp_path / "labels.txt",
-              "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--val-data", tmp_path / "val",
+              "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--data", tmp_path / "val",
               "--precision", "int8", "--max-drop", "1"]
     # A budget no guard step fits in: the first int8 file is measured (over the allowed drop),
     # and the guard stops before trying any layer in float, saying so in one line.

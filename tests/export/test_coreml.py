@@ -23,7 +23,7 @@ def packages(tmp_path_factory, trained_tiny, tiny_meta, colour_data):
     out = tmp_path_factory.mktemp("coreml") / "tiny"
     reports = edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="coreml",
                                precision=["fp32", "fp16", "int8"], out=out, meta=tiny_meta,
-                               val_data=colour_data, quiet=True, compute_units="CPU_AND_NE")
+                               data=colour_data, quiet=True, compute_units="CPU_AND_NE")
     return {r.precision: r for r in reports}
 
 

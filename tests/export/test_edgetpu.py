@@ -46,7 +46,7 @@ def _put_compiler(tmp_path, monkeypatch, script: str) -> None:
 def _export(trained_tiny, tiny_meta, colour_data, out):
     [report] = edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="edgetpu",
                                 precision="int8", out=out, meta=tiny_meta,
-                                val_data=colour_data, max_drop=None, quiet=True)
+                                data=colour_data, max_drop=None, quiet=True)
     return report
 
 
@@ -215,7 +215,7 @@ def test_the_shipped_stoplight_model_maps_as_the_readme_says(tmp_path, monkeypat
     val = load_dataset("stoplight", "val", 200, meta.input_size, seed=31)
     [report] = edgepilot.export(net, torch.zeros(meta.input_shape), formats="edgetpu",
                                 precision="int8", out=tmp_path / "stoplight", meta=meta,
-                                val_data=val, quiet=True)
+                                data=val, quiet=True)
     verdict = check_file(report.path)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
     linears = sum(isinstance(m, torch.nn.Linear) for m in net.modules())

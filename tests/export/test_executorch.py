@@ -22,7 +22,7 @@ def files(tmp_path_factory):
     val = load_dataset("stoplight", "val", 300, meta.input_size)
     out = tmp_path_factory.mktemp("executorch") / "stoplight"
     reports = edgepilot.export(net, torch.zeros(meta.input_shape), formats="executorch",
-                               precision=["fp32", "int8"], out=out, meta=meta, val_data=val,
+                               precision=["fp32", "int8"], out=out, meta=meta, data=val,
                                quiet=True)
     return {r.precision: r for r in reports}
 

@@ -54,7 +54,7 @@ def hostile(trained_tiny, colour_data, tiny_meta):
 def test_guard_keeps_the_hostile_layer_in_float(hostile, colour_data, tiny_meta, tmp_path,
                                                  fmt, fresh_colour_data, torch_top1,
                                                  model_top1):
-    common = dict(formats=fmt, precision="int8", meta=tiny_meta, val_data=colour_data,
+    common = dict(formats=fmt, precision="int8", meta=tiny_meta, data=colour_data,
                   quiet=True)
     [naive] = edgepilot.export(hostile, torch.zeros(1, 3, 32, 32), out=tmp_path / "naive",
                                max_drop=None, **common)

@@ -80,7 +80,7 @@ def test_the_file_is_written_in_the_layout_timed_fastest(monkeypatch, tmp_path, 
     net, _ = trained_tiny
     [report] = edgepilot.export(net, torch.zeros(1, 3, 32, 32), formats="onnx",
                                 precision="int8", out=tmp_path / "tiny", meta=tiny_meta,
-                                val_data=colour_data, quiet=True)
+                                data=colour_data, quiet=True)
     note = report.notes["int8_settings"]
     assert note["chosen"] == str(QOP_U8_PT) and note["format"] == "QOperator"
     assert note["activations"] == "uint8" and note["per_channel"] is False

@@ -28,7 +28,7 @@ def test_logits_and_probabilities_are_reported_on_one_scale(trained_tiny, tiny_m
     net = trained_tiny[0]
     reports = edgepilot.export(net, torch.zeros(1, 3, 32, 32), formats=["onnx", "tflite"],
                                precision="int8", out=tmp_path / "tiny", meta=tiny_meta,
-                               val_data=colour_data, quiet=True)
+                               data=colour_data, quiet=True)
     by_format = {r.format: r for r in reports}
     assert by_format["onnx"].outputs_are == "logits"
     assert by_format["tflite"].outputs_are == "probabilities"

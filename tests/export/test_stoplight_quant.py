@@ -25,7 +25,7 @@ def reports(tmp_path_factory):
     for fmt in ("onnx", "tflite"):
         precisions = list(edgepilot.formats.format_by_name(fmt).precisions)
         result += edgepilot.export(net, torch.zeros(meta.input_shape), formats=fmt,
-                                   precision=precisions, out=out, meta=meta, val_data=val,
+                                   precision=precisions, out=out, meta=meta, data=val,
                                    quiet=True)
     return {(r.format, r.precision): r for r in result}
 

@@ -152,7 +152,7 @@ def test_missing_libedgetpu_says_what_to_install_and_what_runs_instead(int8_file
     shutil.copyfile(int8_file, path)
     monkeypatch.setattr(backend, "delegate_library", lambda: "libedgetpu-absent.so.1")
     with pytest.raises(EdgepilotError) as info:
-        edgepilot.load(path, device="usb:1")
+        edgepilot.load(path, accelerator="usb:1")
     message = str(info.value)
     assert "\n" not in message
     assert "libedgetpu1-std" in message and "_int8.tflite" in message
@@ -165,7 +165,7 @@ def test_bad_device_fails_before_the_runtime_is_looked_for(int8_file, tmp_path):
     path = tmp_path / "tiny_int8_edgetpu.tflite"
     shutil.copyfile(int8_file, path)
     with pytest.raises(InputError, match="not a device selector"):
-        edgepilot.load(path, device="usb-1")
+        edgepilot.load(path, accelerator="usb-1")
 
 
 def test_info_reports_the_edge_tpu_verdict(int8_file, tmp_path):

@@ -148,7 +148,7 @@ def test_fp16_keeps_float32_inputs_and_outputs(tmp_path, trained_tiny, tiny_meta
     onnx = pytest.importorskip("onnx")
     [report] = edgepilot.export(trained_tiny[0], torch.zeros(1, 3, 32, 32), formats="onnx",
                                 precision="fp16", out=tmp_path / "m", meta=tiny_meta,
-                                val_data=colour_data, quiet=True)
+                                data=colour_data, quiet=True)
     model = edgepilot.load(report.path)
     assert model.inputs[0].dtype == np.float32 and model.outputs[0].dtype == np.float32
     graph = onnx.load(report.path).graph

@@ -46,7 +46,7 @@ def neuron_files(tmp_path_factory):
 
     reports = edgepilot.export(net, torch.zeros(meta.input_shape), formats=["onnx", "tflite"],
                                precision=["fp32", "int8"], out=out / "neuron", meta=meta,
-                               val_data=load_dataset("neuron", "val", 8, meta.input_size),
+                               data=load_dataset("neuron", "val", 8, meta.input_size),
                                quiet=True)
     return summary, net, {(r.format, r.precision): r for r in reports}
 
@@ -117,7 +117,7 @@ def test_digit_networks_train_export_and_read_digit_images(tmp_path):
     save_checkpoint(tmp_path / "digits.pt", net, arch="nielsen", config={}, meta=meta)
     [report] = edgepilot.export(net, torch.zeros(meta.input_shape), formats="onnx",
                                 out=tmp_path / "digits", meta=meta, quiet=True,
-                                val_data=(np.repeat(val.images[:200, :, :, None], 3, 3),
+                                data=(np.repeat(val.images[:200, :, :, None], 3, 3),
                                           val.labels[:200]))
     # The file re-measured through the runtime on 200 digits neither training (the first
     # 300) nor the export (the first 200) saw, PyTorch the oracle: the same outputs, the same

@@ -94,6 +94,6 @@ def test_deepen_past_eight_blocks_is_refused_before_any_work(tmp_path):
     start = save_checkpoint(tmp_path / "deep.pt", create_model("stoplight_cnn", **config),
                             arch="stoplight_cnn", config=config, meta=stoplight_meta(96))
     with pytest.raises(InputError, match="has 7 extra blocks already: deepen=2 would make"):
-        train_stoplight(tmp_path / "out", init=start, deepen=2, n_train=64, n_val=16,
-                        n_holdout=16)
+        train_stoplight(tmp_path / "out", init=start, deepen=2, train_size=64, val_size=16,
+                        holdout_size=16)
     assert not (tmp_path / "out").exists()
