@@ -40,9 +40,27 @@ NOT_RUN: list[tuple[str, str]] = [
     (r"^edgepilot bench .*--on ", "needs boards over ssh (tests/arm runs it on emulated boards)"),
     (r"(run\.py|^python3 -m venv )", "on the board, in a bundle: tests/devices/test_bundles.py "
      "runs a bundle's run.py in a venv made from its requirements.txt"),
-    (r"^edgepilot export (net\.ts\.pt|net\.pt2|weights\.pth|timm:|whole_model\.pt)",
-     "the reader's own model files"),
+    (r"^edgepilot export timm:", "needs timm and its weights file (pip install timm)"),
 ]
+# The files "Any PyTorch model" exports are the reader's own: small ones stand in, made by
+# `_your_models` the first time a command names one.
+YOUR_FILES = ("net.ts.pt", "net.pt2", "weights.pth", "whole_model.pt", "labels.txt")
+_PACKAGE = """import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def build_net():
+    return Net()
+"""
 STAND_INS = {"runs/stoplight/stoplight.pt": "stoplight",
              "runs/stoplight_detector/stoplight_detector.pt": "stoplight-detector"}
 
@@ -66,8 +84,8 @@ def _commands(text: str) -> list[str]:
     commands = []
     for line in text.splitlines():
         words = shlex.split(line, comments=True)
-        if words:
-            commands.append(shlex.join(words))
+        if words:  # quoted as a shell would need, the && between commands left as it is
+            commands.append(" ".join(w if w == "&&" else shlex.quote(w) for w in words))
     return commands
 
 
@@ -115,15 +133,43 @@ def _stand_ins(cwd: Path) -> None:
             shutil.copyfile(shipped_model(name, ".pt"), path)
 
 
+def _your_models(cwd: Path) -> None:
+    """A TorchScript file, a torch.export program, a state_dict with its factory (package
+    mypkg, importable from the folder the command runs in) and a whole pickled module."""
+    if (cwd / "labels.txt").exists():
+        return
+    import torch
+
+    (cwd / "mypkg").mkdir()
+    (cwd / "mypkg" / "__init__.py").write_text("")
+    (cwd / "mypkg" / "models.py").write_text(_PACKAGE)
+    sys.path.insert(0, str(cwd))
+    try:
+        from mypkg.models import build_net
+
+        net = build_net().eval()
+        x = torch.zeros(1, 3, 224, 224)
+        torch.jit.save(torch.jit.trace(net, x), cwd / "net.ts.pt")
+        torch.export.save(torch.export.export(net, (x,)), cwd / "net.pt2")
+        torch.save(net.state_dict(), cwd / "weights.pth")
+        torch.save(net, cwd / "whole_model.pt")
+    finally:
+        sys.path.remove(str(cwd))
+        sys.modules.pop("mypkg.models", None)
+        sys.modules.pop("mypkg", None)
+    (cwd / "labels.txt").write_text("cat\ndog\nbird\n")
+
+
 def _run(command: str, state: dict) -> None:
     for part in command.split(" && "):
         words = shlex.split(part)
         cwd: Path = state["cwd"]
-        if words[0] == "mkdir":
-            (cwd / words[1]).mkdir()
-            continue
-        if words[0] == "cd":
-            state["cwd"] = cwd / words[1]
+        if words[0] in ("mkdir", "cd"):
+            assert len(words) == 2, f"one folder, not {words[1:]} ({command})"
+            if words[0] == "mkdir":
+                (cwd / words[1]).mkdir()
+            else:
+                state["cwd"] = cwd / words[1]
             continue
         reason = why_not_run(part)
         if reason:
@@ -136,6 +182,8 @@ def _run(command: str, state: dict) -> None:
             if re.match(r"^edgepilot train stoplight", part):
                 _stand_ins(cwd)
             continue
+        if any(name in words for name in YOUR_FILES):
+            _your_models(cwd)
         if words[0] == "edgepilot":
             argv = [sys.executable, "-m", "edgepilot.cli", *words[1:]]
         elif words[0] == "python":
