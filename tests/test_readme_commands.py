@@ -161,6 +161,7 @@ def _your_models(cwd: Path) -> None:
 
 
 def _run(command: str, state: dict) -> None:
+    whole = why_not_run(command)  # a line not run is not run in any of its parts
     for part in command.split(" && "):
         words = shlex.split(part)
         cwd: Path = state["cwd"]
@@ -171,7 +172,7 @@ def _run(command: str, state: dict) -> None:
             else:
                 state["cwd"] = cwd / words[1]
             continue
-        reason = why_not_run(part)
+        reason = whole or why_not_run(part)
         if reason:
             if words[0] == "edgepilot":
                 build_parser().parse_args(words[1:])  # the flags exist, spelled as now
