@@ -738,9 +738,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def _next_steps(bundle: Path, info: dict, remote: str | None) -> str:
     """What to type next, on the board."""
     model = info["models"][0]
-    if remote:
+    if remote:  # USER@HOST:DIR, checked by deploy_to; installed there already
         host, _, folder = remote.rpartition(":")
-        there = f"ssh {host} and, in {folder}:"
+        there = f"ssh {host or remote} and, in {folder if host else 'the folder'}:"
         setup = ""
     else:
         there = f"copy {bundle}/ to the board (or deploy again with --to USER@HOST:DIR), then " \
