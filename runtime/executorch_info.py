@@ -107,6 +107,7 @@ def read_info(path: Path) -> Reading:
     opaque: dict[str, str] = {}  # backend -> why its layers cannot be read
     layers: list[Layer] = []
     nodes: list[tuple] = []  # portable kernels since the last delegate call
+    read: set[int] = set()  # delegates whose graph was read (a call in a loop reads it once)
     for chain in forward.chains:
         for step, instruction in enumerate(chain.instructions):
             args = instruction.instr_args
@@ -122,10 +123,13 @@ def read_info(path: Path) -> Reading:
                 backend = forward.delegates[args.delegate_index].id
                 ops.append(f"delegate({backend})")
                 delegated[backend] += 1
+                if args.delegate_index in read:
+                    continue  # called again: the same graph and weights, read and counted once
+                read.add(args.delegate_index)
                 try:
                     found, inner = _delegate_layers(
                         program, forward.delegates[args.delegate_index],
-                        backend if delegated[backend] == 1 else f"{backend} {delegated[backend]}")
+                        backend if len(read) == 1 else f"{backend} {len(read)}")
                 except _Unreadable as err:
                     opaque[backend] = str(err)
                 else:

@@ -314,3 +314,23 @@ def test_a_batch_norm_not_after_a_convolution_is_not_said_to_fold():
     assert _batch_norm_note({"bn": norm}, {}, {"bn": norm}, set(), 100) == {
         "batch norm": "20 parameters in 1 layer; 1 not right after a convolution, which this "
                       "count assumes exporters keep"}
+
+
+@pytest.mark.slow
+def test_a_delegate_called_many_times_is_read_once(stoplight_files, tmp_path):
+    """A hostile program that calls its XNNPACK delegate 20,001 times (the fuzzer's
+    '100,000 instructions' hung info for minutes reading the same graph again per call, and
+    claimed 20,001 times the parameters): the graph is read and counted once."""
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    pte = deserialize_pte_binary(stoplight_files["executorch"].read_bytes())
+    [plan] = [p for p in pte.program.execution_plan if p.name == "forward"]
+    calls = plan.chains[0].instructions
+    assert type(calls[0].instr_args).__name__ == "DelegateCall"
+    calls.extend(calls[:1] * 20_000)
+    path = tmp_path / "loop.pte"
+    path.write_bytes(bytes(serialize_pte_binary(pte, extract_delegate_segments=True)))
+    info = inspect_model(path)
+    assert (info.parameters, info.macs) == (STOPLIGHT_EXPORTED, STOPLIGHT_MACS)
+    assert info.details["delegated subgraphs"] == {"XnnpackBackend": 20_001}
+    assert len(info.layers) == 8
