@@ -62,7 +62,7 @@ def test_demo_trains_the_first_stage_of_the_shipped_lineage(tmp_path, monkeypatc
     cli = recorded_call(monkeypatch, lambda: main(["train", "stoplight", "--deepen", "1",
                                                    "--quiet", "--out", str(tmp_path / "cli")]))
     assert demo == cli
-    assert demo["deepen"] == 1 and demo["n_train"] == 120_000 and demo["config"]["epochs"] == 6
+    assert demo["deepen"] == 1 and demo["train_size"] == 120_000 and demo["config"]["epochs"] == 6
 
 
 @pytest.mark.slow
