@@ -186,6 +186,10 @@ def add_train(sub) -> None:
                    help="stoplight_cnn: N more 3x3 conv blocks at the last resolution; with "
                         "--init they start as identities, so fine-tuning starts exactly where "
                         "the checkpoint was (Net2Net)")
+    p.add_argument("--scenes", choices=["wide", "classic"], default=None,
+                   help="stoplight-detector: the street scenes trained and validated on: wide "
+                        "(small, cut-off, sectioned and arrow lights, low-resolution cameras) "
+                        "or classic (the shipped detector's first four runs) (default: wide)")
     p.add_argument("--save-ranks", action="store_true",
                    help="detector under torchrun: also save each process's final weights")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -208,6 +212,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None and args.task != "stoplight":
             raise InputError(f"{flag} applies to 'train stoplight', not '{args.task}': "
                              "leave it out")
+    if args.scenes is not None and args.task != "stoplight-detector":
+        raise InputError(f"--scenes applies to 'train stoplight-detector', not '{args.task}': "
+                         "leave it out")
     if args.task == "neuron":
         from edgepilot.train.classic import train_neuron
 
@@ -227,6 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = DetectorConfig(steps=args.steps or DetectorConfig.steps, seed=args.seed,
                                 batch_size=args.batch_size or DetectorConfig.batch_size,
                                 lr=args.lr or DetectorConfig.lr, init=args.init,
+                                scenes=args.scenes or DetectorConfig.scenes,
                                 progress=not args.quiet)
         summary = train_detector(args.out or "runs/stoplight_detector", config=config,
                                  val_size=args.val_size, holdout_size=args.val_size,

@@ -89,20 +89,21 @@ def _match(det_boxes, det_scores, truth, ignore, threshold):
 
 
 def evaluate(detections: list[list[Detection]], truths: list[tuple[np.ndarray, np.ndarray]],
-             labels: tuple[str, ...], *, height_range: tuple[float, float] | None = None
-             ) -> dict:
+             labels: tuple[str, ...], *, height_range: tuple[float, float] | None = None,
+             iou_thresholds: tuple[float, ...] = IOU_THRESHOLDS) -> dict:
     """COCO-style mAP of detections against truths (per image: boxes (n, 4), label indices).
 
     `height_range` (lo, hi) in pixels scores only objects of that height: truth boxes outside
     it are ignored (a detection of one neither counts nor hurts), and so are unmatched
     detections outside it. Returns mAP@0.5, mAP@0.5:0.95 and AP@0.5 per label (NaN for a
-    label with no truth box, left out of the means)."""
+    label with no truth box, left out of the means). `iou_thresholds` starts at 0.5; with
+    (0.5,) alone "map50_95" is mAP@0.5 too, and the call is ten times cheaper."""
     if len(detections) != len(truths):
         raise InputError(f"{len(detections)} detection lists for {len(truths)} images")
     per_label = {}
     for c, name in enumerate(labels):
         aps = []
-        for threshold in IOU_THRESHOLDS:
+        for threshold in iou_thresholds:
             scores, flags, n_truth = [], [], 0
             for dets, (boxes, classes) in zip(detections, truths):
                 boxes = np.asarray(boxes, np.float64).reshape(-1, 4)

@@ -47,6 +47,8 @@ STRIDE = 4
 _SPLIT_SEEDS = {"val": 3_000_017, "holdout": 4_000_037}
 #: Small lights are reported apart: below this height (pixels) a light is a few cells tall.
 SMALL = 24.0
+#: The kinds of scenes training can draw (DetectorConfig.scenes).
+SCENES = {"wide": StreetConfig(wide=True), "classic": StreetConfig()}
 
 
 @dataclass
@@ -62,6 +64,13 @@ class DetectorConfig:
     workers: int = 1  # scene-rendering processes beside the training one
     progress: bool = True
     init: str | None = None  # a detector checkpoint to start from (fine-tuning)
+    # The scenes trained on: "wide" (StreetConfig.wide) or "classic", the scenes of the
+    # shipped detector's first four runs. Validation uses the same kind.
+    scenes: str = "wide"
+
+    def __post_init__(self) -> None:
+        if self.scenes not in SCENES:
+            raise InputError(f"scenes must be one of {', '.join(SCENES)}, got {self.scenes!r}")
 
 
 def detector_meta(config: StreetConfig = StreetConfig()) -> ModelMeta:
@@ -221,7 +230,7 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
                          f"{world} processes")
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     started = time.perf_counter()
-    scenes = StreetConfig()
+    scenes = SCENES[config.scenes]
     meta = detector_meta(scenes)
     arch_config = {"num_classes": len(STATES), "width": config.width}
     model = create_model("stoplight_detector", **arch_config)
@@ -237,7 +246,8 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
     lead = rank == 0
     say = log if lead else (lambda message: None)
     say(f"stoplight_detector: {count_parameters(model):,} parameters; {config.steps} steps of "
-        f"{config.batch_size} scenes on {world} process(es), held out of training: {HOLDOUT}")
+        f"{config.batch_size} {config.scenes} scenes on {world} process(es), held out of "
+        f"training: {HOLDOUT}")
     net = _Heads(model)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -281,7 +291,7 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
     summary = {}
     if lead:
         summary = _finish(model, meta, arch_config, config, out, n_val, n_holdout,
-                          train_seconds, started, world, say)
+                          train_seconds, started, world, say, scenes)
     if world > 1:
         import torch.distributed as dist
 
@@ -314,16 +324,17 @@ class _Heads(torch.nn.Module):
 
 
 def _finish(model, meta, arch_config, config, out, n_val, n_holdout, train_seconds,
-            started, world, say) -> dict:
-    say(f"trained in {train_seconds:.0f} s; evaluating on {n_val} + {n_holdout} held-out scenes")
+            started, world, say, scenes) -> dict:
+    say(f"trained in {train_seconds:.0f} s; evaluating on {n_val} + {n_holdout} held-out "
+        f"{config.scenes} scenes")
     summary = {"arch": "stoplight_detector", "parameters": count_parameters(model),
                "config": asdict(config), "processes": world,
                "threads": torch.get_num_threads()}
     if n_val:
-        summary["val"] = evaluate_model(model, meta, *validation_scenes("val", n_val))
+        summary["val"] = evaluate_model(model, meta, *validation_scenes("val", n_val, scenes))
     if n_holdout:
-        summary["holdout"] = evaluate_model(model, meta, *validation_scenes("holdout",
-                                                                            n_holdout))
+        summary["holdout"] = evaluate_model(model, meta,
+                                            *validation_scenes("holdout", n_holdout, scenes))
     summary["holdout_families"] = HOLDOUT
     summary["train_seconds"] = round(train_seconds, 1)
     summary["total_seconds"] = round(time.perf_counter() - started, 1)

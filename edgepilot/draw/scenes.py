@@ -29,6 +29,8 @@ STATES = ("red", "yellow", "green")
 LIGHTINGS = ("day", "dusk", "night")
 #: Box height range in pixels: a light 12 px tall is ~40 m away with a phone's main camera.
 MIN_HEIGHT, MAX_HEIGHT = 14.0, 150.0  # drawn long side; foreshortening takes ~10% off
+#: Wide scenes draw lights down to this height (a light ~55 m away).
+WIDE_MIN_HEIGHT = 9.0
 #: Families never drawn in training; the held-out figure is measured on scenes made of them.
 HOLDOUT = {"backgrounds": ("buildings",), "lightings": ("dusk",)}
 _LIGHT_COUNTS = np.cumsum([0.12, 0.33, 0.25, 0.17, 0.13])  # P(0..4 lights)
@@ -46,6 +48,12 @@ class StreetConfig:
     lightings: tuple[str, ...] = LIGHTINGS
     unlit_fraction: float = 0.15  # housings drawn dark (or turned away): background
     jpeg_fraction: float = 0.3
+    # Wide scenes vary what the first ones held fixed: lights down to WIDE_MIN_HEIGHT px,
+    # horizontal housings 2.3-3.6x wider than tall (not only 2.6x), lamps filling more or less
+    # of the housing, sectioned housings, arrow lamps, lights cut by the frame's edge, and
+    # low-resolution cameras (a frame scaled down and up). False renders the scenes the
+    # shipped detector's first four runs trained on, seed for seed.
+    wide: bool = False
 
     def __post_init__(self) -> None:
         for name, valid in (("backgrounds", sl.BACKGROUNDS), ("lamp_styles", sl.LAMP_STYLES),
@@ -67,17 +75,18 @@ def holdout_config(base: StreetConfig = StreetConfig()) -> StreetConfig:
     """Scenes made only of the families `train_config` leaves out."""
     return StreetConfig(base.width, base.height, backgrounds=HOLDOUT["backgrounds"],
                         lightings=HOLDOUT["lightings"], lamp_styles=base.lamp_styles,
-                        layouts=base.layouts, jpeg_fraction=base.jpeg_fraction)
+                        layouts=base.layouts, jpeg_fraction=base.jpeg_fraction, wide=base.wide)
 
 
 def train_config(base: StreetConfig = StreetConfig()) -> StreetConfig:
     """`base` without the held-out families."""
     keep = {k: tuple(v for v in getattr(base, k) if v not in HOLDOUT[k]) for k in HOLDOUT}
     return StreetConfig(base.width, base.height, lamp_styles=base.lamp_styles,
-                        layouts=base.layouts, jpeg_fraction=base.jpeg_fraction, **keep)
+                        layouts=base.layouts, jpeg_fraction=base.jpeg_fraction, wide=base.wide,
+                        **keep)
 
 
-def _background(rng: sl._Rand, config: StreetConfig, lighting: str) -> np.ndarray:
+def _background(rng: sl._Rand, config: StreetConfig, lighting: str) -> tuple[np.ndarray, str]:
     w, h = config.width, config.height
     name = "night" if lighting == "night" else \
         config.backgrounds[rng.integers(len(config.backgrounds))]
@@ -87,7 +96,7 @@ def _background(rng: sl._Rand, config: StreetConfig, lighting: str) -> np.ndarra
                          bg.shape[1])  # backgrounds are channel-first (3, h, w)
         bg = bg * tint * rng.uniform(0.3, 0.55)
     img = cv2.merge(list(np.clip(bg, 0, 255).astype(np.uint8)))
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR), name
 
 
 def _overlaps(box, boxes, gap: float) -> bool:
@@ -125,16 +134,22 @@ def _occlude(img: np.ndarray, box, rng: sl._Rand, ambient: float) -> None:
 
 
 def render_street(rng: np.random.Generator, config: StreetConfig = StreetConfig(), *,
-                  state: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  state: int | None = None, info: dict | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One scene: (height, width, 3) uint8 RGB, boxes (n, 4) float32, labels (n,) int64.
 
     `state` (an index of STATES) lights every lit light in that state and leaves the rest of
-    the scene as the same seed draws it without: the demo's street changing its lights."""
+    the scene as the same seed draws it without: the demo's street changing its lights.
+    `info`, when given, receives what was drawn: `scene` (lighting, background, blur, jpeg,
+    lowres) and `lights`, one dict per box (orientation, housing, lamp, truncated)."""
     rng = sl._Rand(rng)
     w, h = config.width, config.height
+    wide = config.wide
     lighting = config.lightings[rng.integers(len(config.lightings))]
     night = lighting != "day"
-    img = _background(rng, config, lighting)
+    img, background = _background(rng, config, lighting)
+    scene = {"lighting": lighting, "background": background}
+    lights = []
     ambient = {"day": rng.uniform(0.7, 1.05), "dusk": rng.uniform(0.3, 0.55),
                "night": rng.uniform(0.1, 0.3)}[lighting]
     for _ in range(1 + rng.integers(3)):  # tail lights, signs, neon, poles: 0-9 objects
@@ -144,12 +159,25 @@ def render_street(rng: np.random.Generator, config: StreetConfig = StreetConfig(
     for _ in range(count):
         vertical = config.layouts[rng.integers(len(config.layouts))] == "vertical"
         led = config.lamp_styles[rng.integers(len(config.lamp_styles))] == "led"
-        tall = math.exp(rng.uniform(math.log(MIN_HEIGHT), math.log(MAX_HEIGHT)))
+        lowest = WIDE_MIN_HEIGHT if wide else MIN_HEIGHT
+        tall = math.exp(rng.uniform(math.log(lowest), math.log(MAX_HEIGHT)))
         # A vertical light's long side is its height; a horizontal one is ~2.6x wider than tall.
-        long_px = tall if vertical else min(tall * 2.6, 0.9 * w)
+        aspect = rng.uniform(2.3, 3.6) if wide else 2.6
+        long_px = tall if vertical else min(tall * aspect, 0.9 * w)
         extent = (0.35 * long_px, 0.55 * long_px) if vertical else (0.55 * long_px, 0.35 * long_px)
+        # Cut by the frame's edge across the lamps' axis (never a lamp cut away whole): up to
+        # ~45% of a vertical light's width at the left or right, of a horizontal one's height
+        # at the top or bottom.
+        cut = wide and rng.random() < 0.12
         for _attempt in range(8):
             cx, cy = rng.uniform(extent[0], w - extent[0]), rng.uniform(extent[1], h - extent[1])
+            if cut:  # the short side's half is ~0.19 long_px; a share f of it is off-frame
+                edge = 0.19 * long_px * (1 - 2 * rng.uniform(0.1, 0.45))
+                far = rng.random() < 0.5
+                if vertical:
+                    cx = w - edge if far else edge
+                else:
+                    cy = h - edge if far else edge
             guess = (cx - extent[0], cy - extent[1], cx + extent[0], cy + extent[1])
             if not _overlaps(guess, taken, 1.0):
                 break
@@ -158,21 +186,31 @@ def render_street(rng: np.random.Generator, config: StreetConfig = StreetConfig(
         lit = None if rng.random() < config.unlit_fraction else rng.integers(3)
         if state is not None and lit is not None:
             lit = state
+        drawn = {}
         box = sl._draw_light(rng, img, lit, long_px, vertical, led, ambient, night, at=(cx, cy),
-                             weights=sl.STREET_HOUSING_WEIGHTS)
+                             weights=sl.STREET_HOUSING_WEIGHTS, wide=wide, info=drawn)
         taken.append(box)
         if lit is None:
             continue
+        lights.append({"orientation": drawn["orientation"], "housing": drawn["housing"],
+                       "lamp": drawn["lamp"], "truncated": cut})
         if rng.random() < 0.12:
             _occlude(img, box, rng, ambient)
         if rng.random() < 0.1:
             _reflection(img, box, rng)
         boxes.append(box)
         labels.append(lit)
-    img = sl._camera(rng, img, config.camera, night, warp=False)
+    scene["lowres"] = wide and rng.random() < 0.2
+    if scene["lowres"]:  # a small sensor or digital zoom: detail lost, then scaled back up
+        f = rng.uniform(1.5, 2.6)
+        small = cv2.resize(img, (round(w / f), round(h / f)), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    img = sl._camera(rng, img, config.camera, night, warp=False, info=scene)
     boxes = np.array(boxes, np.float32).reshape(-1, 4)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    if info is not None:
+        info["scene"], info["lights"] = scene, lights
     return img, boxes, np.array(labels, np.int64)
 
 

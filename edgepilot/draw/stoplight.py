@@ -524,6 +524,20 @@ def _lit_lens(img: np.ndarray, cx: float, cy: float, r: float, pose: np.ndarray,
     roi[:] = np.minimum(bg, 255)
 
 
+# An arrow in a unit circle, pointing right: shaft and head, as (x, y) pairs.
+_ARROW = np.array([(-0.75, -0.2), (0.1, -0.2), (0.1, -0.55), (0.8, 0.0), (0.1, 0.55),
+                   (0.1, 0.2), (-0.75, 0.2)])
+
+
+def _arrow(img: np.ndarray, cx: float, cy: float, r: float, pose: np.ndarray,
+           color: np.ndarray, direction: int) -> None:
+    """A lit arrow lamp (left, up or right) inside the lens of radius `r`, posed like it."""
+    turn = (np.array([[-1, 0], [0, 1]]), np.array([[0, 1], [-1, 0]]), np.eye(2))[direction]
+    pts = (_ARROW * r) @ turn.T @ pose.T + (cx, cy)
+    bright = np.minimum(color * 0.9 + 50, 255)  # a lit arrow is paler than its colour
+    cv2.fillPoly(img, [np.round(pts * _ONE).astype(np.int32)], bright.tolist(), AA, _SHIFT)
+
+
 def _glow(img: np.ndarray, cx: float, cy: float, axes: tuple[float, float], angle: float,
           color: np.ndarray, sigma: float, strength: float) -> None:
     """Bloom: the lit lens blurred with a Gaussian and added (light scattered in the optics)."""
@@ -548,7 +562,7 @@ def _glow(img: np.ndarray, cx: float, cy: float, axes: tuple[float, float], angl
 def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, vertical: bool,
                 led: bool, ambient: float, night: bool, at: tuple[float, float] | None = None,
                 *, housings: tuple[str, ...] = HOUSINGS, tilt: float = 0.2,
-                weights: dict[str, float] = _HOUSING_WEIGHTS,
+                weights: dict[str, float] = _HOUSING_WEIGHTS, wide: bool = False,
                 info: dict | None = None) -> tuple[float, float, float, float]:
     """Housing (+ optional backplate, pole, visors) with three lenses; `lit` in {0, 1, 2} or None.
 
@@ -562,11 +576,20 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
 
     Geometry is built in the light's own frame and mapped by a pose (roll + foreshortening),
     much cheaper than warping the image: circles become cv2 ellipses. Without an explicit
-    centre `at`, the housing lies inside the frame, or (30%) has up to ~10% cut off."""
+    centre `at`, the housing lies inside the frame, or (30%) has up to ~10% cut off.
+
+    `wide` draws looks the detector's first scenes never had (`scenes.StreetConfig.wide`):
+    lamps filling more or less of the housing, housings in separate sections, and arrow lamps.
+    Without it the same numbers are drawn as always, so older images render as they were."""
     h, w = img.shape[:2]
     pitch = long_px / 3
     short = pitch * rng.uniform(0.95, 1.35)  # aspect jitter
-    r = min(pitch, short) * 0.5 * rng.uniform(0.6, 0.84)
+    half = min(pitch, short) * 0.5
+    r = half * rng.uniform(0.6, 0.84)
+    sections = arrow = False
+    if wide:  # lamps from small in a large housing to nearly touching; sectioned; arrows
+        r = min(0.95 * half, r * rng.uniform(0.85, 1.15))
+        sections, arrow = rng.random() < 0.3, rng.random() < 0.1
     hw, hh = (short / 2, long_px / 2) if vertical else (long_px / 2, short / 2)
     # Corner radius: rounded rectangle, rectangle or pill.
     rc = (min(hw, hh) * rng.uniform(0.2, 0.6), 0.0, min(hw, hh))[rng.integers(3)]
@@ -605,6 +628,14 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
     bev = max(0.6, 0.06 * min(hw, hh))
     face = _rrect(-bev / 2, -bev / 2, hw - bev, hh - bev, rc - bev, pose)
     cv2.fillPoly(img, face, paint.tolist(), AA, _SHIFT)
+    if sections:  # a seam between each two lamps: three heads bolted together
+        for k in (-0.5, 0.5):
+            a = (0.0, k * pitch) if vertical else (k * pitch, 0.0)
+            ends = [(a[0] - hw, a[1]), (a[0] + hw, a[1])] if vertical else \
+                [(a[0], a[1] - hh), (a[0], a[1] + hh)]
+            pts = [pose @ np.array([x, y, 1.0]) for x, y in ends]
+            cv2.line(img, _pt(*pts[0]), _pt(*pts[1]), (paint * 0.35).tolist(),
+                     max(1, int(0.08 * min(hw, hh))), AA, _SHIFT)
 
     visor_style = rng.integers(3)  # 0: none, 1: cap (top arc), 2: tunnel (ring + thicker top)
     visor_col, visor_thick = (paint * 0.85).tolist(), max(1, int(r * rng.uniform(0.18, 0.4)))
@@ -625,6 +656,7 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
     dot_pitch, dot_gap = rng.uniform(2.3, 4.0), rng.uniform(0.1, 0.45)
     if info is not None:
         info.update(housing=family, clipped=clipped, angle=angle,
+                    lamp="arrow" if arrow else "led" if led else "disc",
                     orientation="tilted" if abs(angle) >= 12 else
                     "vertical" if vertical else "horizontal")
     axes = _pt(r * sx, r * sy)
@@ -638,7 +670,10 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
         color = _hsv(h0 + (h1 - h0) * jit[i, 0], s0 + (s1 - s0) * jit[i, 1])
         lamps.append((lx, ly, color))
         c = _pt(lx, ly)
-        if i == lit:
+        if i == lit and arrow:  # an arrow lamp: a lit arrow on the dark lens
+            cv2.ellipse(img, c, axes, angle, 0, 360, (color * dark).tolist(), -1, AA, _SHIFT)
+            _arrow(img, lx, ly, r, pose[:, :2], color, rng.integers(3))
+        elif i == lit:
             shadow = rng.uniform(0.1, 0.3) * (visor_style > 0)
             _lit_lens(img, lx, ly, r, pose[:, :2], color, led, shadow, core, dot_pitch, dot_gap)
         else:  # dark tinted glass + sun highlight; a "phantom" is whitish, never as bright as lit
