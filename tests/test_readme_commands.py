@@ -32,8 +32,8 @@ NOT_RUN: list[tuple[str, str]] = [
      "checkpoint stands in for its output"),
     (r"^torchrun ", "a detector training on two processes (tests/detection/test_training.py "
      "runs one for a few steps)"),
-    (r"^python benchmarks/(robustness|detector)\.py$", "benchmark scripts of 10+ min; their "
-     "--help is run"),
+    (r"^python benchmarks/(robustness|detector|detector_robustness)\.py$",
+     "benchmark scripts of 10+ min; their --help is run"),
     (r"^edgepilot webcam .*--serve ", "serves its page until Ctrl-C (tests/test_webcam.py "
      "serves and reads it)"),
     (r"^edgepilot webcam .*--source (0|rtsp://)", "needs a camera"),

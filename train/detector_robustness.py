@@ -24,7 +24,7 @@ import numpy as np
 
 from edgepilot.draw.scenes import HOLDOUT, STATES, StreetConfig, holdout_config, \
     render_street, train_config
-from edgepilot.runtime.detection import Detection
+from edgepilot.runtime.detection import Detection, iou_matrix
 from edgepilot.runtime.detection_metrics import evaluate
 
 __all__ = ["LIGHT_FACTORS", "SCENE_FACTORS", "IOU", "street_split", "light_recall",
@@ -80,17 +80,6 @@ def street_split(split: str, n: int, config: StreetConfig = StreetConfig(wide=Tr
     return images, truths, infos
 
 
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], others[:, 0])
-    y0 = np.maximum(box[1], others[:, 1])
-    x1 = np.minimum(box[2], others[:, 2])
-    y1 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
-
-
 def light_recall(detections: list[Detection], boxes: np.ndarray, labels: np.ndarray,
                  threshold: float) -> tuple[np.ndarray, int]:
     """Which lights of one image are found (a detection of their state, score >= threshold,
@@ -104,7 +93,7 @@ def light_recall(detections: list[Detection], boxes: np.ndarray, labels: np.ndar
         if not len(boxes):
             false += 1
             continue
-        overlap = _iou(np.asarray(d.box, np.float64), boxes)
+        overlap = iou_matrix(np.asarray([d.box], np.float64), boxes)[0]
         same = (np.asarray(labels) == d.index) & ~found & (overlap >= IOU)
         if same.any():
             found[int(np.argmax(np.where(same, overlap, -1)))] = True
@@ -199,7 +188,7 @@ def _only_matching(detections, truths, masks):
             continue
         kept.append([d for d in dets
                      if not ((other_labels == d.index)
-                             & (_iou(np.asarray(d.box, np.float64), other) >= IOU)).any()])
+                             & (iou_matrix(np.asarray([d.box], np.float64), other)[0] >= IOU)).any()])
     return kept
 
 
