@@ -22,8 +22,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgepilot.draw.scenes import HOLDOUT, STATES, StreetConfig, holdout_config, \
-    render_street, train_config
+from edgepilot.draw.scenes import (
+    HOLDOUT,
+    STATES,
+    StreetConfig,
+    holdout_config,
+    render_street,
+    train_config,
+)
 from edgepilot.runtime.detection import Detection, iou_matrix
 from edgepilot.runtime.detection_metrics import evaluate
 
@@ -93,7 +99,7 @@ def light_recall(detections: list[Detection], boxes: np.ndarray, labels: np.ndar
         if not len(boxes):
             false += 1
             continue
-        overlap = iou_matrix(np.asarray([d.box], np.float64), boxes)[0]
+        overlap = iou_matrix([d.box], boxes)[0]
         same = (np.asarray(labels) == d.index) & ~found & (overlap >= IOU)
         if same.any():
             found[int(np.argmax(np.where(same, overlap, -1)))] = True
@@ -131,14 +137,14 @@ def detector_report(detectors: dict[str, Callable[[np.ndarray], list[list[Detect
             continue
         images, truths, infos = street_split(split, n, config)
         found = {name: detect(images) for name, detect in detectors.items()}
-        recalls = {name: [light_recall(d, b, l, threshold) for d, (b, l) in zip(dets, truths)]
+        recalls = {name: [light_recall(d, b, c, threshold) for d, (b, c) in zip(dets, truths)]
                    for name, dets in found.items()}
         heights = [b[:, 3] - b[:, 1] for b, _ in truths]
         overall[split] = {name: {
             "map50": _map50(found[name], truths),
             "recall": float(np.mean(np.concatenate([f for f, _ in recalls[name]] or [[]]))),
             "false_per_100_scenes": 100 * sum(x for _, x in recalls[name]) / n,
-            "lights": int(sum(len(l) for _, l in truths)), "scenes": n}
+            "lights": int(sum(len(c) for _, c in truths)), "scenes": n}
             for name in detectors}
         for factor, bucket in LIGHT_FACTORS.items():
             values = [[bucket(float(h), light) for h, light in zip(hs, info["lights"])]
@@ -188,7 +194,7 @@ def _only_matching(detections, truths, masks):
             continue
         kept.append([d for d in dets
                      if not ((other_labels == d.index)
-                             & (iou_matrix(np.asarray([d.box], np.float64), other)[0] >= IOU)).any()])
+                             & (iou_matrix([d.box], other)[0] >= IOU)).any()])
     return kept
 
 

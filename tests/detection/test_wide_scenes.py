@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgepilot.draw.scenes import HOLDOUT, STATES, MIN_HEIGHT, StreetConfig, render_street
+from edgepilot.draw.scenes import HOLDOUT, MIN_HEIGHT, STATES, StreetConfig, render_street
 from edgepilot.errors import InputError
 from edgepilot.runtime.detection import Detection
 from edgepilot.train.detector_robustness import (
@@ -43,7 +43,7 @@ def test_classic_scenes_draw_none_of_the_wide_looks():
 def test_wide_scenes_draw_small_cut_and_arrow_lights_inside_the_frame():
     scenes = _scenes(160, StreetConfig(wide=True))
     lights = [light for *_, info in scenes for light in info["lights"]]
-    for image, boxes, labels, info in scenes:
+    for _, boxes, labels, info in scenes:
         assert len(info["lights"]) == len(boxes) == len(labels)
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 320).all()
         assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= 240).all()
@@ -55,7 +55,7 @@ def test_wide_scenes_draw_small_cut_and_arrow_lights_inside_the_frame():
     cut = [(b, light) for _, boxes, _, info in scenes
            for b, light in zip(boxes, info["lights"]) if light["truncated"]]
     assert len(cut) >= 5
-    for (x0, y0, x1, y1), light in cut:  # a cut light's box ends at the frame's edge
+    for x0, y0, x1, y1 in (box for box, _ in cut):  # a cut light's box ends at the frame's edge
         assert min(x0, y0) == 0 or x1 == 320 or y1 == 240
     assert {light["orientation"] for light in lights} == {"vertical", "horizontal", "tilted"}
 
@@ -120,7 +120,7 @@ def test_report_finds_what_a_detector_misses_by_factor():
 
     def detector(oracles):
         def run(images):
-            for split, oracle in oracles.items():
+            for oracle in oracles.values():
                 try:
                     return oracle(images)
                 except KeyError:
