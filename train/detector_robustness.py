@@ -96,9 +96,6 @@ def light_recall(detections: list[Detection], boxes: np.ndarray, labels: np.ndar
     found = np.zeros(len(boxes), bool)
     false = 0
     for d in shown:
-        if not len(boxes):
-            false += 1
-            continue
         overlap = iou_matrix([d.box], boxes)[0]
         same = (np.asarray(labels) == d.index) & ~found & (overlap >= IOU)
         if same.any():

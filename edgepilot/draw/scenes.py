@@ -145,6 +145,7 @@ def render_street(rng: np.random.Generator, config: StreetConfig = StreetConfig(
     rng = sl._Rand(rng)
     w, h = config.width, config.height
     wide = config.wide
+    lowest = WIDE_MIN_HEIGHT if wide else MIN_HEIGHT
     lighting = config.lightings[rng.integers(len(config.lightings))]
     night = lighting != "day"
     img, background = _background(rng, config, lighting)
@@ -159,7 +160,6 @@ def render_street(rng: np.random.Generator, config: StreetConfig = StreetConfig(
     for _ in range(count):
         vertical = config.layouts[rng.integers(len(config.layouts))] == "vertical"
         led = config.lamp_styles[rng.integers(len(config.lamp_styles))] == "led"
-        lowest = WIDE_MIN_HEIGHT if wide else MIN_HEIGHT
         tall = math.exp(rng.uniform(math.log(lowest), math.log(MAX_HEIGHT)))
         # A vertical light's long side is its height; a horizontal one is ~2.6x wider than tall.
         aspect = rng.uniform(2.3, 3.6) if wide else 2.6

@@ -630,9 +630,8 @@ def _draw_light(rng: _Rand, img: np.ndarray, lit: int | None, long_px: float, ve
     cv2.fillPoly(img, face, paint.tolist(), AA, _SHIFT)
     if sections:  # a seam between each two lamps: three heads bolted together
         for k in (-0.5, 0.5):
-            a = (0.0, k * pitch) if vertical else (k * pitch, 0.0)
-            ends = [(a[0] - hw, a[1]), (a[0] + hw, a[1])] if vertical else \
-                [(a[0], a[1] - hh), (a[0], a[1] + hh)]
+            at = k * pitch
+            ends = [(-hw, at), (hw, at)] if vertical else [(at, -hh), (at, hh)]
             pts = [pose @ np.array([x, y, 1.0]) for x, y in ends]
             cv2.line(img, _pt(*pts[0]), _pt(*pts[1]), (paint * 0.35).tolist(),
                      max(1, int(0.08 * min(hw, hh))), AA, _SHIFT)
