@@ -186,10 +186,11 @@ def add_train(sub) -> None:
                    help="stoplight_cnn: N more 3x3 conv blocks at the last resolution; with "
                         "--init they start as identities, so fine-tuning starts exactly where "
                         "the checkpoint was (Net2Net)")
-    p.add_argument("--scenes", choices=["wide", "classic"], default=None,
+    p.add_argument("--scenes", choices=["wide", "classic", "mix"], default=None,
                    help="stoplight-detector: the street scenes trained and validated on: wide "
-                        "(small, cut-off, sectioned and arrow lights, low-resolution cameras) "
-                        "or classic (the shipped detector's first four runs) (default: wide)")
+                        "(small, cut-off, sectioned and arrow lights, low-resolution cameras), "
+                        "classic (the shipped detector's first four runs) or mix (the two in "
+                        "turn, validated on each) (default: wide)")
     p.add_argument("--save-ranks", action="store_true",
                    help="detector under torchrun: also save each process's final weights")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

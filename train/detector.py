@@ -47,8 +47,11 @@ STRIDE = 4
 _SPLIT_SEEDS = {"val": 3_000_017, "holdout": 4_000_037}
 #: Small lights are reported apart: below this height (pixels) a light is a few cells tall.
 SMALL = 24.0
-#: The kinds of scenes training can draw (DetectorConfig.scenes).
-SCENES = {"wide": StreetConfig(wide=True), "classic": StreetConfig()}
+#: The kinds of scenes training can draw (DetectorConfig.scenes): each a tuple of generator
+#: settings that training takes turns with, scene by scene ("mix": half classic, half wide,
+#: so widening the scenes need not cost what the classic ones taught).
+SCENES = {"wide": (StreetConfig(wide=True),), "classic": (StreetConfig(),),
+          "mix": (StreetConfig(), StreetConfig(wide=True))}
 
 
 @dataclass
@@ -64,8 +67,8 @@ class DetectorConfig:
     workers: int = 1  # scene-rendering processes beside the training one
     progress: bool = True
     init: str | None = None  # a detector checkpoint to start from (fine-tuning)
-    # The scenes trained on: "wide" (StreetConfig.wide) or "classic", the scenes of the
-    # shipped detector's first four runs. Validation uses the same kind.
+    # The scenes trained on: "wide" (StreetConfig.wide), "classic" (the scenes of the shipped
+    # detector's first four runs) or "mix" (the two in turn). Validation uses each kind.
     scenes: str = "wide"
 
     def __post_init__(self) -> None:
@@ -119,10 +122,12 @@ def _loss(logits, box, heat, reg, mask):
 
 
 class _Scenes(torch.utils.data.IterableDataset):
-    """Endless training scenes with their targets; scene k of rank r is seeded (seed, r, k)."""
+    """Endless training scenes with their targets; scene k of rank r is seeded (seed, r, k)
+    and drawn with configs[k % len(configs)]."""
 
-    def __init__(self, config: StreetConfig, seed: int, rank: int, start: int = 0):
-        self.config, self.seed, self.rank, self.start = config, seed, rank, start
+    def __init__(self, configs: tuple[StreetConfig, ...], seed: int, rank: int, start: int = 0):
+        self.configs, self.seed, self.rank, self.start = configs, seed, rank, start
+        self.config = configs[0]  # size and stride are the same for every kind
 
     def __iter__(self):
         import cv2
@@ -134,7 +139,7 @@ class _Scenes(torch.utils.data.IterableDataset):
         k = self.start + worker
         while True:
             rng = np.random.default_rng((self.seed, self.rank, k))
-            image, boxes, labels = render_street(rng, self.config)
+            image, boxes, labels = render_street(rng, self.configs[k % len(self.configs)])
             if rng.random() < 0.5:  # mirror: traffic lights are left-right symmetric
                 image = image[:, ::-1]
                 boxes = boxes[:, [2, 1, 0, 3]] * (-1, 1, -1, 1) + (self.config.width, 0,
@@ -231,7 +236,7 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     started = time.perf_counter()
     scenes = SCENES[config.scenes]
-    meta = detector_meta(scenes)
+    meta = detector_meta(scenes[0])
     arch_config = {"num_classes": len(STATES), "width": config.width}
     model = create_model("stoplight_detector", **arch_config)
     if config.init:
@@ -253,7 +258,8 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
     data = torch.utils.data.DataLoader(
-        _Scenes(train_config(scenes), config.seed, rank), batch_size=config.batch_size // world,
+        _Scenes(tuple(map(train_config, scenes)), config.seed, rank),
+        batch_size=config.batch_size // world,
         num_workers=config.workers, persistent_workers=False,
         prefetch_factor=4 if config.workers else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
@@ -330,11 +336,12 @@ def _finish(model, meta, arch_config, config, out, n_val, n_holdout, train_secon
     summary = {"arch": "stoplight_detector", "parameters": count_parameters(model),
                "config": asdict(config), "processes": world,
                "threads": torch.get_num_threads()}
-    if n_val:
-        summary["val"] = evaluate_model(model, meta, *validation_scenes("val", n_val, scenes))
-    if n_holdout:
-        summary["holdout"] = evaluate_model(model, meta,
-                                            *validation_scenes("holdout", n_holdout, scenes))
+    for kind in scenes:  # "val"/"holdout" on the first kind; "wide_val"... on a mix's wide
+        prefix = "wide_" if kind.wide and len(scenes) > 1 else ""
+        for split, n in (("val", n_val), ("holdout", n_holdout)):
+            if n:
+                summary[prefix + split] = evaluate_model(
+                    model, meta, *validation_scenes(split, n, kind))
     summary["holdout_families"] = HOLDOUT
     summary["train_seconds"] = round(train_seconds, 1)
     summary["total_seconds"] = round(time.perf_counter() - started, 1)

@@ -62,9 +62,16 @@ def test_wide_scenes_draw_small_cut_and_arrow_lights_inside_the_frame():
 
 def test_the_scenes_a_detector_trains_on_are_checked():
     pytest.importorskip("torch")
-    from edgepilot.train.detector import SCENES, DetectorConfig
+    from edgepilot.train.detector import SCENES, DetectorConfig, _Scenes
 
-    assert SCENES["wide"].wide and not SCENES["classic"].wide
+    assert SCENES["wide"][0].wide and not SCENES["classic"][0].wide
+    # a mix takes turns, scene by scene: classic, wide, classic, ... under the same seeds
+    streams = {kind: iter(_Scenes(SCENES[kind], seed=0, rank=0))
+               for kind in ("mix", "classic", "wide")}
+    first = [{kind: next(stream)[0] for kind, stream in streams.items()} for _ in range(6)]
+    for k, scene in enumerate(first):
+        assert np.array_equal(scene["mix"], scene["classic" if k % 2 == 0 else "wide"])
+        assert not np.array_equal(scene["classic"], scene["wide"])
     assert DetectorConfig().scenes == "wide"
     with pytest.raises(InputError, match="scenes must be one of"):
         DetectorConfig(scenes="wild")
