@@ -128,10 +128,15 @@ def export(
         pass
     if data is not None:  # a detector's reference on 2,000 scenes takes a while: say so
         log(f"running PyTorch on the {len(data[0]):,} validation images (the reference)")
-    probe = Probe(module, sample_input, meta, data)
     calibration = None
     if any(prec == "int8" for _, prec in combos):
         calibration = _calibration(calib, data, meta, calib_size)
+    elif calib is not None and data is None and meta is not None:  # real images to compare on
+        calibration = load_calibration(calib, meta.input_size, calib_size, meta)
+    # Without validation data every file is compared on the calibration images: real images
+    # the user gave, where random inputs would make every int8 file look perfect.
+    probe = Probe(module, sample_input, meta, data,
+                  unlabelled=None if calibration is None else calibration.images)
     out = Path(out)
     for fmt in FORMATS:  # "runs/net.onnx" and "runs/net" mean the same stem
         if out.name.lower().endswith(fmt.suffix):
@@ -161,8 +166,8 @@ def export(
             with torch.no_grad():
                 notes = exporter.export(module, sample_input, draft, options)
             seconds = time.perf_counter() - started
-            log(f"{path.name}: written in {seconds:.1f} s; checking it against PyTorch" +
-                (f" on {len(data[0]):,} images" if data is not None else " on random inputs"))
+            log(f"{path.name}: written in {seconds:.1f} s; checking it against PyTorch on "
+                f"{len(probe.inputs):,} {probe.measured_on}")
             report = probe.check(draft, fmt.name, prec, seconds, notes)
             log(f"{path.name}: checked in {time.perf_counter() - started - seconds:.1f} s")
             report.path = str(path)

@@ -44,12 +44,17 @@ class Probe:
     #: Random images checked when no validation data is given.
     RANDOM_IMAGES = 16
 
-    def __init__(self, module, sample_input, meta, val_data):
+    def __init__(self, module, sample_input, meta, val_data, unlabelled=None):
+        """`unlabelled`: real samples without labels (the calibration images), compared on
+        when there is no `val_data`."""
         import torch
 
         self.meta, self.sample_input = meta, sample_input
         self.labels = None
         self.images = None
+        #: What parity is measured on, said in every report: agreement on random inputs
+        #: says little about real images (every int8 file agrees there).
+        self.measured_on = "random inputs"
         self._views: dict[str, np.ndarray] = {}
         with torch.no_grad(), quiet_exporters():
             try:
@@ -70,6 +75,9 @@ class Probe:
                                      "its images into model inputs")
             check = _check_detection_data if self.detector else _check_val_data
             self.images, self.labels = check(val_data, meta, len(first))
+            self.measured_on = "validation images"
+        elif unlabelled is not None and meta is not None:
+            self.images, self.measured_on = unlabelled, "calibration images"
         elif meta is not None and meta.is_image:
             # Random images, preprocessed for each file as its runtime will: the module and
             # every file see the same pixels, whatever their layout and normalisation.
@@ -77,6 +85,7 @@ class Probe:
             height, width = meta.input_size
             self.images = generator.integers(0, 256, (self.RANDOM_IMAGES, height, width, 3),
                                              dtype=np.uint8)
+            self.measured_on = "random images"
         if self.images is not None:
             x = self.inputs_for(meta)
         else:
@@ -158,7 +167,8 @@ class Probe:
         from edgepilot.runtime import load
 
         common = dict(format=fmt, precision=precision, path=str(path),
-                      size_bytes=_size(path), seconds=round(seconds, 3))
+                      size_bytes=_size(path), seconds=round(seconds, 3),
+                      measured_on=self.measured_on)
         if notes.get("unchecked"):
             return ExportReport(**common, backend="-", n_inputs=0, max_abs_diff=None,
                                 top1_agreement=None)
@@ -330,10 +340,30 @@ def _in_probabilities(expected: np.ndarray, exported: np.ndarray, meta: ModelMet
         return {"outputs_are": "outputs"}
     want = expected.reshape(len(expected), -1).astype(np.float64)
     got = exported.reshape(len(exported), -1).astype(np.float64)
+    top5 = _top_overlap(want, got, 5) if want.shape[1] > 5 else None
     if meta.output == "logits":
         want, got = _softmax(want), _softmax(got)
+    if want.shape[1] == 1:  # a sigmoid: P(second class); the first is its complement
+        want, got = np.hstack([1 - want, want]), np.hstack([1 - got, got])
     return {"outputs_are": "logits" if meta.output == "logits" else "probabilities",
-            "max_prob_diff": float(np.abs(want - got).max())}
+            "max_prob_diff": float(np.abs(want - got).max()),
+            "kl_divergence": _kl(want, got), "top5_overlap": top5}
+
+
+def _kl(want: np.ndarray, got: np.ndarray) -> float:
+    """Mean KL divergence (nats) of the file's class probabilities from PyTorch's: how far the
+    whole distribution moved, which a top-1 agreement of 100% can hide."""
+    tiny = 1e-12
+    want, got = np.clip(want, tiny, 1.0), np.clip(got, tiny, 1.0)
+    want, got = want / want.sum(1, keepdims=True), got / got.sum(1, keepdims=True)
+    return float(max(0.0, (want * np.log(want / got)).sum(1).mean()))
+
+
+def _top_overlap(want: np.ndarray, got: np.ndarray, k: int) -> float:
+    """Mean share of PyTorch's top-k classes that are also in the file's top-k."""
+    top_want = np.argsort(-want, axis=1, kind="stable")[:, :k]
+    top_got = np.argsort(-got, axis=1, kind="stable")[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_want, top_got)]))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

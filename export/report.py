@@ -19,7 +19,11 @@ class ExportReport:
     inputs, in the file's own terms (`outputs_are`: logits, probabilities, or the raw maps of
     a detector); `max_prob_diff` compares class probabilities for every classifier, whatever
     its file outputs, so files of different formats can be compared with each other.
-    `top1_agreement` is the share of inputs where both pick the same class.
+    `top1_agreement` is the share of inputs where both pick the same class; `kl_divergence`
+    (nats, mean) and `top5_overlap` (classifiers of more than 5 classes) compare the class
+    distributions without labels. `measured_on` says what all of these were measured on:
+    "validation images", "calibration images" (real, unlabelled), or "random images" /
+    "random inputs", where agreement says little about real images.
     """
 
     format: str
@@ -36,6 +40,9 @@ class ExportReport:
     size_ratio: float | None = None  # to the fp32 file of the same format, when exported too
     outputs_are: str = ""  # what max_abs_diff compares: logits, probabilities or outputs
     max_prob_diff: float | None = None  # classifiers: largest class-probability difference
+    kl_divergence: float | None = None  # classifiers: KL(PyTorch || file), mean, nats
+    top5_overlap: float | None = None  # classifiers of > 5 classes: shared top-5 share
+    measured_on: str = ""  # validation images, calibration images, random images or inputs
     notes: dict = field(default_factory=dict)  # calibration, layers kept in float, ...
 
     def to_dict(self) -> dict:
@@ -83,6 +90,10 @@ def _difference(r: ExportReport) -> str:
     return "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e} raw"
 
 
+def _on_random(r: ExportReport) -> bool:
+    return r.measured_on.startswith("random") and bool(r.n_inputs)
+
+
 def print_reports(reports: list[ExportReport], console=None) -> None:
     """Print the reports as one table, fitted to the terminal (the columns left out are
     named under it); piped, every column at full width."""
@@ -95,18 +106,32 @@ def print_reports(reports: list[ExportReport], console=None) -> None:
     columns = [
         Column("file", 0, "name", "left"), Column("format", 0), Column("precision", 0),
         Column("size", 0), Column("vs fp32", 1), Column("max |Δp|", 0),
-        Column("top-1 agree", 0), Column("acc torch", 0), Column("acc export", 0),
+        Column("top-1 agree", 0), Column("top-5", 2), Column("KL", 2),
+        Column("acc torch", 0), Column("acc export", 0),
         Column("kept float", 3), Column("time", 2),
     ]
     rows = [[printable(Path(r.path).name), printable(r.format), printable(r.precision),
              f"{r.size_bytes / 1024:.1f} KiB",
              "-" if r.size_ratio is None else f"{100 * r.size_ratio:.0f}%",
              _difference(r),
-             _pct(r.top1_agreement), _pct(r.accuracy_torch), _pct(r.accuracy_export),
+             _pct(r.top1_agreement) + ("*" if _on_random(r) and r.top1_agreement is not None
+                                       else ""),
+             _pct(r.top5_overlap),
+             "-" if r.kl_divergence is None else f"{r.kl_divergence:.1e}",
+             _pct(r.accuracy_torch), _pct(r.accuracy_export),
              str(len(r.notes.get("kept_float", [])) or "-"),
              f"{r.seconds:.1f} s"] for r in reports]
     title = "edgepilot export"
     notes = []
+    random = [r for r in reports if _on_random(r)]
+    if random:
+        notes.append(Text(
+            f"* measured on {random[0].n_inputs} {random[0].measured_on}, not real ones: "
+            "files agree there even when they disagree on real images; pass data (labelled) "
+            "or calibration images to measure on them", style="yellow"))
+    if any(r.kl_divergence is not None for r in reports):
+        notes.append(Text("top-5: share of PyTorch's top-5 classes in the file's top-5; KL: "
+                          "mean KL divergence from PyTorch's class probabilities (nats)"))
     metrics = {printable(r.notes["metric"]) for r in reports if r.notes.get("metric")}
     if metrics:  # detectors: the accuracy columns hold mAP, and agreement is per light
         notes.append(Text(f"acc columns: {', '.join(sorted(metrics))} (detector)"))
