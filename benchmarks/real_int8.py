@@ -96,7 +96,7 @@ def compare(reference: np.ndarray, got: np.ndarray, confident: np.ndarray) -> di
     return {"top1_all": round(float(same.mean()), 4),
             "top1_confident": round(float(same[confident].mean()), 4),
             "top5_overlap": round(float(overlap), 4),
-            "kl": round(float((p * np.log(p / q)).sum(1).mean()), 5)}
+            "kl": round(max(0.0, float((p * np.log(p / q)).sum(1).mean())), 5)}
 
 
 def main() -> int:

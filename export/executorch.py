@@ -194,6 +194,9 @@ def _clamp_fusing_quantizer():
                     continue
                 weight = producer.args[1]
                 bias = producer.args[2] if len(producer.args) > 2 else None
+                if not all(isinstance(n, torch.fx.Node) for n in (producer.args[0], weight)) \
+                        or not (bias is None or isinstance(bias, torch.fx.Node)):
+                    continue  # a constant operand: leave the pattern to XNNPACK's own rules
                 pattern = [producer, clamp, weight, *([bias] if bias is not None else [])]
                 if self.filter_fn and not all(self.filter_fn(n) for n in pattern):
                     continue  # kept in float by the guard
