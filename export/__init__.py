@@ -129,10 +129,9 @@ def export(
     if data is not None:  # a detector's reference on 2,000 scenes takes a while: say so
         log(f"running PyTorch on the {len(data[0]):,} validation images (the reference)")
     calibration = None
-    if any(prec == "int8" for _, prec in combos):
+    if any(prec == "int8" for _, prec in combos) or \
+            (calib is not None and data is None and meta is not None):  # real images to compare on
         calibration = _calibration(calib, data, meta, calib_size)
-    elif calib is not None and data is None and meta is not None:  # real images to compare on
-        calibration = load_calibration(calib, meta.input_size, calib_size, meta)
     # Without validation data every file is compared on the calibration images: real images
     # the user gave, where random inputs would make every int8 file look perfect.
     probe = Probe(module, sample_input, meta, data,
