@@ -576,6 +576,72 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_diff(sub) -> None:
+    """The `diff` command's arguments."""
+    p = sub.add_parser("diff", help="where exported files depart from their model, layer by "
+                                    "layer")
+    p.add_argument("reference", help="the PyTorch model (an edgepilot checkpoint, TorchScript, "
+                   ".pt2, a state_dict with --arch) or one exported .onnx/.tflite file")
+    p.add_argument("files", nargs="+", metavar="file",
+                   help=f"exported files to compare with it ({_SUFFIXES})")
+    p.add_argument("--data", default=None, metavar="FOLDER",
+                   help="images to compare on: a folder (labels not needed) or an .npy file "
+                        "(default: random images, which say little about real ones)")
+    p.add_argument("--limit", type=_positive_int, default=16, metavar="N",
+                   help="images used, at most (default: %(default)s)")
+    p.add_argument("--top", type=_positive_int, default=10, metavar="K",
+                   help="layers shown per file, the one that loses the most first (default: "
+                        "%(default)s)")
+    p.add_argument("--depart-db", type=float, default=None, metavar="DB",
+                   help="SQNR a layer must lose to be where a file departs (default: 10)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also draw every file's SQNR per layer into this image")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--arch", default=None, help="the architecture of a state_dict")
+    p.add_argument("--weights", default=None,
+                   help="a state_dict to load into an architecture given as the reference")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a file holding a pickled module (loading it runs its code)")
+    p.add_argument("--input-size", type=_size, default=None,
+                   help="the PyTorch model's input size, H or HxW (default: what it records)")
+    p.add_argument("--mean", type=_floats, default=None,
+                   help="per-channel mean of pixels scaled to 0..1 (default: what the model "
+                        "records, else ImageNet's)")
+    p.add_argument("--std", type=_floats, default=None,
+                   help="per-channel std of pixels scaled to 0..1 (default: what the model "
+                        "records, else ImageNet's)")
+    p.set_defaults(func=cmd_diff)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from edgepilot.diff import DEPART_DB, diff, plot_diff, print_diff
+    from edgepilot.errors import UnsupportedFormatError
+    from edgepilot.formats import format_for_path
+
+    if args.plot:  # fail before measuring anything
+        check_output_file(args.plot, "--plot")
+    try:
+        format_for_path(args.reference)
+        reference, meta = args.reference, None
+    except UnsupportedFormatError:  # not an exported file: the PyTorch model
+        from edgepilot.export.sources import load_source, source_meta
+
+        source = load_source(args.reference, arch=args.arch, weights=args.weights,
+                             trust_pickle=args.trust_pickle)
+        meta = source_meta(source, name=Path(args.reference).stem or "model",
+                           input_size=args.input_size, mean=args.mean, std=args.std)
+        reference = source.module
+    report = diff(reference, args.files, images=args.data, meta=meta, count=args.limit,
+                  depart_db=DEPART_DB if args.depart_db is None else args.depart_db)
+    if args.plot:
+        _log(f"wrote {plot_diff(report, args.plot)}")
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_diff(report, top=args.top)
+    return 0
+
+
 def add_bench(sub) -> None:
     """The `bench` command's arguments."""
     p = sub.add_parser("bench", help="latency, throughput, memory and accuracy of model files")
@@ -880,7 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     for add in (add_train, add_export, add_predict, add_bench, add_devices, add_deploy,
-                add_webcam, add_info, add_demo, add_samples):
+                add_webcam, add_info, add_diff, add_demo, add_samples):
         add(sub)
     for command in sub.choices.values():  # --debug after the command works as well
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -10,7 +10,6 @@ import io
 import itertools
 import logging
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -443,14 +442,7 @@ def _rank_tensors(float_path: Path, qdq_path: Path, inputs) -> list[LayerError]:
 def _module_names(graph) -> dict[str, str]:
     """Tensor -> the module that computes it, as the user's model names it
     (``features.3.conv.0 (Conv)``), from the name scopes torch's exporter records."""
-    names = {}
-    for node in graph.node:
-        props = {p.key: p.value for p in node.metadata_props}
-        scopes = props.get("pkg.torch.onnx.name_scopes", "")
-        found = re.findall(r"'([^']*)'", scopes)  # ['', 'features', 'features.3', 'conv2d']
-        module = found[-2] if len(found) >= 2 else ""  # the last one is the traced op
-        if not module:
-            continue
-        for out in node.output:
-            names[out] = f"{module} ({node.op_type})"
-    return names
+    from edgepilot.runtime.onnx_info import module_path
+
+    return {out: f"{module} ({node.op_type})" for node in graph.node
+            if (module := module_path(node)) for out in node.output}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +71,12 @@ class LiteRTBackend(InterpreterBackend):
         threads: interpreter threads (None: the interpreter's default).
         spin: accepted for symmetry with onnxruntime, which has nothing to set here: XNNPACK's
             thread pool waits only briefly for work before its workers sleep.
+        preserve_all_tensors: keep every intermediate tensor readable after a run (what
+            `edgepilot diff` reads; slower, and no delegate takes the graph).
     """
 
     def __init__(self, path: Path, *, threads: int | None = None,
-                 spin: bool | None = None) -> None:
+                 spin: bool | None = None, preserve_all_tensors: bool = False) -> None:
         module, dist = interpreter_module()
         data = Path(path).read_bytes()
         # Everything that reads the file, the interpreter and the metadata parser alike: a
@@ -84,7 +87,12 @@ class LiteRTBackend(InterpreterBackend):
             # (names that are not UTF-8, scales XNNPACK aborts on, shapes of gigabytes).
             self.metadata = read_metadata(data, path)
             with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate" notices
-                self.interpreter = module.Interpreter(model_content=data, num_threads=threads)
+                options = {"experimental_preserve_all_tensors": True} if preserve_all_tensors \
+                    else {}
+                with warnings.catch_warnings():  # preserving tensors is "experimental"
+                    warnings.simplefilter("ignore")
+                    self.interpreter = module.Interpreter(model_content=data,
+                                                          num_threads=threads, **options)
                 self.interpreter.allocate_tensors()
             self._bind()
             ops = self._delegates()

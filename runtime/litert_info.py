@@ -6,10 +6,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from edgepilot.errors import MissingDependencyError, ModelFileError
-from edgepilot.runtime.reading import OpRule, Reading, TensorSummary, count_layers, parse_meta
+import numpy as np
 
-__all__ = ["read_info", "schema", "parse", "op_names", "op_name", "tensor_type_names", "text"]
+from edgepilot.errors import MissingDependencyError, ModelFileError
+from edgepilot.runtime.reading import (
+    Layers,
+    OpRule,
+    Reading,
+    TensorSummary,
+    ValueStack,
+    count_layers,
+    parse_meta,
+)
+
+__all__ = ["read_info", "read_layers", "module_path", "schema", "parse", "op_names", "op_name",
+           "tensor_type_names", "text"]
 
 OPS = {
     "CONV_2D": OpRule((1,), (2,), "conv"), "DEPTHWISE_CONV_2D": OpRule((1,), (2,), "depthwise"),
@@ -125,3 +136,79 @@ def _quantization(tensor, dtype: str) -> str | None:
 
 def text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value or ""
+
+
+def read_layers(path: Path, inputs: list[np.ndarray]) -> Layers:
+    """Every intermediate tensor of a .tflite file on `inputs` (each a batch of one, as the
+    runtime feeds the file), dequantized where it is int8, for `edgepilot diff`.
+
+    The interpreter keeps every tensor, so no delegate takes the graph: the values are those
+    of the builtin kernels, the reference implementation of each op."""
+    from edgepilot.runtime.litert import LiteRTBackend, tensor_info
+
+    data = Path(path).read_bytes()
+    tree = parse(data, path)
+    backend = LiteRTBackend(path, threads=1, preserve_all_tensors=True)
+    interpreter = backend.interpreter
+    graph = tree.subgraphs[0]
+    names = [text(t.name) for t in graph.tensors or []]
+    produced = [int(o) for op in graph.operators or [] for o in (op.outputs if op.outputs
+                                                                   is not None else [])]
+    activations = set(produced) | {int(i) for i in graph.inputs}
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ops = op_names()
+    order, inputs_of, op_of, modules, also = [], {}, {}, {}, {}
+    for op in graph.operators or []:
+        name = op_name(tree, op, ops)
+        reads = [names[int(i)] for i in (op.inputs if op.inputs is not None else [])
+                 if int(i) in activations]
+        for out in op.outputs if op.outputs is not None else []:
+            tensor = names[int(out)]
+            order.append(tensor)
+            inputs_of[tensor], op_of[tensor] = reads, name
+            paths = [p for p in map(module_path, tensor.split(";;")) if p]
+            if paths:
+                modules[tensor], also[tensor] = paths[0], paths[1:]
+    stack = ValueStack(path, len(inputs))
+    image = backend.inputs[0]
+    for x in inputs:
+        backend.run([image.quantize(x) if image.quantized else x])
+        values = {}
+        for index in produced:
+            detail = details.get(index)
+            if detail is None:
+                continue
+            try:
+                value = interpreter.get_tensor(index)
+            except ValueError:  # a tensor the interpreter freed or never wrote
+                continue
+            info = tensor_info(detail)
+            if info.quantized:
+                value = info.dequantize(value)
+            elif not np.issubdtype(value.dtype, np.floating):
+                continue  # shapes and indices, not activations
+            values[names[index]] = np.asarray(value, np.float32)
+        stack.add(values)
+    return Layers(order, inputs_of, stack.stacked(), modules, op_of,
+                  [names[int(i)] for i in graph.outputs], channels_last=True,
+                  also_modules=also)
+
+
+def module_path(tensor: str) -> str:
+    """The PyTorch module that computed a tensor, from the name litert-torch gives it
+    (``features.3.0``), or "" where the name records none.
+
+    litert-torch names a tensor by its module scope, ``package.Class_attribute`` per level
+    joined by ``/``, the wrapped model first (containers such as ``ModuleList`` are left
+    out); a fused op lists several scopes joined by ``;;``, the last module applied first
+    (read the first). edgepilot's own input wrapper (``inner``) is left out."""
+    scope = tensor.split(";", 1)[0].split("/")[1:]
+    path = []
+    for level in scope:
+        local = level.rsplit(".", 1)[-1]  # "Conv2d_0", "Sequential_features"
+        if "_" not in local:
+            return ""
+        path.append(local.split("_", 1)[1])
+    if path and path[0] == "inner":
+        path = path[1:]
+    return ".".join(path)

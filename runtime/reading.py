@@ -7,15 +7,18 @@ is the base they stand on, so the runtime never imports the `info` command.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+
+import numpy as np
 
 from edgepilot.errors import ModelFileError
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import meta_entry
 
-__all__ = ["OpRule", "TensorSummary", "Layer", "Reading", "count_layers", "parse_meta"]
+__all__ = ["OpRule", "TensorSummary", "Layer", "Reading", "Layers", "count_layers", "parse_meta",
+           "LAYER_VALUES_BYTES", "ValueStack"]
 
 
 class OpRule(NamedTuple):
@@ -66,6 +69,65 @@ class Reading(NamedTuple):
     # Why parameters and MACs cannot be known from the file ("delegated to QnnBackend": the
     # weights are in a blob only that backend reads); empty when every layer was counted.
     uncounted: str = ""
+
+
+#: Most bytes of intermediate values a ``read_layers`` call holds (over all its inputs).
+LAYER_VALUES_BYTES = 2 << 30
+
+
+@dataclass
+class Layers:
+    """What a format's ``read_layers(path, inputs)`` returns to `edgepilot diff`: every
+    intermediate activation of a file on some inputs, with where it came from.
+
+    Attributes:
+        order: activation tensors in execution order.
+        inputs_of: tensor -> the activation tensors its op reads.
+        values: tensor -> float32 values stacked over the inputs (batch first); quantized
+            tensors dequantized with their own scale and zero point.
+        modules: tensor -> the PyTorch module that computed it, as the model names it
+            (``features.3.0``), where the file records it; absent otherwise.
+        ops: tensor -> the op that computed it (``Conv``, ``CONV_2D``).
+        outputs: the graph's output tensors.
+        channels_last: whether 4-D activations are (N, H, W, C).
+        also_modules: tensor -> other modules a fused op also computed (its batch norm and
+            conv after the activation that names it), most recent first.
+        read_as: tensor -> its values as the next layer reads them, where they differ (an
+            int8 layer's output after quantize and dequantize, which also clamp it).
+    """
+
+    order: list[str]
+    inputs_of: dict[str, list[str]]
+    values: dict[str, np.ndarray]
+    modules: dict[str, str]
+    ops: dict[str, str]
+    outputs: list[str]
+    channels_last: bool
+    also_modules: dict[str, list[str]] = field(default_factory=dict)
+    read_as: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class ValueStack:
+    """One input's intermediate values at a time, stacked over `count` inputs; refused after
+    the first when all of them would pass `LAYER_VALUES_BYTES`."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.path, self.count = path, count
+        self.collected: dict[str, list[np.ndarray]] = {}
+
+    def add(self, values: dict[str, np.ndarray]) -> None:
+        if not self.collected:
+            total = sum(v.nbytes for v in values.values()) * self.count
+            if total > LAYER_VALUES_BYTES:
+                raise ModelFileError(
+                    f"'{self.path}': its intermediate values on {self.count} inputs would take "
+                    f"{total / 2**30:.1f} GiB: compare on fewer images")
+        for name, value in values.items():
+            self.collected.setdefault(name, []).append(value)
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        return {name: np.concatenate(v) if v[0].ndim else np.stack(v)
+                for name, v in self.collected.items()}
 
 
 def count_layers(nodes, sizes: dict, shape, table: dict[str, OpRule],
