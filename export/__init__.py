@@ -72,7 +72,9 @@ def export(
         calib_size: at most this many calibration images.
         calib_method: e.g. ``minmax`` (both formats), ``entropy``/``percentile`` (onnx).
         max_drop: int8 accuracy budget in points; layers are kept in float until the drop is
-            within it (needs `data`; None turns the guard off).
+            within it (None turns the guard off). Without labelled `data`, a classifier's
+            budget is measured on the calibration images as the drop of the top-1 accuracy
+            expected under PyTorch's own class probabilities (no labels needed).
         io_dtype: boundary type of int8 files: tflite ``int8`` (default) or ``uint8`` (what
             MediaPipe and the mobile task libraries need); onnx QDQ files keep ``float32``.
         dynamic_batch: ask for a dynamic batch dimension (formats that support one); a model
@@ -150,7 +152,7 @@ def export(
         guard = None
         if prec == "int8" and max_drop is not None and probe.baseline is not None:
             guard = Guard(probe.accuracy, probe.baseline, max_drop, budget_s=guard_budget,
-                          progress=log)
+                          progress=log, measure=probe.measure)
         log(f"exporting {fmt.name} {prec} -> {path}")
         options = ExportOptions(meta=meta, precision=prec, method=calib_method, guard=guard,
                                 calibration=None if calibration is None else calibration.images,
@@ -176,6 +178,10 @@ def export(
         if calibration is not None and "calibration" in notes:
             notes["calibration"].update(source=calibration.source,
                                         skipped=calibration.skipped)
+        if guard is not None:  # what the budget was measured in, beside what it kept
+            notes["guard"] = {"measure": guard.measure, "max_drop": max_drop,
+                              "baseline": round(guard.baseline, 6),
+                              "measured_on": probe.measured_on}
         report.notes = notes
         fp32_bytes = notes.pop("fp32_bytes", None)
         if fp32_bytes:

@@ -102,6 +102,8 @@ class Guard:
             step would not fit, and fails saying so.
         progress: called with one line per step (what was measured, what is tried next).
         clock: seconds, for the budget (tests pass a fake one).
+        measure: what `evaluate` measures, as the progress lines and errors name it
+            (without labels: the top-1 accuracy expected under PyTorch's probabilities).
     """
 
     evaluate: Callable[[Path], float]
@@ -112,6 +114,7 @@ class Guard:
     budget_s: float | None = None
     progress: Callable[[str], None] | None = None
     clock: Callable[[], float] = time.monotonic
+    measure: str = "accuracy"
     kept: list[dict] = field(default_factory=list)
     attempts: list[dict] = field(default_factory=list)
 
@@ -130,7 +133,7 @@ class Guard:
         accuracy = self.evaluate(path)
         self._attempt(keep, accuracy)
         trial_s = self.clock() - started  # one quantize + evaluate: the unit of the budget
-        self._say(f"{fmt} int8: accuracy {100 * accuracy:.2f}% (drop "
+        self._say(f"{fmt} int8: {self.measure} {100 * accuracy:.2f}% (drop "
                   f"{self._drop(accuracy):.2f} points, budget {self.max_drop})")
         out_of_time = False
         rank_s = trial_s  # the cost of ranking, until it is measured
@@ -163,7 +166,7 @@ class Guard:
             # Best accuracy wins; on a tie, the layer SQNR ranked worse (listed first).
             accuracy, chosen, path = max(trials, key=lambda t: t[0])
             keep.append(chosen.layer)
-            self._say(f"{fmt} int8: keeping {chosen.shown} in float: accuracy "
+            self._say(f"{fmt} int8: keeping {chosen.shown} in float: {self.measure} "
                       f"{100 * accuracy:.2f}% (drop {self._drop(accuracy):.2f} points)")
             self.kept.append({
                 "layer": chosen.shown, "tensor": chosen.layer,
@@ -179,7 +182,7 @@ class Guard:
                f"spent, about {trial_s:.0f} s per trial)" if out_of_time else
                f"even with {len(keep)} layer(s) kept in float ({names})")
         raise EdgepilotError(
-            f"{fmt} int8 loses {self._drop(accuracy):.2f} accuracy points (budget "
+            f"{fmt} int8 loses {self._drop(accuracy):.2f} points of {self.measure} (budget "
             f"{self.max_drop}): {why}. Try more or more representative calibration images "
             "(calib=), another calibration method, a larger max_drop= or guard_budget=, "
             "or fp16 / dynamic precision."
@@ -203,8 +206,13 @@ class Guard:
             entry = next(k for k in self.kept if k["tensor"] == layer)
             self.kept.remove(entry)
             self._say(f"{fmt} int8: {entry['layer']} is not needed in float after all: "
-                      f"accuracy {100 * accuracy:.2f}% (drop {self._drop(accuracy):.2f} points)")
+                      f"{self.measure} {100 * accuracy:.2f}% (drop {self._drop(accuracy):.2f} "
+                      "points)")
         return path
+
+    def holds(self, path: Path) -> bool:
+        """Whether a file still meets the budget (one more evaluation)."""
+        return self._drop(self.evaluate(path)) <= self.max_drop
 
     def _say(self, line: str) -> None:
         if self.progress is not None:

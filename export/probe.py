@@ -99,10 +99,25 @@ class Probe:
                 self.outputs = _in_batches(lambda b: module(torch.from_numpy(b)), x)
             except Exception:  # a model that only takes a batch of one runs row by row
                 self.outputs = _in_batches(lambda b: module(torch.from_numpy(b)), x, rows=1)
-        self.baseline = None if self.labels is None else self._score(self.outputs)
+        #: What the guard measures: accuracy on labelled images; without labels, on the
+        #: user's own images, the top-1 accuracy expected when PyTorch's class probabilities
+        #: stand for the labels (`_soft_labels`).
+        self.measure = "accuracy"
+        self._soft = None
+        if self.labels is None and self.measured_on == "calibration images" and \
+                self.detector is None and len(self.outputs) == 1:
+            self._soft = _soft_labels(self.outputs[0], meta)
+            if self._soft is not None:
+                self.measure = "expected top-1 (PyTorch's probabilities as labels)"
+        self.baseline = None if self.labels is None and self._soft is None else \
+            self._score(self.outputs)
 
     def _score(self, outputs: list[np.ndarray]) -> float:
-        """The guard's measure of a set of outputs: top-1 accuracy, or a detector's mAP@0.5."""
+        """The guard's measure of a set of outputs: top-1 accuracy, a detector's mAP@0.5, or
+        without labels the expected top-1 accuracy under PyTorch's own probabilities."""
+        if self._soft is not None:
+            chosen = decisions(outputs[0])
+            return float(self._soft[np.arange(len(chosen)), chosen].mean())
         if self.detector is None:
             return float((decisions(outputs[0]) == self.labels).mean())
         from edgepilot.runtime.detection_metrics import evaluate
@@ -348,6 +363,27 @@ def _in_probabilities(expected: np.ndarray, exported: np.ndarray, meta: ModelMet
     return {"outputs_are": "logits" if meta.output == "logits" else "probabilities",
             "max_prob_diff": float(np.abs(want - got).max()),
             "kl_divergence": _kl(want, got), "top5_overlap": top5}
+
+
+def _soft_labels(outputs: np.ndarray, meta: ModelMeta | None) -> np.ndarray | None:
+    """PyTorch's class probabilities, (N, classes), as labels for a guard without any.
+
+    If the true class of an image were drawn from the float model's own probabilities, a
+    file choosing class k is right with probability p_k: the mean of p over the file's choices
+    is its expected top-1 accuracy, and the float model's own is the mean of max p. Where the
+    float model hesitates (0.27 against 0.25), a file that picks the runner-up loses 0.02 of an
+    image, not a whole one; where it is sure, a flip costs nearly all of it. None where the
+    outputs are not class scores."""
+    if meta is None or meta.output not in ("logits", "probs", "sigmoid"):
+        return None
+    scores = outputs.reshape(len(outputs), -1).astype(np.float64)
+    if meta.output == "logits":
+        if scores.shape[1] < 2:
+            return None
+        return _softmax(scores)
+    if scores.shape[1] == 1:  # a sigmoid: P(second class)
+        return np.hstack([1 - scores, scores])
+    return scores
 
 
 def _kl(want: np.ndarray, got: np.ndarray) -> float:

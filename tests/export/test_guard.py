@@ -148,3 +148,53 @@ def test_layers_needed_together_both_stay_in_float(tmp_path):
     assert guard.run(quantize, lambda path: ranked, "onnx").name == "x+y"
     assert [k["layer"] for k in guard.kept] == ["x", "y"]
     assert [a["kept_float"] for a in guard.attempts][-2:] == [["y"], ["x"]]  # both tried back
+
+
+@pytest.mark.slow
+def test_without_labels_the_guard_measures_on_the_calibration_images(hostile, colour_data,
+                                                                    tiny_meta, tmp_path,
+                                                                    fresh_colour_data,
+                                                                    torch_top1, model_top1):
+    """No labelled data: the guard still runs, on the calibration images, with PyTorch's own
+    class probabilities for labels, and keeps the hostile layer in float."""
+    common = dict(formats="onnx", precision="int8", meta=tiny_meta, calib=colour_data[0],
+                  quiet=True)
+    [naive] = edgepilot.export(hostile, torch.zeros(1, 3, 32, 32), out=tmp_path / "naive",
+                               max_drop=None, **common)
+    [guarded] = edgepilot.export(hostile, torch.zeros(1, 3, 32, 32), out=tmp_path / "guarded",
+                                 max_drop=1.0, **common)
+    assert guarded.measured_on == "calibration images" and guarded.accuracy_torch is None
+    guard = guarded.notes["guard"]
+    assert guard["measure"].startswith("expected top-1") and guard["max_drop"] == 1.0
+    attempts = guarded.notes["guard_attempts"]
+    assert attempts[0]["drop_points"] > 1.0
+    assert min(a["drop_points"] for a in attempts) <= 1.0
+    assert guarded.notes["kept_float"][0]["layer"].startswith("spike (")
+    images = fresh_colour_data[0][:200]
+    expected = torch_top1(hostile, images, tiny_meta)
+
+    def agree(report):
+        return np.mean(model_top1(edgepilot.load(report.path), images) == expected)
+
+    assert agree(guarded) >= 0.97 and agree(guarded) - agree(naive) > 0.01
+
+
+def test_the_unlabelled_measure_weighs_a_flip_by_what_pytorch_believed():
+    """Flipping an image PyTorch is sure about costs nearly a whole image; flipping one it
+    hesitates on (0.36 against 0.34) costs 0.02 of one."""
+    from edgepilot.export.probe import _soft_labels
+    from edgepilot.meta import ModelMeta
+
+    meta = ModelMeta(name="three", labels=("a", "b", "c"), input_size=(8, 8))
+    probs = np.array([[0.98, 0.01, 0.01], [0.36, 0.34, 0.30]])
+    soft = _soft_labels(np.log(probs), meta)  # logits
+    np.testing.assert_allclose(soft, probs, atol=1e-9)
+    expected = soft.max(1)
+    sure_flipped = soft[[0, 1], [1, 0]]
+    unsure_flipped = soft[[0, 1], [0, 1]]
+    assert expected[0] - sure_flipped[0] > 0.9
+    assert abs(expected[1] - unsure_flipped[1] - 0.02) < 1e-9
+    assert _soft_labels(np.zeros((2, 4)), meta.replace(output="probs")).shape == (2, 4)
+    sigmoid = _soft_labels(np.array([[0.8]]), meta.replace(labels=("stop", "go"),
+                                                             output="sigmoid"))
+    np.testing.assert_allclose(sigmoid, [[0.2, 0.8]])
