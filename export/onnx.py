@@ -385,6 +385,15 @@ def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | N
                 continue
             note.update(chosen=str(settings), format=settings.format,
                         activations=settings.activations, per_channel=settings.per_channel)
+            if "ms_1_thread" in note:  # the float model is slow enough for speed to matter
+                keep = [] if guard is None else [k["tensor"] for k in guard.kept]
+
+                def trial_file(exclude, xs, settings=settings) -> Path:
+                    out = path.with_name(f"{path.stem}.try{next(counter)}{path.suffix}")
+                    return _quantize(float_path, out, xs, settings, method, exclude)
+
+                trial, note["speed"] = _keep_slow_kinds_float(float_path, trial, inputs, keep,
+                                                              trial_file, guard)
             if failures:
                 note["rejected"] = failures
             break
@@ -401,6 +410,56 @@ def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | N
             if leftover.exists():
                 leftover.unlink()
     return note
+
+
+def _keep_slow_kinds_float(float_path: Path, trial: Path, inputs, keep: list[str], quantize,
+                           guard: Guard | None) -> tuple[Path, list[dict]]:
+    """`export.speed` on this file: kinds of layers in float where int8 is slower here.
+    Files only timed are calibrated on SEARCH_CALIB inputs (speed does not depend on the
+    ranges); the file kept is calibrated on all of them and checked against the budget."""
+    from edgepilot.export.speed import keep_slow_kinds_float
+
+    kept_nodes = _nodes_touching(float_path, keep)
+
+    def confirm(nodes: list[str]) -> Path | None:
+        candidate = quantize(kept_nodes + nodes, inputs)
+        return candidate if guard is None or guard.holds(candidate) else None
+
+    trial, _, notes = keep_slow_kinds_float(
+        layer_kinds(float_path), trial,
+        lambda nodes: quantize(kept_nodes + nodes, inputs[:SEARCH_CALIB]),
+        lambda files: _time_ms(files, inputs[0], SPEED_SECONDS), confirm)
+    return trial, notes
+
+
+def layer_kinds(model_path: Path) -> dict[str, list[str]]:
+    """The float graph's weighted nodes by kind, as int8 kernels differ in speed: the stem
+    (a convolution of the graph's input), depthwise, pointwise (1x1) and other convolutions,
+    and fully connected layers."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    inputs = {i.name for i in graph.input}
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    kinds: dict[str, list[str]] = {"stem convolution": [], "depthwise convolutions": [],
+                                   "pointwise convolutions": [], "other convolutions": [],
+                                   "fully connected": []}
+    for node in graph.node:
+        if node.op_type in ("Gemm", "MatMul"):
+            kinds["fully connected"].append(node.name)
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        weight = shapes.get(node.input[1], [])
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.input[0] in inputs:
+            kinds["stem convolution"].append(node.name)
+        elif group > 1 and len(weight) > 1 and weight[1] == 1:
+            kinds["depthwise convolutions"].append(node.name)
+        elif weight[2:] and all(d == 1 for d in weight[2:]):
+            kinds["pointwise convolutions"].append(node.name)
+        else:
+            kinds["other convolutions"].append(node.name)
+    return {kind: nodes for kind, nodes in kinds.items() if nodes}
 
 
 def _nodes_touching(model_path: Path, tensors: list[str]) -> list[str]:

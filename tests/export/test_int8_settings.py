@@ -103,6 +103,8 @@ def test_the_file_is_written_in_the_layout_timed_fastest(monkeypatch, tmp_path, 
     real = onnx_export._time_ms
 
     def time_ms(paths, x, seconds):  # really timed; then QOperator/uint8/per-tensor wins
+        if "int8" in paths:  # kinds of layers in float for speed: a tie, none is kept
+            return dict.fromkeys(paths, 1.0)
         measured = real(paths, x, min(seconds, 0.2))
         if len(paths) > 1:
             assert set(measured) == {"fp32", *INT8_SETTINGS}
@@ -157,7 +159,7 @@ def test_a_layout_the_guard_rejects_falls_back_to_the_next(monkeypatch, tmp_path
     note = onnx_export._to_int8(path, inputs, "minmax", guard)
     assert note["chosen"] == str(DEFAULT_INT8)
     [rejected] = note["rejected"]
-    assert rejected.startswith(str(QOP_U8_PT)) and "loses 40.00 accuracy points" in rejected
+    assert rejected.startswith(str(QOP_U8_PT)) and "loses 40.00 points of accuracy" in rejected
     assert "QuantizeLinear" in op_types(path) and "QLinearConv" not in op_types(path)
     assert len(evaluated) == 2
     model = edgepilot.load(path, threads=1)
@@ -172,6 +174,6 @@ def test_every_layout_over_budget_fails_with_the_guards_reason(monkeypatch, tmp_
     path = tmp_path / "tiny.onnx"
     shutil.copy(tiny_onnx.path, path)
     guard = Guard(evaluate=lambda trial: 0.1, baseline=0.9, max_drop=1.0, max_steps=0)
-    with pytest.raises(edgepilot.EdgepilotError, match="onnx int8 loses 80.00 accuracy points"):
+    with pytest.raises(edgepilot.EdgepilotError, match="onnx int8 loses 80.00 points of accuracy"):
         onnx_export._to_int8(path, as_inputs(colour_data[0][:8], tiny_meta), "minmax", guard)
     assert not list(tmp_path.glob("*.try*")) and not path.with_name("tiny.onnx.float").exists()
