@@ -198,9 +198,12 @@ def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
                     return quantized
                 return _with_metadata(quantized, file_meta, precision)
 
+            speed: dict = {}
             model = _int8(quantizer, float_model, recipes, inputs, path, guard, stamp,
                           pixels=_pixel_input(meta, sample_input), method=method,
-                          module=wrapped)
+                          module=wrapped, speed=speed)
+            if speed:
+                notes["speed"] = speed["kinds"]
             if guard is not None:
                 notes["kept_float"] = guard.kept
                 notes["guard_attempts"] = guard.attempts
@@ -276,7 +279,10 @@ def _calibrate(q, float_model: bytes, inputs: list[dict], method: str) -> dict:
 
 
 def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, stamp,
-          pixels: bool, method: str, module=None) -> bytes:
+          pixels: bool, method: str, module=None, speed: dict | None = None) -> bytes:
+    """The int8 model (bytes): the guard's choice, then kinds of layers int8 makes slower on
+    this CPU kept in float (`export.speed`; what was tried goes into `speed`)."""
+    speed = {} if speed is None else speed
     # Calibrated ranges can clip the input (a moving average does). Pin the input to its true
     # range: 0..255 for pixels (exact: scale 1, zero point -128), else the data's range.
     values = np.concatenate([x["args_0"].ravel() for x in inputs])
@@ -298,9 +304,10 @@ def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, sta
 
     counter = itertools.count()
 
-    def quantize(keep: list[str]) -> Path:
+    def quantize(keep: list[str], float_ops: tuple[str, ...] = ()) -> Path:
+        patterns = _float_patterns(float_model, keep) + list(float_ops)
         rules = recipes + [dict(regex=pattern, operation="*", algorithm_key="no_quantize")
-                           for pattern in _float_patterns(float_model, keep)]
+                           for pattern in patterns]
         trial = path.with_name(f"{path.stem}.try{next(counter)}{path.suffix}")
         trial.write_bytes(stamp(_quantize(quantizer, float_model, rules, calibrate)))
         return trial
@@ -310,10 +317,86 @@ def _int8(quantizer, float_model: bytes, recipes, inputs, path: Path, guard, sta
 
     try:
         trial = quantize([]) if guard is None else guard.run(quantize, rank, "tflite")
+        keep = [] if guard is None else [k["tensor"] for k in guard.kept]
+        trial, speed_notes = _keep_slow_kinds_float(float_model, trial, inputs[0]["args_0"],
+                                                    lambda ops: quantize(keep, tuple(ops)),
+                                                    guard, path)
+        if speed_notes:
+            speed["kinds"] = speed_notes
         return trial.read_bytes()
     finally:  # also when a trial fails: no half-made files left beside the user's
         for leftover in path.parent.glob(f"{path.stem}.try*{path.suffix}"):
             leftover.unlink()
+
+
+def _keep_slow_kinds_float(float_model: bytes, trial: Path, x: np.ndarray, quantize,
+                           guard, path: Path) -> tuple[Path, list[dict]]:
+    """`export.speed` on this file, when the float model is slow enough for it to matter."""
+    from edgepilot.export.speed import SLOW_ENOUGH_MS, keep_slow_kinds_float
+
+    float_path = path.with_name(f"{path.stem}.try-float{path.suffix}")
+    float_path.write_bytes(float_model)
+    if _time_ms({"fp32": float_path}, x, 0.2)["fp32"] < SLOW_ENOUGH_MS:
+        return trial, []
+
+    def confirm(ops: list[str]) -> Path | None:
+        candidate = quantize(ops)
+        return candidate if guard is None or guard.holds(candidate) else None
+
+    trial, _, notes = keep_slow_kinds_float(
+        layer_kinds(float_model), trial, quantize,
+        lambda files: _time_ms({"fp32": float_path, **files}, x, SPEED_SECONDS), confirm)
+    return trial, notes
+
+
+#: Seconds the files of one round of the speed choice are timed for.
+SPEED_SECONDS = 3.0
+
+
+def _time_ms(paths: dict, x: np.ndarray, seconds: float) -> dict:
+    """Per .tflite file, ms per inference at 1 thread, timed in alternation."""
+    from edgepilot.export.speed import interleaved_ms
+    from edgepilot.runtime.litert import LiteRTBackend
+
+    calls = {}
+    for key, file in paths.items():
+        backend = LiteRTBackend(file, threads=1)
+        info = backend.inputs[0]
+        feed = [info.quantize(x) if info.quantized else x.astype(info.dtype)]
+        calls[key] = lambda b=backend, f=feed: b.run(f)
+    return interleaved_ms(calls, seconds)
+
+
+def layer_kinds(model: bytes) -> dict[str, list[str]]:
+    """The float model's weighted ops by kind, as ai-edge-quantizer patterns over their
+    outputs: the stem (the first convolution), depthwise, pointwise (1x1) and other
+    convolutions, and fully connected layers."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    graph = tree.subgraphs[0]
+    ops = schema.BuiltinOperator
+    kinds: dict[str, list[str]] = {"stem convolution": [], "depthwise convolutions": [],
+                                   "pointwise convolutions": [], "other convolutions": [],
+                                   "fully connected": []}
+    for op in graph.operators:
+        code = tree.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        pattern = "^" + re.escape(graph.tensors[op.outputs[0]].name.decode()) + ";$"
+        if builtin == ops.FULLY_CONNECTED:
+            kinds["fully connected"].append(pattern)
+        elif builtin == ops.DEPTHWISE_CONV_2D:
+            kinds["depthwise convolutions"].append(pattern)
+        elif builtin == ops.CONV_2D:
+            shape = list(graph.tensors[op.inputs[1]].shape)
+            if not any(kinds[k] for k in ("stem convolution", "depthwise convolutions",
+                                          "pointwise convolutions", "other convolutions")):
+                kinds["stem convolution"].append(pattern)
+            elif shape[1:3] == [1, 1]:
+                kinds["pointwise convolutions"].append(pattern)
+            else:
+                kinds["other convolutions"].append(pattern)
+    return {kind: patterns for kind, patterns in kinds.items() if patterns}
 
 
 def _uint8_interface(model: bytes) -> bytes:

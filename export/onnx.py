@@ -11,7 +11,6 @@ import itertools
 import logging
 import os
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,27 +241,12 @@ def _session(path: Path, threads: int = 1):
 
 
 def _time_ms(paths: dict, x: np.ndarray, seconds: float) -> dict:
-    """Per file, the fastest of its rounds' mean latencies (ms, 1 thread). Files are timed in
-    alternation, so load on the machine hits all alike; the fastest round is the one least
-    disturbed by other processes."""
+    """Per file, ms per inference at 1 thread, timed in alternation (`interleaved_ms`)."""
+    from edgepilot.export.speed import interleaved_ms
+
     sessions = {key: _session(path) for key, path in paths.items()}
-    runs = {}
-    for key, session in sessions.items():
-        session.run(None, {INPUT_NAME: x})  # warm-up: first-run allocations
-        started = time.perf_counter()
-        session.run(None, {INPUT_NAME: x})
-        runs[key] = max(1, int(0.02 / max(time.perf_counter() - started, 1e-6)))
-    best = dict.fromkeys(sessions, float("inf"))
-    deadline = time.perf_counter() + seconds
-    rounds = 0
-    while rounds < 3 or (time.perf_counter() < deadline and rounds < 50):
-        for key, session in sessions.items():
-            started = time.perf_counter()
-            for _ in range(runs[key]):
-                session.run(None, {INPUT_NAME: x})
-            best[key] = min(best[key], (time.perf_counter() - started) / runs[key] * 1000)
-        rounds += 1
-    return best
+    return interleaved_ms({key: (lambda s=session: s.run(None, {INPUT_NAME: x}))
+                           for key, session in sessions.items()}, seconds)
 
 
 def _fidelity(paths: dict, inputs: list[np.ndarray]) -> dict:

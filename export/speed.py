@@ -13,14 +13,40 @@ or not.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["keep_slow_kinds_float", "SPEED_GAIN"]
+__all__ = ["keep_slow_kinds_float", "interleaved_ms", "SPEED_GAIN", "SLOW_ENOUGH_MS"]
 
 #: A kind goes to float only if the file gets this much faster: timings on a shared machine
 #: wobble by a few percent, and a wobble must not decide.
 SPEED_GAIN = 0.05
+#: Float models faster than this (ms, 1 thread) are not searched: the choice cannot matter.
+SLOW_ENOUGH_MS = 2.0
+
+
+def interleaved_ms(calls: dict, seconds: float) -> dict:
+    """Per key, the fastest of its rounds' mean latencies (ms) of `calls[key]()`. The calls
+    are timed in alternation, so load on the machine hits all alike; the fastest round is the
+    one least disturbed by other processes."""
+    runs = {}
+    for key, call in calls.items():
+        call()  # warm-up: first-run allocations
+        started = time.perf_counter()
+        call()
+        runs[key] = max(1, int(0.02 / max(time.perf_counter() - started, 1e-6)))
+    best = dict.fromkeys(calls, float("inf"))
+    deadline = time.perf_counter() + seconds
+    rounds = 0
+    while rounds < 3 or (time.perf_counter() < deadline and rounds < 50):
+        for key, call in calls.items():
+            started = time.perf_counter()
+            for _ in range(runs[key]):
+                call()
+            best[key] = min(best[key], (time.perf_counter() - started) / runs[key] * 1000)
+        rounds += 1
+    return best
 
 
 def keep_slow_kinds_float(kinds: dict[str, list[str]], current: Path,

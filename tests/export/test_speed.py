@@ -129,3 +129,52 @@ def test_the_onnx_file_keeps_its_depthwise_convolutions_float_when_timed_slower(
     assert depthwise and all(n.input[1] not in dequantized for n in depthwise)  # float weights
     assert any(n.input[1] in dequantized for n in convs if n not in depthwise)  # the rest int8
     assert not list(tmp_path.glob("*.try*"))
+
+
+@pytest.mark.slow
+def test_the_tflite_file_keeps_its_depthwise_convolutions_float_when_timed_slower(
+        monkeypatch, tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("litert_torch")
+    from ai_edge_litert import schema_py_generated as schema
+    from torch import nn
+
+    import edgepilot
+    from edgepilot.export import litert as litert_export
+    from edgepilot.meta import ModelMeta
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 4)).eval()
+    meta = ModelMeta(name="dw", labels=("a", "b", "c", "d"), input_size=(16, 16))
+
+    def float_depthwise(path) -> bool:
+        data = path.read_bytes()
+        tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+        graph = tree.subgraphs[0]
+        for op in graph.operators:
+            code = tree.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == \
+                    schema.BuiltinOperator.DEPTHWISE_CONV_2D:
+                return graph.tensors[op.inputs[1]].type == schema.TensorType.FLOAT32
+        raise AssertionError("no depthwise convolution")
+
+    def time_ms(paths, x, seconds):  # the float model 10 ms; int8 depthwise 3 ms, float 1
+        return {key: 10.0 if key == "fp32" else 5.0 + (1.0 if float_depthwise(p) else 3.0)
+                for key, p in paths.items()}
+
+    monkeypatch.setattr(litert_export, "_time_ms", time_ms)
+    rng = np.random.default_rng(0)
+    [report] = edgepilot.export(net, torch.zeros(1, 3, 16, 16), formats="tflite",
+                                precision="int8", out=tmp_path / "dw", meta=meta,
+                                calib=rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8),
+                                max_drop=None, quiet=True)
+    speed = {n["kind"]: n for n in report.notes["speed"]}
+    assert speed["depthwise convolutions"]["chosen"] == "float"
+    assert speed["stem convolution"]["chosen"] == "int8"
+    assert float_depthwise(Path(report.path))
+    assert not list(tmp_path.glob("*.try*"))
+    model = edgepilot.load(report.path)
+    assert model(np.zeros((1, 16, 16, 3), np.float32)).shape == (1, 4)
