@@ -105,6 +105,7 @@ class _Reference:
     outputs: list[np.ndarray]
     output_kind: str  # "logits", "probs" or "sigmoid"
     channels_last: bool
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # a file's, by tensor name
 
 
 def diff(reference, files, *, images=None, meta: ModelMeta | None = None, count: int = 16,
@@ -154,6 +155,10 @@ def diff(reference, files, *, images=None, meta: ModelMeta | None = None, count:
 def _images(images, meta: ModelMeta, count: int) -> tuple[np.ndarray, str]:
     from edgepilot.export.calibration import load_calibration
 
+    if images is None and not meta.is_image:  # a feature vector
+        generator = np.random.default_rng(0)
+        values = generator.normal(size=(count, meta.input_size[1])).astype(np.float32)
+        return values, "random inputs (a file can match on them and still depart on real data)"
     if images is None:
         height, width = meta.input_size
         generator = np.random.default_rng(0)
@@ -233,8 +238,10 @@ def _file_reference(path: Path, pixels: np.ndarray) -> _Reference:
     entries = [(layers.modules[t], layers.values[t]) for t in layers.order
                if t in layers.modules and t in layers.values
                and layers.ops.get(t) not in _QUANTIZE_OPS]
+    tensors = {t: layers.values[t] for t in layers.order if t in layers.values and
+               layers.ops.get(t) not in _QUANTIZE_OPS}
     return _Reference(path.name, entries, set(), _run(model, pixels), model.meta.output,
-                      channels_last=layers.channels_last)
+                      channels_last=layers.channels_last, tensors=tensors)
 
 
 def _inputs(model, pixels: np.ndarray) -> list[np.ndarray]:
@@ -310,6 +317,22 @@ def _compare(ref: _Reference, path: Path, pixels: np.ndarray, depart_db: float) 
         if best is not None:
             sqnr[tensor] = best[0]
             matched[tensor] = (best[1], _cosine(best[2], best[3]))
+    # Against a file of the same graph (an int8 file against its float one, files from tools
+    # that record no modules), tensors the modules did not match are matched by their names.
+    for tensor in layers.order:
+        if tensor in sqnr or tensor not in ref.tensors or tensor not in layers.values or \
+                layers.ops.get(tensor) in _QUANTIZE_OPS:
+            continue
+        value = layers.values[tensor]
+        aligned = _align(ref.tensors[tensor], value, layers.channels_last, ref.channels_last)
+        if aligned is None:
+            continue
+        axis = (-1 if layers.channels_last else 1) if value.ndim >= 2 else 0
+        seen = [value] + ([layers.read_as[tensor]] if tensor in layers.read_as else [])
+        db, value = max(((channel_sqnr(aligned, v, axis), v) for v in seen),
+                        key=lambda pair: pair[0])
+        sqnr[tensor] = db
+        matched[tensor] = (layers.modules.get(tensor) or tensor, _cosine(aligned, value))
     if not sqnr:
         result.note = ("no tensor of the file matched a module of the reference (module "
                        "names are lost in files from other tools, TorchScript and torch.export "

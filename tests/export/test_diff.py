@@ -196,3 +196,51 @@ def test_a_file_as_reference_matches_across_layouts(exported):
     assert {_block(layer.module) for layer in tflite.layers} >= set(range(BLOCKS))
     assert min(layer.sqnr_db for layer in tflite.layers) > 45
     print_diff(report)  # prints without touching the console's markup
+
+
+def _strip_module_names(source, target) -> onnx.ModelProto:
+    model = onnx.load(str(source))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, str(target))
+    return model
+
+
+def test_files_without_module_names_are_matched_by_tensor_names(exported, tmp_path):
+    """Two files of the same graph that record no modules (other tools' files): diff matches
+    their tensors by name, and the corrupted layer still ranks first."""
+    _, folder = exported
+    reference = tmp_path / "plain.onnx"
+    model = _strip_module_names(folder / "net.onnx", reference)
+    corrupted = tmp_path / "corrupted.onnx"
+    _corrupt_onnx(reference, corrupted, "features.2.0.weight",
+                  lambda w: w + np.random.default_rng(0).normal(0, w.std(), w.shape)
+                  .astype(w.dtype))
+    conv = next(n.output[0] for n in model.graph.node if "features.2.0.weight" in n.input)
+    (result,) = diff(reference, [corrupted], images=_images(6, 6)).files
+    assert result.layers and result.ranked[0].tensor == conv
+    assert result.departs.tensor == conv
+
+
+def test_intermediate_values_past_the_limit_are_refused_in_one_line(exported, monkeypatch):
+    from edgepilot.errors import ModelFileError
+    from edgepilot.runtime import reading
+
+    net, folder = exported
+    monkeypatch.setattr(reading, "LAYER_VALUES_BYTES", 10_000)
+    with pytest.raises(ModelFileError, match="compare on fewer images"):
+        diff(net, [folder / "net.onnx"], images=_images(8, 7), meta=META)
+
+
+def test_a_feature_vector_model_is_compared_on_random_inputs_and_says_so(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    meta = ModelMeta(name="vec", labels=("no", "yes"), input_size=(1, 4), layout="NC",
+                     color="GRAY", mean=(0.0,), std=(1.0,), preprocess="none")
+    edgepilot.export(net, torch.zeros(1, 4), formats="onnx", out=tmp_path / "vec", meta=meta,
+                     quiet=True)
+    report = diff(net, [tmp_path / "vec.onnx"], meta=meta, count=5)
+    assert report.measured_on.startswith("random inputs") and report.images == 5
+    (result,) = report.files
+    assert {layer.module for layer in result.layers} >= {"0", "2"}
+    assert result.outputs["top1_agreement"] == 1.0
