@@ -143,6 +143,20 @@ def print_reports(reports: list[ExportReport], console=None) -> None:
                 f"{agree['detections']} detections found with the same label, box edges "
                 f"within {agree['tolerance_px']:g} px (largest gap {agree['max_box_px']:g} px)")))
     for r in reports:
+        name = Path(r.path).name
+        guard = r.notes.get("guard") or {}
+        if guard.get("measure", "accuracy") != "accuracy":
+            notes.append(Text(printable(f"{name}: the int8 guard had no labels: it measured "
+                                        f"{guard['measure']} on {guard['measured_on']}")))
+        speed = r.notes.get("speed") or r.notes.get("int8_settings", {}).get("speed") or []
+        faster = [s for s in speed if s.get("chosen") == "float"]
+        if faster:
+            notes.append(Text(printable(f"{name}: kept in float because int8 was slower on "
+                                        "this CPU: " + ", ".join(
+                                            f"{s['kind']} ({s['with_float_ms']:.2f} ms against "
+                                            f"{s['int8_ms']:.2f} ms all int8)"
+                                            for s in faster))))
+    for r in reports:
         for warning in r.notes.get("warnings", []):
             notes.append(Text("warning ", style="yellow") +
                          Text(printable(f"{Path(r.path).name}: {warning}")))

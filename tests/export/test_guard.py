@@ -1,7 +1,10 @@
 """The int8 accuracy guard on a model built to have one quantization-hostile layer."""
 
+import io
+
 import numpy as np
 import pytest
+from rich.console import Console
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("litert_torch")
@@ -10,6 +13,7 @@ from torch import nn  # noqa: E402
 import edgepilot  # noqa: E402
 from edgepilot.errors import EdgepilotError  # noqa: E402
 from edgepilot.export.guard import Guard, LayerError, channel_sqnr, rank_by_sqnr_loss  # noqa: E402
+from edgepilot.export.report import print_reports  # noqa: E402
 
 
 class Hostile(nn.Module):
@@ -166,6 +170,9 @@ def test_without_labels_the_guard_measures_on_the_calibration_images(hostile, co
     assert guarded.measured_on == "calibration images" and guarded.accuracy_torch is None
     guard = guarded.notes["guard"]
     assert guard["measure"].startswith("expected top-1") and guard["max_drop"] == 1.0
+    table = io.StringIO()
+    print_reports([guarded], console=Console(file=table, width=250, color_system=None))
+    assert "the int8 guard had no labels: it measured expected top-1" in table.getvalue()
     attempts = guarded.notes["guard_attempts"]
     assert attempts[0]["drop_points"] > 1.0
     assert min(a["drop_points"] for a in attempts) <= 1.0
