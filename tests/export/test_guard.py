@@ -113,7 +113,7 @@ def test_rank_blames_the_layer_that_loses_signal_not_its_heirs():
 def test_guard_fails_clearly_when_nothing_helps(tmp_path):
     guard = Guard(evaluate=lambda path: 0.5, baseline=0.9, max_drop=1.0, max_steps=2)
     layers = [LayerError("x", 1.0, 30.0), LayerError("y", 2.0, 20.0), LayerError("z", 3.0, 9.0)]
-    with pytest.raises(EdgepilotError, match="loses 40.00 accuracy points .* 2 layer\\(s\\)"):
+    with pytest.raises(EdgepilotError, match="loses 40.00 points of accuracy .* 2 layer\\(s\\)"):
         guard.run(lambda keep: tmp_path / "m.onnx", lambda path: layers, "onnx")
     assert [k["layer"] for k in guard.kept] == ["x", "y"]  # ties go to the worse-ranked
 
