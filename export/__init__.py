@@ -46,6 +46,7 @@ def export(
     io_dtype: str | None = None,
     dynamic_batch: bool = False,
     guard_budget: float | None = 900.0,
+    bias_correction: bool = True,
     quiet: bool = False,
     val_data: tuple[np.ndarray, np.ndarray] | None = None,
     **format_options,
@@ -79,6 +80,10 @@ def export(
             MediaPipe and the mobile task libraries need); onnx QDQ files keep ``float32``.
         dynamic_batch: ask for a dynamic batch dimension (formats that support one); a model
             that specialises its batch falls back to a batch of one, said in the report.
+        bias_correction: int8 weights are rounded once on the PyTorch module (batch norms
+            folded, per-channel int8 grid) and each layer's bias corrected for the mean shift
+            the rounding causes, measured on the calibration images; every format's int8 file
+            then has the same weights (`export.rounding`). False: each quantizer rounds.
         guard_budget: seconds the accuracy guard may spend per file before it gives up
             (None: no limit).
         quiet: print neither progress nor the report table.
@@ -144,9 +149,21 @@ def export(
             out = out.with_name(out.name[: -len(fmt.suffix)])
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    rounded = None  # the module with int8-grid weights and corrected biases, made once
     reports = []
     for fmt, prec in combos:
         exporter = importlib.import_module(f"edgepilot.export.{fmt.exporter}")
+        source, rounding = module, None
+        if prec == "int8" and bias_correction and calibration is not None and \
+                meta is not None and fmt.name != "coreml":
+            if rounded is None:
+                from edgepilot.export.calibration import as_inputs
+                from edgepilot.export.rounding import round_weights
+
+                with torch.no_grad():
+                    rounded = round_weights(module, as_inputs(calibration.images, meta))
+                log(f"int8 weights: {_rounding_line(rounded[1])}")
+            source, rounding = rounded
         name = out.name if prec == "fp32" else f"{out.name}_{prec}"
         path = out.with_name(name + fmt.suffix)
         guard = None
@@ -165,7 +182,9 @@ def export(
         try:
             draft = scratch / path.name
             with torch.no_grad():
-                notes = exporter.export(module, sample_input, draft, options)
+                notes = exporter.export(source, sample_input, draft, options)
+            if rounding is not None:
+                notes["bias_correction"] = rounding
             seconds = time.perf_counter() - started
             log(f"{path.name}: written in {seconds:.1f} s; checking it against PyTorch on "
                 f"{len(probe.inputs):,} {probe.measured_on}")
@@ -192,6 +211,14 @@ def export(
     if not quiet:
         print_reports(reports)
     return reports
+
+
+def _rounding_line(note: dict) -> str:
+    if not note["applied"]:
+        return f"rounded by each exporter ({note['why']})"
+    return (f"{note['layers']} layers rounded once for every format, biases corrected on "
+            f"{note['images']} calibration images ({note['batch_norms_folded']} batch norms "
+            f"folded, {note['seconds']:.1f} s)")
 
 
 def _speed_warnings(reports: list[ExportReport]) -> None:

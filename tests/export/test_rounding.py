@@ -1,0 +1,156 @@
+"""int8 weights rounded once on the PyTorch module, with bias correction: every format's
+file ends up with exactly those weights, each layer's mean output shift is taken off its bias,
+and a model whose batch norms cannot be folded safely is left to each exporter."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+from onnx import numpy_helper  # noqa: E402
+from torch import nn  # noqa: E402
+
+import edgepilot  # noqa: E402
+from edgepilot.export.calibration import as_inputs  # noqa: E402
+from edgepilot.export.rounding import _on_grid, round_weights  # noqa: E402
+from edgepilot.meta import ModelMeta  # noqa: E402
+
+META = ModelMeta(name="dw", labels=tuple("abcdef"), input_size=(20, 20),
+                 mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def _net():
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(3, 12, 3, 2, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU6(),
+        nn.Conv2d(12, 12, 3, 1, 1, groups=12, bias=False), nn.BatchNorm2d(12), nn.ReLU6(),
+        nn.Conv2d(12, 16, 1, bias=False), nn.BatchNorm2d(16),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 6))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.3, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def _images(n, seed):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, 1, 1, 3))
+    return np.clip(base + rng.normal(0, 35, (n, 20, 20, 3)), 0, 255).astype(np.uint8)
+
+
+def test_weights_land_on_the_per_channel_int8_grid():
+    weight = torch.randn(5, 3, 3, 3)
+    rounded = _on_grid(weight)
+    scale = weight.reshape(5, -1).abs().max(1).values / 127
+    codes = rounded.reshape(5, -1) / scale[:, None]
+    assert torch.allclose(codes, codes.round(), atol=1e-4)
+    assert torch.allclose(codes.abs().max(1).values, torch.full((5,), 127.0))
+    assert torch.equal(_on_grid(rounded), rounded) or torch.allclose(_on_grid(rounded), rounded)
+
+
+def _folded(net):
+    import copy
+
+    from edgepilot.export.rounding import _fold_batch_norms
+
+    model = copy.deepcopy(net)
+    _fold_batch_norms(model, torch.zeros(1, 3, 20, 20))
+    return model
+
+
+def _layers(model):
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_every_layers_mean_shift_is_taken_off_its_bias():
+    net = _net()
+    inputs = as_inputs(_images(32, 1), META)
+    rounded, note = round_weights(net, inputs)
+    assert note["applied"] and note["batch_norms_folded"] == 3 and note["layers"] == 4
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in rounded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 3  # a copy was made
+    folded = _folded(net)
+    seen = []
+    handles = [m.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+               for m in _layers(folded)]
+    with torch.no_grad():
+        folded(torch.from_numpy(np.concatenate(inputs)))
+    for handle in handles:
+        handle.remove()
+    for before, after, x in zip(_layers(folded), _layers(rounded), seen):
+        dims = [0, 2, 3] if x.ndim == 4 else [0]
+        with torch.no_grad():
+            want = before(x)
+            corrected = (after(x) - want).mean(dims)
+            uncorrected = nn.functional.conv2d(x, after.weight, before.bias, before.stride,
+                                               before.padding, before.dilation,
+                                               before.groups) if x.ndim == 4 else \
+                nn.functional.linear(x, after.weight, before.bias)
+            shift = (uncorrected - want).mean(dims)
+        assert torch.equal(after.weight, _on_grid(before.weight))
+        assert corrected.abs().max() < 1e-5 * want.abs().max()
+        assert shift.abs().max() > 100 * corrected.abs().max()
+
+
+@pytest.mark.slow
+def test_the_onnx_and_tflite_files_hold_exactly_the_rounded_weights(tmp_path):
+    pytest.importorskip("litert_torch")
+    from ai_edge_litert import schema_py_generated as schema
+
+    net = _net()
+    calib = _images(48, 2)
+    rounded, _ = round_weights(net, as_inputs(calib, META))
+    want = sorted(tuple(round(float(v), 5) for v in m.weight.detach().numpy().ravel()[:6])
+                  for m in _layers(rounded))
+    reports = edgepilot.export(net, torch.zeros(1, 3, 20, 20), formats=["onnx", "tflite"],
+                               precision="int8", out=tmp_path / "dw", meta=META, calib=calib,
+                               max_drop=None, quiet=True)
+    assert all(r.notes["bias_correction"]["applied"] for r in reports)
+    onnx_model = onnx.load(reports[0].path)
+    values = {i.name: numpy_helper.to_array(i) for i in onnx_model.graph.initializer}
+    got = []
+    for node in onnx_model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith("weight_quantized"):
+            codes, scale = values[node.input[0]].astype(np.float64), values[node.input[1]]
+            shape = (-1,) + (1,) * (codes.ndim - 1)
+            got.append(tuple(round(float(v), 5)
+                             for v in (codes * scale.reshape(shape)).ravel()[:6]))
+    assert len(got) == len(want)
+    for a, b in zip(sorted(got), want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    data = open(reports[1].path, "rb").read()
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    graph = tree.subgraphs[0]
+    codes_per_layer = []
+    for op in graph.operators:
+        code = tree.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) in (
+                schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
+                schema.BuiltinOperator.FULLY_CONNECTED):
+            tensor = graph.tensors[op.inputs[1]]
+            codes = np.frombuffer(bytes(tree.buffers[tensor.buffer].data), np.int8)
+            codes_per_layer.append(int(np.abs(codes).max()))
+    assert codes_per_layer and set(codes_per_layer) == {127}
+
+
+def test_a_convolution_read_past_its_batch_norm_is_left_to_each_exporter():
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.head = nn.Linear(4, 6)
+            with torch.no_grad():
+                self.norm.running_mean.fill_(0.5)
+
+        def forward(self, x):
+            y = self.conv(x)
+            z = self.norm(y) + y  # the conv's output is read twice
+            return self.head(z.mean((2, 3)))
+
+    net = Branch().eval()
+    same, note = round_weights(net, as_inputs(_images(8, 3), META))
+    assert same is net and not note["applied"] and "batch norms" in note["why"]
