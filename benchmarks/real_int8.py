@@ -11,7 +11,13 @@ probabilities. Each export: `edgepilot.export(..., precision=[fp32, int8], calib
 max_drop=None)`.
 
     .venv/bin/python benchmarks/real_int8.py [--formats executorch onnx tflite] [--repeat-onnx 4]
+                                             [--techniques none bias-correction qat]
                                              [--calib-method minmax] [--max-drop 1] [--json FILE]
+
+`--techniques` exports the int8 files once per technique, all formats in one export() call so
+the rounding is done once: `none` (each quantizer rounds its own weights,
+bias_correction=False), `bias-correction` (edgepilot's default) and `qat` (then fine-tuned
+without labels, qat=True). The fp32 files are exported with the first.
 
 `--repeat-onnx N` exports the int8 ONNX file N times more and prints the layout each run chose
 with its agreement: the same command must give files of the same quality. `--max-drop 1`
@@ -109,6 +115,8 @@ def main() -> int:
     parser.add_argument("--val", type=int, default=300)
     parser.add_argument("--calib-method", default="minmax",
                         help="passed to export (onnx: minmax, entropy, percentile, distribution)")
+    parser.add_argument("--techniques", nargs="+", default=["bias-correction"],
+                        choices=["none", "bias-correction", "qat"])
     parser.add_argument("--repeat-onnx", type=int, default=0, metavar="N")
     parser.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
                         help="the accuracy guard's budget (default: no guard, the recipe's)")
@@ -126,19 +134,25 @@ def main() -> int:
           f"{int(confident.sum())} confident crops (>= 0.5)", flush=True)
     out = Path(tempfile.mkdtemp(prefix="real-int8-"))
     rows = []
-    for fmt in args.formats:
+    for number, technique in enumerate(args.techniques):
         started = time.perf_counter()
-        reports = edgepilot.export(module, torch.zeros(1, 3, 224, 224), formats=fmt,
-                                   precision=["fp32", "int8"], out=out / "lite0", meta=meta,
-                                   calib=calib, calib_method=args.calib_method,
-                                   max_drop=args.max_drop, quiet=True)
+        reports = edgepilot.export(module, torch.zeros(1, 3, 224, 224), formats=args.formats,
+                                   precision=["fp32", "int8"] if number == 0 else "int8",
+                                   out=out / technique, meta=meta, calib=calib,
+                                   calib_method=args.calib_method, max_drop=args.max_drop,
+                                   bias_correction=technique != "none",
+                                   qat=technique == "qat", quiet=True)
         seconds = time.perf_counter() - started
         for report in reports:
-            row = {"format": fmt, "precision": report.precision,
+            row = {"format": report.format, "precision": report.precision,
+                   "technique": "-" if report.precision == "fp32" else technique,
                    **compare(reference, probabilities(report.path, val), confident),
-                   "export_s": round(seconds, 1),
+                   "file_s": round(report.seconds, 1), "call_s": round(seconds, 1),
                    "layout": report.notes.get("int8_settings", {}).get("chosen"),
                    "report_top1": report.top1_agreement, "report_on": report.measured_on}
+            if "qat" in report.notes:
+                row["qat"] = {k: report.notes["qat"].get(k) for k in
+                              ("epochs", "kept_epoch", "held_out_loss", "seconds")}
             if "guard" in report.notes:
                 attempts = report.notes["guard_attempts"]
                 row.update(guard=report.notes["guard"]["measure"],
@@ -159,11 +173,13 @@ def main() -> int:
                "ms_1_thread": note.get("ms_1_thread"), "sqnr_db": note.get("sqnr_db")}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{'file':<14} {'top-1 all':>9} {'confident':>9} {'top-5':>6} {'KL':>8}")
+    print(f"\n{'file':<34} {'top-1 all':>9} {'confident':>9} {'top-5':>6} {'KL':>8}")
     for row in rows:
         name = f"{row['format']} {row['precision']}" + (f" #{row['run']}" if "run" in row
                                                           else "")
-        print(f"{name:<14} {row['top1_all']:>9.3f} {row['top1_confident']:>9.3f} "
+        if row["precision"] != "fp32" and "technique" in row:
+            name += f" ({row['technique']})"
+        print(f"{name:<34} {row['top1_all']:>9.3f} {row['top1_confident']:>9.3f} "
               f"{row['top5_overlap']:>6.3f} {row['kl']:>8.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -312,6 +312,13 @@ def add_export(sub) -> None:
     p.add_argument("--guard-budget", type=float, default=900.0, metavar="SECONDS",
                    help="seconds the int8 accuracy guard may spend per file (0: no limit; "
                         "default: %(default)g)")
+    p.add_argument("--qat", action="store_true",
+                   help="fine-tune the int8 weights without labels before writing int8 files: "
+                        "simulated int8, distilled from the model's own outputs on the "
+                        "calibration images (minutes on a CPU)")
+    p.add_argument("--qat-budget", type=float, default=600.0, metavar="SECONDS",
+                   help="seconds the --qat fine-tuning may spend (0: no limit; "
+                        "default: %(default)g)")
     p.add_argument("--format", nargs="+", default=None, choices=[f.name for f in FORMATS],
                    help="default: onnx, or the --device profile's format")
     p.add_argument("--device", default=None,
@@ -385,6 +392,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                      max_drop=None if args.max_drop < 0 else args.max_drop,
                      io_dtype=plan.io_dtype, dynamic_batch=args.dynamic_batch,
                      guard_budget=None if args.guard_budget <= 0 else args.guard_budget,
+                     qat=args.qat, qat_budget=None if args.qat_budget <= 0 else args.qat_budget,
                      compute_units=args.compute_units)
     if args.json:
         print(json.dumps([report.to_dict() for report in reports], indent=2, default=str))

@@ -104,6 +104,7 @@ class Guard:
         clock: seconds, for the budget (tests pass a fake one).
         measure: what `evaluate` measures, as the progress lines and errors name it
             (without labels: the top-1 accuracy expected under PyTorch's probabilities).
+        offer_qat: a refusal suggests int8 fine-tuning (the export was made without it).
     """
 
     evaluate: Callable[[Path], float]
@@ -115,6 +116,7 @@ class Guard:
     progress: Callable[[str], None] | None = None
     clock: Callable[[], float] = time.monotonic
     measure: str = "accuracy"
+    offer_qat: bool = False
     kept: list[dict] = field(default_factory=list)
     attempts: list[dict] = field(default_factory=list)
 
@@ -185,7 +187,8 @@ class Guard:
             f"{fmt} int8 loses {self._drop(accuracy):.2f} points of {self.measure} (budget "
             f"{self.max_drop}): {why}. Try more or more representative calibration images "
             "(calib=), another calibration method, a larger max_drop= or guard_budget=, "
-            "or fp16 / dynamic precision."
+            + ("int8 fine-tuning without labels (qat=True), " if self.offer_qat
+               else "") + "or fp16 / dynamic precision."
         )
 
     def _prune(self, quantize: Callable[[list[str]], Path], keep: list[str], path: Path,

@@ -130,6 +130,7 @@ def test_a_tiny_guard_budget_stops_the_guard_saying_so(tmp_path, cli, trained_ti
     [line] = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
     assert "onnx int8 loses" in line and "the guard stopped at its time budget" in line, line
     assert "--guard-budget" in line  # and says what to change
+    assert "int8 fine-tuning without labels (--qat)" in line  # or what else to try
     assert "guard step" not in err  # no layer was tried in float
     assert not list(tmp_path.glob("tight*"))  # no file written
 
