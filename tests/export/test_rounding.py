@@ -126,12 +126,16 @@ def test_the_onnx_and_tflite_files_hold_exactly_the_rounded_weights(tmp_path):
     tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
     graph = tree.subgraphs[0]
     codes_per_layer = []
+    produced = {out: op for op in graph.operators for out in op.outputs}
     for op in graph.operators:
         code = tree.operatorCodes[op.opcodeIndex]
         if max(code.builtinCode, code.deprecatedBuiltinCode) in (
                 schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
                 schema.BuiltinOperator.FULLY_CONNECTED):
-            tensor = graph.tensors[op.inputs[1]]
+            weight = op.inputs[1]
+            if weight in produced:  # the logits layer: int8 weights dequantized, float compute
+                weight = produced[weight].inputs[0]
+            tensor = graph.tensors[weight]
             codes = np.frombuffer(bytes(tree.buffers[tensor.buffer].data), np.int8)
             codes_per_layer.append(int(np.abs(codes).max()))
     assert codes_per_layer and set(codes_per_layer) == {127}
@@ -154,3 +158,42 @@ def test_a_convolution_read_past_its_batch_norm_is_left_to_each_exporter():
     net = Branch().eval()
     same, note = round_weights(net, as_inputs(_images(8, 3), META))
     assert same is net and not note["applied"] and "batch norms" in note["why"]
+
+
+def _labelled(net, n, seed):
+    images = _images(n, seed)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(np.concatenate(as_inputs(images, META))))
+    return images, logits.argmax(1).numpy()
+
+
+def test_with_a_guard_the_file_with_the_better_rounding_is_kept(tmp_path, monkeypatch):
+    from edgepilot.export import rounding
+
+    net = _net()
+    data = _labelled(net, 64, 4)
+    [kept] = edgepilot.export(net, torch.zeros(1, 3, 20, 20), formats="onnx", precision="int8",
+                              out=tmp_path / "fair", meta=META, data=data, max_drop=100,
+                              quiet=True)
+    measured = kept.notes["bias_correction"]["measured"]
+    assert kept.notes["bias_correction"]["applied"]
+    assert measured["with_correction"] >= measured["each_quantizer_rounding"]
+
+    real = rounding.round_weights
+
+    def harmful(module, inputs):  # a "correction" that pushes every image to the last class
+        model, note = real(module, inputs)
+        with torch.no_grad():
+            model[-1].bias += torch.arange(6.0) * 50
+        return model, note
+
+    monkeypatch.setattr(rounding, "round_weights", harmful)
+    [dropped] = edgepilot.export(net, torch.zeros(1, 3, 20, 20), formats="onnx",
+                                 precision="int8", out=tmp_path / "harm", meta=META, data=data,
+                                 max_drop=100, quiet=True)
+    note = dropped.notes["bias_correction"]
+    assert not note["applied"] and "without it measured better" in note["why"]
+    assert note["measured"]["with_correction"] < note["measured"]["each_quantizer_rounding"]
+    assert dropped.accuracy_export == pytest.approx(kept.accuracy_export, abs=0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fair_int8.onnx", "fair_int8.onnx.json", "harm_int8.onnx", "harm_int8.onnx.json"]
