@@ -230,11 +230,21 @@ def export(
                     f"{len(probe.inputs):,} {probe.measured_on}")
                 report = probe.check(draft, fmt.name, prec, seconds, notes)
                 log(f"{path.name}: checked in {time.perf_counter() - started - seconds:.1f} s")
-                score = probe.accuracy(draft) if len(candidates) > 1 else None
+                score, unmeasured = None, None
+                if len(candidates) > 1:
+                    try:
+                        score = probe.accuracy(draft)
+                    except EdgepilotError as err:  # e.g. an Edge TPU file, off the TPU
+                        unmeasured = first_line(err)
                 written.append((score, -number, report, notes, guard, draft))
+                if unmeasured is not None:
+                    if rounding is not None:
+                        notes["bias_correction"]["measured"] = f"not compared: {unmeasured}"
+                    break
             if not written:
                 raise refusals[0]
-            score, number, report, notes, guard, draft = max(written, key=lambda w: w[:2])
+            score, number, report, notes, guard, draft = max(
+                written, key=lambda w: (-1.0 if w[0] is None else w[0], w[1]))
             if len(written) > 1:
                 corrected, own = written[0][0], written[1][0]
                 measured = {"measure": guard.measure, "with_correction": round(corrected, 6),

@@ -187,11 +187,12 @@ def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
                     dict(regex=softmax, operation="*", algorithm_key="no_quantize"),
                     dict(regex=".*", operation="OUTPUT", algorithm_key="no_quantize")]
                 notes["output"] = "float32 probabilities (softmax in float after int8 logits)"
-                if logits:
+                if logits and not options.integer_only and io_dtype != "uint8":
                     # The layer computing the logits keeps int8 weights but runs in float, so
                     # its result is not rounded to 256 levels before the softmax: on
                     # EfficientNet-Lite0's photo crops 14 of 300 have their top two logits
-                    # within one int8 step.
+                    # within one int8 step. Not on the Edge TPU (integer only) nor in a
+                    # uint8-interface file (MediaPipe's task libraries expect integer ops).
                     recipes = recipes + [dict(
                         regex=logits, operation="FULLY_CONNECTED",
                         algorithm_key="min_max_uniform_quantize",

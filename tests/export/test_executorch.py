@@ -214,9 +214,11 @@ def test_int8_relu6_is_fused_into_the_conv_before_it(tmp_path):
     pte, onnx = edgepilot.export(net.eval(), torch.zeros(1, 3, 32, 32),
                                  formats=["executorch", "onnx"], precision="int8",
                                  out=tmp_path / "relu6", meta=meta, calib=calib, quiet=True)
-    # measured: 2.0e-5 fused, 4.8e-4 (35x ONNX's) before; ONNX 1.4e-5
-    assert pte.kl_divergence <= 3 * onnx.kl_divergence, (pte.kl_divergence,
-                                                          onnx.kl_divergence)
+    # measured: 2.0e-5 fused, 4.8e-4 before; ONNX 1.4e-5, and 2.1e-6 since its last layer
+    # returns float logits (the .pte still rounds them to int8: XNNPACK lowers no linear with
+    # int8 weights and a float result), so unfused would be 200x ONNX's, fused is 6x
+    assert pte.kl_divergence <= 12 * onnx.kl_divergence, (pte.kl_divergence,
+                                                           onnx.kl_divergence)
     assert not pte.notes.get("warnings")  # one XNNPACK partition: ReLU6 inside it
 
 
