@@ -178,7 +178,7 @@ def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
             inputs = _calibration_inputs(calibration, meta, sample)
             notes["calibration"] = {"method": method, "images": len(calibration)}
             notes["io_dtype"] = io_dtype
-            softmax, logits = _final_softmax(float_model)
+            softmax = _final_softmax(float_model)
             if softmax:
                 # The classifier's softmax stays float and so does its output: int8
                 # probabilities step by 1/256, so every class under 0.4% would read 0 and
@@ -187,20 +187,6 @@ def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
                     dict(regex=softmax, operation="*", algorithm_key="no_quantize"),
                     dict(regex=".*", operation="OUTPUT", algorithm_key="no_quantize")]
                 notes["output"] = "float32 probabilities (softmax in float after int8 logits)"
-                if logits and not options.integer_only and io_dtype != "uint8":
-                    # The layer computing the logits keeps int8 weights but runs in float, so
-                    # its result is not rounded to 256 levels before the softmax: on
-                    # EfficientNet-Lite0's photo crops 14 of 300 have their top two logits
-                    # within one int8 step. Not on the Edge TPU (integer only) nor in a
-                    # uint8-interface file (MediaPipe's task libraries expect integer ops).
-                    recipes = recipes + [dict(
-                        regex=logits, operation="FULLY_CONNECTED",
-                        algorithm_key="min_max_uniform_quantize",
-                        op_config=dict(weight_tensor_config=dict(
-                            num_bits=8, symmetric=True, granularity="CHANNELWISE",
-                            dtype="INT"), compute_precision="FLOAT", explicit_dequantize=True))]
-                    notes["output"] = ("float32 probabilities (the last layer's int8 weights "
-                                       "computed in float, softmax in float)")
             if io_dtype == "uint8":  # quantize with float I/O, then swap the interface type
                 recipes = recipes + [dict(regex=".*", operation=op, algorithm_key="no_quantize")
                                      for op in ("INPUT", "OUTPUT")]
@@ -259,33 +245,22 @@ def _calibration_inputs(images: np.ndarray, meta: ModelMeta | None, sample) -> l
     return [{"args_0": x} for x in as_inputs(images, _file_meta(meta, sample))]
 
 
-def _final_softmax(model: bytes) -> tuple[str | None, str | None]:
-    """The quantizer's scope regexes of a SOFTMAX that produces the graph's only output, and of
-    the FULLY_CONNECTED that computes its input (None where there is none)."""
+def _final_softmax(model: bytes) -> str | None:
+    """The quantizer's scope regex of a SOFTMAX that produces the graph's only output."""
     from ai_edge_litert import schema_py_generated as schema
 
     tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
     graph = tree.subgraphs[0]
     if len(graph.outputs) != 1:
-        return None, None
-
-    def builtin(op):
-        code = tree.operatorCodes[op.opcodeIndex]
-        return max(code.builtinCode, code.deprecatedBuiltinCode)
-
-    def scope(tensor: int) -> str:
-        return "^" + re.escape(graph.tensors[tensor].name.decode()) + ";$"
-
-    producer = {out: op for op in graph.operators for out in op.outputs}
-    op = producer.get(graph.outputs[0])
-    if op is None or builtin(op) != schema.BuiltinOperator.SOFTMAX:
-        return None, None
-    before = producer.get(op.inputs[0])
-    readers = sum(list(o.inputs).count(op.inputs[0]) for o in graph.operators)
-    if before is None or builtin(before) != schema.BuiltinOperator.FULLY_CONNECTED or \
-            readers != 1:
-        return scope(graph.outputs[0]), None
-    return scope(graph.outputs[0]), scope(op.inputs[0])
+        return None
+    for op in graph.operators:
+        if list(op.outputs) == [graph.outputs[0]]:
+            code = tree.operatorCodes[op.opcodeIndex]
+            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+            if builtin == schema.BuiltinOperator.SOFTMAX:
+                name = graph.tensors[graph.outputs[0]].name.decode()
+                return "^" + re.escape(name) + ";$"
+    return None
 
 
 def _calibrate(q, float_model: bytes, inputs: list[dict], method: str) -> dict:

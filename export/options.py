@@ -41,8 +41,6 @@ class ExportOptions:
         io_dtype: boundary type of int8 files (``int8``/``uint8`` for tflite).
         dynamic_batch: ask for a dynamic batch dimension.
         compute_units: Core ML only: ``ALL``, ``CPU_ONLY``, ``CPU_AND_GPU``, ``CPU_AND_NE``.
-        integer_only: every layer of an int8 file computes in integers (the Edge TPU), the
-            classifier's last layer included, instead of returning its result in float.
     """
 
     meta: ModelMeta | None = None
@@ -53,7 +51,6 @@ class ExportOptions:
     io_dtype: str | None = None
     dynamic_batch: bool = False
     compute_units: str | None = None
-    integer_only: bool = False
 
     def replace(self, **changes: Any) -> ExportOptions:
         return dataclasses.replace(self, **changes)

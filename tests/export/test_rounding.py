@@ -126,16 +126,12 @@ def test_the_onnx_and_tflite_files_hold_exactly_the_rounded_weights(tmp_path):
     tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
     graph = tree.subgraphs[0]
     codes_per_layer = []
-    produced = {out: op for op in graph.operators for out in op.outputs}
     for op in graph.operators:
         code = tree.operatorCodes[op.opcodeIndex]
         if max(code.builtinCode, code.deprecatedBuiltinCode) in (
                 schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
                 schema.BuiltinOperator.FULLY_CONNECTED):
-            weight = op.inputs[1]
-            if weight in produced:  # the logits layer: int8 weights dequantized, float compute
-                weight = produced[weight].inputs[0]
-            tensor = graph.tensors[weight]
+            tensor = graph.tensors[op.inputs[1]]
             codes = np.frombuffer(bytes(tree.buffers[tensor.buffer].data), np.int8)
             codes_per_layer.append(int(np.abs(codes).max()))
     assert codes_per_layer and set(codes_per_layer) == {127}
