@@ -80,7 +80,7 @@ def _finetune(teacher, student, inputs, classifier, budget_s, epochs, learning_r
     held = np.arange(len(x)) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
     if held.sum() == 0 or (~held).sum() < 2:
         return student, {"applied": False, "why": f"only {len(x)} calibration image(s); "
-                         "fine-tuning needs at least 16"}
+                         f"fine-tuning needs at least {HOLD_OUT_EVERY}"}
     train, check = x[torch.from_numpy(~held)], x[torch.from_numpy(held)]
     model = copy.deepcopy(student).eval()
     layers = [layer for layer in model.modules()
@@ -162,17 +162,14 @@ def _finetune(teacher, student, inputs, classifier, budget_s, epochs, learning_r
 
 def _on_grid_parametrization():
     """A parametrization putting a weight on the per-output-channel symmetric int8 grid
-    (`rounding._on_grid`'s), with the rounding's gradient passed straight through."""
+    (`rounding._on_grid`), with the rounding's gradient passed straight through."""
     import torch
+
+    from edgepilot.export.rounding import _on_grid
 
     class OnGrid(torch.nn.Module):
         def forward(self, weight):
-            flat = weight.reshape(weight.shape[0], -1)
-            scale = (flat.abs().max(dim=1).values / 127).detach()
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-            codes = torch.clamp(torch.round(flat / scale[:, None]), -127, 127)
-            on_grid = codes * scale[:, None]
-            return (flat + (on_grid - flat).detach()).reshape(weight.shape)
+            return weight + (_on_grid(weight.detach()) - weight).detach()
 
     return OnGrid()
 
