@@ -156,3 +156,25 @@ def test_a_refusing_guard_offers_fine_tuning_unless_it_was_used(tmp_path):
         with pytest.raises(EdgepilotError) as refused:
             guard.run(lambda keep: tmp_path / "m.onnx", lambda path: layers, "onnx")
         assert ("fine-tuning without labels (qat=True)" in str(refused.value)) is offer
+
+
+def test_the_views_it_trains_on_are_mirrored_and_cropped_and_keep_their_shape():
+    from edgepilot.export.qat import _augmented
+
+    # Each image is a ramp left to right, so a mirror reverses it and a crop-and-scale
+    # narrows its range; neither changes the batch's shape.
+    ramp = torch.linspace(0, 1, 32).expand(3, 32, 32)
+    batch = ramp.expand(64, 3, 32, 32).clone()
+    views = _augmented(batch, torch.Generator().manual_seed(0))
+    assert views.shape == batch.shape
+    mirrored = views[:, 0, 0, 0] > views[:, 0, 0, -1]
+    spans = (views[:, 0, 0, :].max(1).values - views[:, 0, 0, :].min(1).values)
+    cropped = spans < 0.95
+    assert 10 < int(mirrored.sum()) < 54 and 10 < int(cropped.sum()) < 54
+    assert float(spans.min()) > 0.6  # never less than 70% of the side
+    again = _augmented(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(views, again)  # seeded: the same export gives the same weights
+    tiny = torch.rand(4, 2, 4, 4)  # too small to crop: only mirrored
+    out = _augmented(tiny, torch.Generator().manual_seed(1))
+    assert all(torch.equal(o, t) or torch.equal(o, t.flip(-1)) for o, t in zip(out, tiny))
+
