@@ -13,11 +13,11 @@ corrected) and fine-tunes that module with int8 simulated in its forward pass:
 
 The loss is distillation, not labels: KL divergence from the float model's class probabilities
 (``meta.output == "logits"``), or, for other outputs (detectors, scores), the mean squared error
-scaled by each output's variance. Images are mirrored and cropped at random (the float
-model labels each view). An eighth of the calibration
-images is held out; the epoch whose int8 simulation is closest to the float model on them is
-kept, and the starting point (bias correction alone) is an epoch like any other, so fine-tuning
-never returns a model worse on the held-out images than the one it started from.
+scaled by each output's variance. Images are mirrored and cropped at random (the float model
+labels each view). An eighth of the calibration images is held out; the epoch whose int8
+simulation is closest to the float model on them is kept, and the starting point (bias
+correction alone) is an epoch like any other, so fine-tuning never returns a model worse on
+the held-out images than the one it started from.
 
 Measured on EfficientNet-Lite0 (benchmarks/real_int8.py, 256 calibration crops, 300 others):
 twelve epochs took 341 s on 2 cores and more than halved the held-out KL (0.0080 -> 0.0035);
@@ -126,11 +126,12 @@ def _finetune(teacher, student, inputs, classifier, budget_s, epochs, learning_r
                 step_started = time.perf_counter()
                 pick = order[start:start + BATCH]
                 batch = train[pick]
-                if batch.ndim == 4:
+                if batch.ndim == 4:  # images: a new view, labelled by the float model
                     batch = _augmented(batch, generator)
-                with torch.no_grad():
-                    target = _outputs(teacher, batch) if batch.ndim == 4 else \
-                        [t[pick] for t in target_train]
+                    with torch.no_grad():
+                        target = _outputs(teacher, batch)
+                else:
+                    target = [t[pick] for t in target_train]
                 loss = loss_of(_outputs(model, batch, grad=True), target)
                 optimizer.zero_grad()
                 loss.backward()

@@ -177,4 +177,3 @@ def test_the_views_it_trains_on_are_mirrored_and_cropped_and_keep_their_shape():
     tiny = torch.rand(4, 2, 4, 4)  # too small to crop: only mirrored
     out = _augmented(tiny, torch.Generator().manual_seed(1))
     assert all(torch.equal(o, t) or torch.equal(o, t.flip(-1)) for o, t in zip(out, tiny))
-
