@@ -113,7 +113,7 @@ def test_non_classifier_outputs_are_matched_by_scaled_squared_error():
     torch.manual_seed(0)
     net = TwoHeads().eval()
     inputs, start = _rounded(net, 64)
-    tuned, note = finetune(net, start, inputs, classifier=False, epochs=6, learning_rate=1e-4)
+    tuned, note = finetune(net, start, inputs, classifier=False, epochs=12, learning_rate=1e-4)
     assert note["loss"] == "scaled MSE"
     assert note["held_out_loss"]["kept"] < note["held_out_loss"]["start"]
 
