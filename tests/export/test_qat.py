@@ -16,7 +16,7 @@ import edgepilot  # noqa: E402
 from edgepilot.errors import EdgepilotError, InputError  # noqa: E402
 from edgepilot.export.calibration import as_inputs  # noqa: E402
 from edgepilot.export.guard import Guard, LayerError  # noqa: E402
-from edgepilot.export.qat import finetune  # noqa: E402
+from edgepilot.export.qat import STEP_RATE, finetune  # noqa: E402
 from edgepilot.export.rounding import _on_grid, round_weights  # noqa: E402
 from edgepilot.meta import ModelMeta  # noqa: E402
 
@@ -57,13 +57,27 @@ def _rounded(net, n=64):
     return inputs, model
 
 
+def _nearest(net, n=64):
+    """A start with room to learn: batch norms folded, each weight rounded to its nearest
+    code (`round_weights` already rounds these toy layers almost as well as they can be)."""
+    from edgepilot.export.rounding import _fold_batch_norms
+
+    inputs = as_inputs(_images(n, 1), META)
+    model = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        _fold_batch_norms(model, torch.from_numpy(inputs[0]))
+        for layer in _layers(model):
+            layer.weight.copy_(_on_grid(layer.weight))
+    return inputs, model
+
+
 def test_fine_tuning_lowers_the_held_out_loss_and_writes_the_codes_it_trained_with():
     net = _net()
-    inputs, start = _rounded(net)
+    inputs, start = _nearest(net)
     frozen = copy.deepcopy(start.state_dict())
     lines = []
     tuned, note = finetune(net, start, inputs, classifier=True, epochs=12, learning_rate=3e-3,
-                           progress=lines.append)
+                           step_rate=0.1, progress=lines.append)
     assert note["applied"] and note["epochs"] == 12 and len(lines) == 12
     assert note["images"] + note["held_out"] == 64 and note["held_out"] == 8
     loss = note["held_out_loss"]
@@ -82,7 +96,8 @@ def test_a_model_made_worse_is_never_kept():
     net = _net()
     inputs, start = _rounded(net)
     # A learning rate this large wrecks the model at once: the start must be what comes back.
-    tuned, note = finetune(net, start, inputs, classifier=True, epochs=2, learning_rate=10.0)
+    tuned, note = finetune(net, start, inputs, classifier=True, epochs=2, learning_rate=10.0,
+                           step_rate=50.0)
     assert note["kept_epoch"] == 0
     assert min(note["held_out_loss"]["per_epoch"]) > note["held_out_loss"]["start"]
     for a, b in zip(_layers(tuned), _layers(start)):
@@ -177,3 +192,22 @@ def test_the_views_it_trains_on_are_mirrored_and_cropped_and_keep_their_shape():
     tiny = torch.rand(4, 2, 4, 4)  # too small to crop: only mirrored
     out = _augmented(tiny, torch.Generator().manual_seed(1))
     assert all(torch.equal(o, t) or torch.equal(o, t.flip(-1)) for o, t in zip(out, tiny))
+
+
+def test_weights_move_in_steps_of_their_own_channel_whatever_its_scale():
+    """Adam moves every parameter by about its rate per update: in weight units a channel
+    whose int8 step is tiny would flip dozens of codes at once, so weights train in steps."""
+    net = _net()
+    with torch.no_grad():
+        net[-1].weight[:3] *= 1e-4  # three classes' weights with a tiny int8 step
+    inputs, start = _rounded(net)
+    tuned, note = finetune(net, start, inputs, classifier=True, epochs=1)
+    assert note["epochs"] == 1 and note["step_rate"] == STEP_RATE
+    for before, after in zip(_layers(start), _layers(tuned)):
+        flat = before.weight.reshape(len(before.weight), -1)
+        scale = flat.abs().max(1).values[:, None] / 127
+        old = flat / scale
+        new = after.weight.reshape(len(flat), -1) / scale
+        assert torch.allclose(new, new.round(), atol=1e-3)  # on the same grid
+        assert (new.round() - old.round()).abs().max() <= 1  # at most one step in an epoch
+        assert torch.equal(new.round().abs().max(1).values, torch.full((len(flat),), 127.0))
