@@ -312,7 +312,13 @@ def _finetuned(module, rounded, inputs, meta, budget_s, log) -> tuple[object, di
 def _rounding_line(note: dict) -> str:
     if not note["applied"]:
         return f"rounded by each exporter ({note['why']})"
-    return (f"{note['layers']} layers rounded once for every format, biases corrected on "
+    chosen = note.get("rounding", {})
+    how = ""
+    if chosen.get("layers"):
+        error = chosen["output_error_vs_nearest"]["median"]
+        how = (f", {chosen['layers']} of them each weight down or up by output error (median "
+               f"{error:.2f} of nearest rounding's)")
+    return (f"{note['layers']} layers rounded once for every format{how}, biases corrected on "
             f"{note['images']} calibration images ({note['batch_norms_folded']} batch norms "
             f"folded, {note['seconds']:.1f} s)")
 

@@ -125,9 +125,10 @@ def test_tflite_runtime_agrees_with_litert(compared, precision):
     if precision == "int8":
         # Measured: scores within one step of the final int8 logits (0.0306) on 99.2% of the
         # images, at most 1.7 steps (0.053); the logits themselves differ by up to 9 steps
-        # pairwise (the two releases' int8 kernels round differently). 0.1 still fails a
-        # broken kernel, as the dynamic file's 0.7 shows.
-        assert step > 0 and np.mean(np.abs(theirs - ours).max(-1) > step) <= 0.02
+        # pairwise (the two releases' int8 kernels round differently). With the weights
+        # rounded by output error (issue 32): within one step (0.0272) on 97.8%, at most 1.5
+        # steps (0.041). 0.1 still fails a broken kernel, as the dynamic file's 0.7 shows.
+        assert step > 0 and np.mean(np.abs(theirs - ours).max(-1) > step) <= 0.05
         assert diff < 0.1, f"int8 scores differ by {diff:.3f} ({diff / step:.1f} steps)"
     else:
         assert diff <= 1e-4, f"{precision}: max |difference| {diff:.2e}"
