@@ -182,24 +182,23 @@ def _input_grams(model, layers: dict, x) -> dict:
 
     grams: dict = {}
 
-    def add(name, patches):  # patches: (groups, positions, n)
-        gram = torch.einsum("gpn,gpm->gnm", patches, patches).double()
+    def add(name, patches):  # patches: (groups, n, positions)
+        gram = torch.einsum("gnp,gmp->gnm", patches, patches).double()
         grams[name] = gram if name not in grams else grams[name] + gram
 
     def linear_hook(name):
         def hook(_module, args):
-            add(name, args[0].reshape(1, -1, args[0].shape[-1]).float())
+            add(name, args[0].reshape(-1, args[0].shape[-1]).float().T[None])
         return hook
 
     def conv_forward(name, layer, original):
         def forward(inp, weight, bias):
-            padded = F.pad(inp, _padding(layer, inp), mode="constant"
+            padded = F.pad(inp, _padding(layer), mode="constant"
                            if layer.padding_mode == "zeros" else layer.padding_mode)
-            patches = F.unfold(padded.float(), layer.kernel_size, dilation=layer.dilation,
-                               stride=layer.stride)  # (N, groups * n, positions)
-            n = patches.shape[1] // layer.groups
-            add(name, patches.reshape(len(patches), layer.groups, n, -1)
-                .permute(1, 0, 3, 2).reshape(layer.groups, -1, n))
+            for image in padded:  # one at a time: unfolded patches are kernel-area times larger
+                patches = F.unfold(image[None].float(), layer.kernel_size,
+                                   dilation=layer.dilation, stride=layer.stride)
+                add(name, patches.reshape(layer.groups, patches.shape[1] // layer.groups, -1))
             return original(inp, weight, bias)
         return forward
 
@@ -221,7 +220,7 @@ def _input_grams(model, layers: dict, x) -> dict:
     return grams
 
 
-def _padding(layer, inp) -> list[int]:
+def _padding(layer) -> list[int]:
     """The (left, right, top, bottom) padding a Conv2d applies, as F.pad takes it."""
     if isinstance(layer.padding, str):
         if layer.padding == "valid":
