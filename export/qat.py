@@ -211,12 +211,13 @@ def _in_steps(weight):
     scale every exporter derives from the weights does not move."""
     import torch
 
+    from edgepilot.export.rounding import _grid_scale
+
     class InSteps(torch.nn.Module):
         def __init__(self, weight):
             super().__init__()
             flat = weight.detach().reshape(len(weight), -1)
-            scale = flat.abs().max(dim=1).values / 127  # as rounding._on_grid
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            scale = _grid_scale(flat)
             shape = (-1,) + (1,) * (weight.ndim - 1)
             codes = torch.clamp(torch.round(flat / scale[:, None]), -127, 127)
             pinned = torch.zeros_like(flat, dtype=torch.bool)

@@ -117,14 +117,14 @@ def test_the_layers_inputs_are_read_after_the_padding_they_get():
               "linear": nn.Linear(5, 2)}
     torch.manual_seed(1)
     x = torch.randn(6, 3, 9, 9)
-    wanted = {"zeros": [x], "reflect": [nn.functional.pad(x, [1, 1, 1, 1], mode="reflect")],
-              "same": [nn.functional.pad(x, [2, 2, 2, 2])],
-              "subclass": [nn.functional.pad(x, [0, 1, 0, 1])]}
+    wanted = {"zeros": x, "reflect": nn.functional.pad(x, [1, 1, 1, 1], mode="reflect"),
+              "same": nn.functional.pad(x, [2, 2, 2, 2]),
+              "subclass": nn.functional.pad(x, [0, 1, 0, 1])}
     for name, layer in layers.items():
         inp = torch.randn(6, 4, 9, 9) if name == "grouped" else \
             torch.randn(6, 7, 5) if name == "linear" else x
         with torch.no_grad():
-            [gram] = _input_grams(layer, {name: layer}, inp).values() or [None]
+            gram = _input_grams(layer, {name: layer}, inp)[name]
         assert "_conv_forward" not in vars(layer)  # the layer is left as it was
         if name == "linear":
             rows = inp.reshape(-1, 5).double()
@@ -137,8 +137,7 @@ def test_the_layers_inputs_are_read_after_the_padding_they_get():
                 assert torch.allclose(gram[group], part.T.double() @ part.double(), rtol=1e-4,
                                       atol=1e-3)
             continue
-        padded = wanted[name][0]
-        patches = nn.functional.unfold(padded, 3, dilation=layer.dilation,
+        patches = nn.functional.unfold(wanted[name], 3, dilation=layer.dilation,
                                        padding=1 if name == "zeros" else 0,
                                        stride=layer.stride).transpose(1, 2).reshape(-1, 27)
         assert gram.shape == (1, 27, 27)
