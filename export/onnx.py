@@ -329,13 +329,22 @@ def _quantize(float_path: Path, out: Path, inputs: list[np.ndarray], settings: I
     return out
 
 
+#: Operations between a network's last layer and its outputs that cost nothing in float: layout
+#: changes and the element-wise function a head ends with (a detector's sigmoid scores).
+TRAILING_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                          "Identity", "Sigmoid", "Softmax", "LogSoftmax"})
+
+
 def _unrounded_outputs(path: Path) -> int:
-    """Drop the QuantizeLinear -> DequantizeLinear pair the quantizer puts on each graph output:
-    the file returns float32 anyway, and rounding the last layer's result to 256 levels first
-    only loses precision. A classifier's logits are where it shows: on EfficientNet-Lite0, 14 of
-    300 photo crops have their top two logits within one int8 step, so the rounding alone
-    changes the top-1 of some. The last layer keeps its int8 weights and int8 input; only its
-    output stays float. Returns how many outputs were freed."""
+    """Drop the QuantizeLinear -> DequantizeLinear pairs the quantizer puts between the last
+    layer and each graph output: the file returns float32 anyway, and rounding the last layer's
+    result to 256 levels first only loses precision. A classifier's logits are where it shows:
+    on EfficientNet-Lite0, 14 of 300 photo crops have their top two logits within one int8
+    step, so the rounding alone changes the top-1 of some. A detector's head ends in a sigmoid
+    and transposes (`TRAILING_OPS`); rounded before and after the sigmoid, its scores came in
+    steps of 1/255 and its box offsets in 256 levels. The last layer keeps its int8 weights and
+    int8 input; only its output, and what follows it, stays float. Returns how many pairs were
+    dropped."""
     import onnx
 
     if path.stat().st_size > 1 << 30:  # external data: leave such files as written
@@ -350,23 +359,47 @@ def _unrounded_outputs(path: Path) -> int:
     outputs = {o.name for o in graph.output}
     freed = 0
     for output in graph.output:
-        dq = producer.get(output.name)
-        if dq is None or dq.op_type != "DequantizeLinear":
-            continue
-        q = producer.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or readers.get(dq.input[0], 0) != 1:
-            continue
-        source = producer.get(q.input[0])
-        if source is None or readers.get(q.input[0], 0) != 1 or q.input[0] in outputs:
-            continue  # a graph input, or a tensor read elsewhere: leave the pair
-        index = list(source.output).index(q.input[0])
-        source.output[index] = output.name
-        graph.node.remove(q)
-        graph.node.remove(dq)
-        freed += 1
+        name = output.name
+        while (node := producer.get(name)) is not None:
+            if node.op_type in TRAILING_OPS and readers.get(node.input[0], 0) == 1:
+                name = node.input[0]
+                continue
+            if node.op_type != "DequantizeLinear":
+                break
+            q = producer.get(node.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or readers.get(node.input[0], 0) != 1:
+                break
+            source = producer.get(q.input[0])
+            if source is None or readers.get(q.input[0], 0) != 1 or q.input[0] in outputs:
+                break  # a graph input, or a tensor read elsewhere: leave the pair
+            if name in outputs:  # the pair gave the output: the source now gives it
+                source.output[list(source.output).index(q.input[0])] = name
+                producer[name] = source
+            else:
+                for reader in graph.node:
+                    for index, tensor in enumerate(reader.input):
+                        if tensor == name:
+                            reader.input[index] = q.input[0]
+                name = q.input[0]
+            graph.node.remove(q)
+            graph.node.remove(node)
+            freed += 1
     if freed:
         onnx.save(model, str(path))
     return freed
+
+
+def _float_outputs(graph) -> list[str]:
+    """The outputs no int8 rounding reaches after the last layer (`_unrounded_outputs`)."""
+    producer = {name: node for node in graph.node for name in node.output}
+    unrounded = []
+    for output in graph.output:
+        node = producer.get(output.name)
+        while node is not None and node.op_type in TRAILING_OPS:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
+            unrounded.append(output.name)
+    return unrounded
 
 
 def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | None) -> dict:
@@ -427,9 +460,7 @@ def _to_int8(path: Path, inputs: list[np.ndarray], method: str, guard: Guard | N
             raise EdgepilotError(failures[0].split(": ", 1)[1])
         note["ranked"] = [str(k) for k in note["ranked"]]
         model = onnx.load(str(trial))
-        producer = {name: node.op_type for node in model.graph.node for name in node.output}
-        unrounded = [o.name for o in model.graph.output
-                     if producer.get(o.name) not in (None, "DequantizeLinear")]
+        unrounded = _float_outputs(model.graph)
         if unrounded:
             note["float_outputs"] = {"outputs": unrounded, "why": "the last layer's result "
                                      "is returned in float, not rounded to int8 first"}

@@ -67,3 +67,43 @@ def test_the_tflite_file_stays_integer_up_to_its_float_softmax(tmp_path):
     assert kind(fc) == schema.BuiltinOperator.FULLY_CONNECTED
     assert graph.tensors[fc.outputs[0]].type == schema.TensorType.INT8
     assert graph.tensors[fc.inputs[1]].type == schema.TensorType.INT8
+
+
+class _Head(nn.Module):
+    """A detector's head as the stoplight detector ends: sigmoid scores and box offsets, each
+    transposed to channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
+        self.scores = nn.Conv2d(8, 3, 1)
+        self.boxes = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.body(x)
+        return torch.sigmoid(self.scores(y)).permute(0, 2, 3, 1), \
+            self.boxes(y).permute(0, 2, 3, 1)
+
+
+def test_a_detectors_sigmoid_scores_and_boxes_are_not_rounded_after_its_last_layer(tmp_path):
+    [report] = edgepilot.export(_Head().eval(), torch.zeros(1, 3, 16, 16), formats="onnx",
+                                precision="int8", out=tmp_path / "t", meta=META,
+                                calib=_images(32), max_drop=None, quiet=True)
+    graph = onnx.load(report.path).graph
+    producer = {name: node for node in graph.node for name in node.output}
+    scores, boxes = (producer[o.name] for o in graph.output)
+    assert scores.op_type == boxes.op_type == "Transpose"
+    assert producer[scores.input[0]].op_type == "Sigmoid"
+    assert producer[producer[scores.input[0]].input[0]].op_type == "Conv"
+    assert producer[boxes.input[0]].op_type == "Conv"
+    assert set(report.notes["int8_settings"]["float_outputs"]["outputs"]) == \
+        {o.name for o in graph.output}
+    # the scores are no longer on the 1/255 grid of a uint8 sigmoid
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(report.path, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    values = session.run(None, {graph.input[0].name: x})[0].ravel()
+    off_grid = np.abs(values * 255 - np.round(values * 255)) > 1e-3
+    assert off_grid.mean() > 0.5
