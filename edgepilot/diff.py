@@ -29,7 +29,7 @@ import numpy as np
 
 from edgepilot.errors import EdgepilotError, InputError
 from edgepilot.formats import format_for_path
-from edgepilot.meta import ModelMeta
+from edgepilot.meta import CHANNEL_SCALES, ModelMeta
 
 __all__ = ["diff", "DiffReport", "FileDiff", "LayerDiff", "print_diff", "plot_diff",
            "DEPART_DB"]
@@ -235,10 +235,15 @@ def _file_reference(path: Path, pixels: np.ndarray) -> _Reference:
     if layers is None:
         raise EdgepilotError(f"'{path}' does not expose its layers: give the PyTorch model, "
                              "an .onnx or a .tflite file as the reference")
-    entries = [(layers.modules[t], layers.values[t]) for t in layers.order
-               if t in layers.modules and t in layers.values
+    # An int8 file's equalized layers, put back in the float model's units (1 / scale).
+    undo = {name: 1 / scale for name, scale in channel_scales(model.meta).items()}
+    entries = [(layers.modules[t], _rescaled(layers.values[t], undo.get(layers.modules[t]),
+                                             layers.channels_last))
+               for t in layers.order if t in layers.modules and t in layers.values
                and layers.ops.get(t) not in _QUANTIZE_OPS]
-    tensors = {t: layers.values[t] for t in layers.order if t in layers.values and
+    tensors = {t: _rescaled(layers.values[t], undo.get(layers.modules.get(t, "")),
+                            layers.channels_last)
+               for t in layers.order if t in layers.values and
                layers.ops.get(t) not in _QUANTIZE_OPS}
     return _Reference(path.name, entries, set(), _run(model, pixels), model.meta.output,
                       channels_last=layers.channels_last, tensors=tensors)
@@ -279,6 +284,7 @@ def _compare(ref: _Reference, path: Path, pixels: np.ndarray, depart_db: float) 
     result = FileDiff(str(path), fmt.name)
     model = load(path)
     result.outputs = _outputs(ref, model.meta, _run(model, pixels))
+    scales = channel_scales(model.meta)
     layers = _read_layers(path, _inputs(model, pixels))
     if layers is None:
         result.note = (f"{fmt.name} files do not expose their layers to edgepilot's runtime "
@@ -302,10 +308,14 @@ def _compare(ref: _Reference, path: Path, pixels: np.ndarray, depart_db: float) 
         axis = (-1 if layers.channels_last else 1) if seen[0].ndim >= 2 else 0
         best = None
         for start in sorted({i for m in starts if m for i in where.get(m, [])}):
+            # an equalized layer's factors hold for what the file fused into it (its batch
+            # norm, its ReLU)
+            factor = scales.get(ref.entries[start][0])
             for index in range(start, min(start + FUSED_WINDOW + 1, len(ref.entries))):
                 name, reference = ref.entries[index]
                 if index > start and (name in labels or name in ref.owners):
                     break  # another layer of the file, or one with weights of its own
+                reference = _rescaled(reference, factor, ref.channels_last)
                 aligned = _align(reference, seen[0], layers.channels_last, ref.channels_last)
                 if aligned is None:
                     continue
@@ -324,7 +334,10 @@ def _compare(ref: _Reference, path: Path, pixels: np.ndarray, depart_db: float) 
                 layers.ops.get(tensor) in _QUANTIZE_OPS:
             continue
         value = layers.values[tensor]
-        aligned = _align(ref.tensors[tensor], value, layers.channels_last, ref.channels_last)
+        reference = _rescaled(ref.tensors[tensor],
+                              scales.get(resolve(layers.modules.get(tensor, ""))),
+                              ref.channels_last)
+        aligned = _align(reference, value, layers.channels_last, ref.channels_last)
         if aligned is None:
             continue
         axis = (-1 if layers.channels_last else 1) if value.ndim >= 2 else 0
@@ -347,6 +360,38 @@ def _compare(ref: _Reference, path: Path, pixels: np.ndarray, depart_db: float) 
     result.departs = next((layer for layer in result.layers if layer.loss_db >= depart_db),
                           None)
     return result
+
+
+def channel_scales(meta: ModelMeta | None) -> dict[str, np.ndarray]:
+    """The per-channel factors an int8 export multiplied into layers' outputs
+    (`export.equalization`), by module name, as the file's metadata records them; what is not
+    a list of positive finite numbers per name is ignored (a file's metadata is its author's)."""
+    recorded = (meta.extra.get(CHANNEL_SCALES) if meta is not None else None) or {}
+    if not isinstance(recorded, dict):
+        return {}
+    scales = {}
+    for name, values in recorded.items():
+        if not isinstance(name, str) or not isinstance(values, list) or not values or \
+                len(values) > 1 << 16 or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        array = np.asarray(values, np.float64)
+        if np.all(np.isfinite(array)) and np.all(array > 0):
+            scales[name] = array
+    return scales
+
+
+def _rescaled(value: np.ndarray, scale: np.ndarray | None, channels_last: bool) -> np.ndarray:
+    """`value` with its channels multiplied by `scale` (unchanged without one, or when the
+    channel count differs)."""
+    if scale is None or value.ndim < 2:
+        return value
+    axis = value.ndim - 1 if channels_last or value.ndim == 2 else 1
+    if value.shape[axis] != len(scale):
+        return value
+    shape = [1] * value.ndim
+    shape[axis] = len(scale)
+    return (value * scale.reshape(shape)).astype(value.dtype)
 
 
 def _resolver(names: list[str]):

@@ -14,10 +14,14 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields
 
-__all__ = ["ModelMeta", "META_KEY"]
+__all__ = ["ModelMeta", "META_KEY", "CHANNEL_SCALES"]
 
 #: Key of the JSON blob in ONNX metadata_props (and in checkpoints).
 META_KEY = "edgepilot"
+#: `ModelMeta.extra` key of an int8 file whose layers' output channels were scaled before
+#: quantization (`export.equalization`): {module name: [factor per channel]}, so `edgepilot
+#: diff` compares those layers in the float model's units.
+CHANNEL_SCALES = "channel_scales"
 
 TASKS = ("classify", "detection")
 LAYOUTS = ("NCHW", "NHWC", "NC")

@@ -6,6 +6,7 @@ The package itself is callable, so ``edgepilot.export(module, sample, ...)`` wor
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import shutil
@@ -26,7 +27,7 @@ from edgepilot.export.options import ExportOptions, check_format_options
 from edgepilot.export.probe import Probe, flatten_outputs
 from edgepilot.export.report import ExportReport, print_reports
 from edgepilot.formats import FORMATS, format_by_name
-from edgepilot.meta import ModelMeta
+from edgepilot.meta import CHANNEL_SCALES, ModelMeta
 
 __all__ = ["export", "ExportReport", "print_reports", "flatten_outputs"]
 
@@ -187,8 +188,9 @@ def export(
         if guarded and rounding is not None and rounding["applied"] and "qat" not in rounding:
             # Bias correction lowers the weights' error on average, yet a file's accuracy is
             # what counts: where the guard can measure it, each quantizer's own rounding is
-            # written too and the better file kept (the stoplight detector's int8 TFLite scored
-            # 1.2 mAP points less with the correction, its ONNX file 0.4 more).
+            # written too and the better file kept (on the guard's 200 scenes the stoplight
+            # detector's int8 TFLite scored 1.0 mAP point less with the correction, its ONNX
+            # file 0.3 more).
             candidates.append((module, None))
         log(f"exporting {fmt.name} {prec} -> {path}")
         # Written in a scratch folder beside the target and checked there; only a file that
@@ -204,7 +206,8 @@ def export(
                                   budget_s=guard_budget, progress=log, measure=probe.measure,
                                   offer_qat=not qat)
                 options = ExportOptions(
-                    meta=meta, precision=prec, method=calib_method, guard=guard,
+                    meta=_recording_scales(meta, rounding), precision=prec,
+                    method=calib_method, guard=guard,
                     calibration=None if calibration is None else calibration.images,
                     io_dtype=io_dtype, dynamic_batch=dynamic_batch, **format_options)
                 if number:
@@ -222,7 +225,8 @@ def export(
                     refusals.append(err)
                     continue
                 if rounding is not None:
-                    notes["bias_correction"] = {k: v for k, v in rounding.items() if k != "qat"}
+                    notes["bias_correction"] = {k: v for k, v in rounding.items()
+                                                if k not in ("qat", CHANNEL_SCALES)}
                     if "qat" in rounding:
                         notes["qat"] = rounding["qat"]
                 seconds = time.perf_counter() - started
@@ -309,6 +313,15 @@ def _finetuned(module, rounded, inputs, meta, budget_s, log) -> tuple[object, di
     return tuned, {**note, "qat": qat_note}
 
 
+def _recording_scales(meta: ModelMeta | None, rounding: dict | None) -> ModelMeta | None:
+    """`meta` with the channel scales the equalization applied (`export.equalization`), which
+    the file then records for `edgepilot diff`."""
+    scales = (rounding or {}).get(CHANNEL_SCALES)
+    if meta is None or not scales:
+        return meta
+    return dataclasses.replace(meta, extra={**meta.extra, CHANNEL_SCALES: scales})
+
+
 def _rounding_line(note: dict) -> str:
     if not note["applied"]:
         return f"rounded by each exporter ({note['why']})"
@@ -318,6 +331,8 @@ def _rounding_line(note: dict) -> str:
         error = chosen["output_error_vs_nearest"]["median"]
         how = (f", {chosen['layers']} of them each weight down or up by output error (median "
                f"{error:.2f} of nearest rounding's)")
+    if note.get("equalization", {}).get("pairs"):
+        how += f", {note['equalization']['pairs']} layer pairs' activation ranges equalized"
     return (f"{note['layers']} layers rounded once for every format{how}, biases corrected on "
             f"{note['images']} calibration images ({note['batch_norms_folded']} batch norms "
             f"folded, {note['seconds']:.1f} s)")

@@ -18,7 +18,9 @@ Weights alone then agree 0.967 (KL 0.0012; nearest rounding with the correction:
 choosing the codes.
 
 This happens on the PyTorch module, before any exporter: batch norms are folded into the
-convolutions before them, each Conv2d and Linear weight is put on the per-channel symmetric
+convolutions before them, the activation ranges between layers joined by a ReLU are equalized
+across channels (`export.equalization`; undone if the outputs change), each Conv2d and Linear
+weight is put on the per-channel symmetric
 int8 grid every exporter uses (scale = max |w| / 127, codes -127..127, each channel's largest
 weight at ±127), and the bias corrected. Each format's quantizer then finds its weights
 already on its grid and keeps them exactly, so ONNX, TFLite and ExecuTorch int8 files share
@@ -31,6 +33,8 @@ import copy
 import time
 
 import numpy as np
+
+from edgepilot.meta import CHANNEL_SCALES
 
 __all__ = ["round_weights", "CORRECTION_IMAGES"]
 
@@ -72,6 +76,7 @@ def round_weights(module, inputs: list[np.ndarray]) -> tuple[object, dict]:
               if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear))]
     if not layers:
         return module, {"applied": False, "why": "no Conv2d or Linear layer"}
+    equalized, channel_scales = _equalized(model, x, after, scale)
     with torch.no_grad():
         rounded, chosen = _rounded_by_output_error(model, layers, x)
     shift = {name: None for name, _ in layers}
@@ -111,8 +116,26 @@ def round_weights(module, inputs: list[np.ndarray]) -> tuple[object, dict]:
             layer.bias.data -= correction
             layer.weight.data = rounded[name]
     return model, {"applied": True, "layers": len(layers), "batch_norms_folded": folded,
-                   "images": len(x), "rounding": chosen,
-                   "seconds": round(time.perf_counter() - started, 2)}
+                   "images": len(x), "equalization": equalized, "rounding": chosen,
+                   "seconds": round(time.perf_counter() - started, 2),
+                   CHANNEL_SCALES: channel_scales}
+
+
+def _equalized(model, x, expected: np.ndarray, scale: float) -> tuple[dict, dict]:
+    """`export.equalization` applied to `model` in place, undone if the model's outputs then
+    differ from `expected` (a layer whose output is also read elsewhere, a shared module)."""
+    import torch
+
+    from edgepilot.export.equalization import equalize
+
+    saved = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        note, scales = equalize(model, x)
+        if not note["pairs"] or \
+                float(np.abs(_run(model, x) - expected).max()) <= 1e-3 * scale:
+            return note, scales
+    model.load_state_dict(saved)
+    return {"pairs": 0, "why": "scaling the channels changed the model's outputs (undone)"}, {}
 
 
 def _run(module, x) -> np.ndarray:
