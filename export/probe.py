@@ -56,6 +56,7 @@ class Probe:
         #: says little about real images (every int8 file agrees there).
         self.measured_on = "random inputs"
         self._views: dict[str, np.ndarray] = {}
+        self._scored: dict[str, list[np.ndarray]] = {}  # path -> its outputs, once scored
         with torch.no_grad(), quiet_exporters():
             try:
                 first, self.names = flatten_outputs(module(sample_input))
@@ -112,17 +113,42 @@ class Probe:
         self.baseline = None if self.labels is None and self._soft is None else \
             self._score(self.outputs)
 
-    def _score(self, outputs: list[np.ndarray]) -> float:
+    def _score(self, outputs: list[np.ndarray], pick: np.ndarray | None = None) -> float:
         """The guard's measure of a set of outputs: top-1 accuracy, a detector's mAP@0.5, or
-        without labels the expected top-1 accuracy under PyTorch's own probabilities."""
+        without labels the expected top-1 accuracy under PyTorch's own probabilities; `pick`
+        scores those rows only (repeats allowed)."""
+        if pick is not None:
+            outputs = [o[pick] for o in outputs]
         if self._soft is not None:
             chosen = decisions(outputs[0])
-            return float(self._soft[np.arange(len(chosen)), chosen].mean())
+            soft = self._soft if pick is None else self._soft[pick]
+            return float(soft[np.arange(len(chosen)), chosen].mean())
+        labels = self.labels if pick is None else [self.labels[i] for i in pick]
         if self.detector is None:
-            return float((decisions(outputs[0]) == self.labels).mean())
+            return float((decisions(outputs[0]) == np.asarray(labels)).mean())
         from edgepilot.runtime.detection_metrics import evaluate
 
-        return evaluate(self._detections(outputs), self.labels, self.meta.labels)["map50"]
+        return evaluate(self._detections(outputs), labels, self.meta.labels)["map50"]
+
+    def forget(self, path: Path) -> None:
+        """Drop the outputs `accuracy` kept for `path`."""
+        self._scored.pop(str(path), None)
+
+    def difference_spread(self, first: Path, second: Path, draws: int = 50,
+                          seed: int = 0) -> float | None:
+        """How far apart two scored files can measure by the choice of images alone: the
+        standard deviation of score(second) - score(first) over the guard's images drawn again
+        with replacement, both files on each draw. None unless both were scored
+        (`accuracy`)."""
+        a, b = self._scored.get(str(first)), self._scored.get(str(second))
+        if a is None or b is None:
+            return None
+        rng = np.random.default_rng(seed)
+        differences = []
+        for _ in range(draws):
+            pick = rng.integers(0, len(a[0]), len(a[0]))
+            differences.append(self._score(b, pick) - self._score(a, pick))
+        return float(np.std(differences))
 
     def _detections(self, outputs: list[np.ndarray], score_threshold: float = 0.05):
         from edgepilot.runtime.detection import decode
@@ -165,12 +191,16 @@ class Probe:
         except EdgepilotError as err:
             raise EdgepilotError(_run_failure(err, path)) from err
 
-    def accuracy(self, path: Path) -> float:
-        """Accuracy of a model file through the runtime (the guard's measure)."""
+    def accuracy(self, path: Path, keep: bool = False) -> float:
+        """Accuracy of a model file through the runtime (the guard's measure); `keep` holds
+        on to its outputs for `difference_spread` until `forget`."""
         from edgepilot.runtime import load
 
         model = load(path)
-        return self._score(self._run_file(model, path))
+        outputs = self._run_file(model, path)
+        if keep:
+            self._scored[str(path)] = outputs
+        return self._score(outputs)
 
     def check(self, path: Path, fmt: str, precision: str, seconds: float,
               notes: dict) -> ExportReport:

@@ -286,3 +286,53 @@ def test_with_a_guard_the_file_with_the_better_rounding_is_kept(tmp_path, monkey
     assert dropped.accuracy_export == pytest.approx(kept.accuracy_export, abs=0.1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "fair_int8.onnx", "fair_int8.onnx.json", "harm_int8.onnx", "harm_int8.onnx.json"]
+
+
+@pytest.mark.parametrize("spread, kept", [(0.02, True), (0.001, False)])
+def test_the_other_rounding_replaces_the_correction_only_beyond_the_measurements_spread(
+        tmp_path, monkeypatch, spread, kept):
+    """On 200 detector scenes two int8 files measure a point apart by the choice of scenes
+    alone: a file without the correction that scores 1 point better on the guard's images
+    wins only when the difference is beyond twice its spread on resampled images."""
+    from edgepilot.export.probe import Probe
+
+    scores = iter([0.50, 0.51])  # with the correction, then each quantizer's own rounding
+    real = Probe.accuracy
+
+    def accuracy(self, path, keep=False):
+        real(self, path, keep=keep)
+        return next(scores) if keep else 0.5
+
+    monkeypatch.setattr(Probe, "accuracy", accuracy)
+    monkeypatch.setattr(Probe, "difference_spread", lambda self, a, b, **_: spread)
+    net = _net()
+    [report] = edgepilot.export(net, torch.zeros(1, 3, 20, 20), formats="onnx",
+                                precision="int8", out=tmp_path / "n", meta=META,
+                                data=_labelled(net, 32, 5), max_drop=100, quiet=True)
+    note = report.notes["bias_correction"]
+    assert note["applied"] is kept
+    assert note["measured"]["difference_sd"] == spread
+    if not kept:
+        assert "standard deviations" in note["why"]
+
+
+def test_the_spread_of_two_files_difference_is_zero_for_one_file_and_not_for_two(tmp_path):
+    from edgepilot.export.probe import Probe
+
+    net, other = _net(), _net()
+    with torch.no_grad():  # another model: it decides differently on some images
+        for parameter in other.parameters():
+            parameter.add_(torch.randn_like(parameter) * parameter.std().nan_to_num(0.1))
+    images, labels = _labelled(net, 48, 6)
+    _, theirs = _labelled(other, 48, 6)
+    labels = np.where(np.arange(48) % 2 == 0, labels, theirs)  # each right on some images
+    first, second = (edgepilot.export(model, torch.zeros(1, 3, 20, 20), formats="onnx",
+                                      out=tmp_path / name, meta=META, quiet=True)[0].path
+                     for name, model in (("a", net), ("b", other)))
+    probe = Probe(net, torch.zeros(1, 3, 20, 20), META, (images, labels))
+    for path in (first, second):
+        probe.accuracy(path, keep=True)
+    assert probe.difference_spread(first, first) == 0.0
+    assert probe.difference_spread(first, second) > 0.0
+    probe.forget(second)
+    assert probe.difference_spread(first, second) is None
