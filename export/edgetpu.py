@@ -39,7 +39,8 @@ def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
     stem = path.name[: -len(SUFFIX)]
     with tempfile.TemporaryDirectory(prefix=".edgetpu-", dir=path.parent) as tmp:
         source = Path(tmp, stem + ".tflite")  # the compiler names its output <stem>_edgetpu
-        notes = litert.export(module, sample_input, source, options)
+        notes = litert.export(module, sample_input, source,
+                              options.replace(full_integer=True))
         notes.pop("fp32_bytes", None)  # that of a float .tflite, not of an Edge TPU file
         verdict = check_file(source)
         notes["edgetpu_check"] = {"summary": verdict.summary(), "on_tpu": verdict.on_tpu,

@@ -187,6 +187,15 @@ def export(module, sample_input, path: Path, options: ExportOptions) -> dict:
                     dict(regex=softmax, operation="*", algorithm_key="no_quantize"),
                     dict(regex=".*", operation="OUTPUT", algorithm_key="no_quantize")]
                 notes["output"] = "float32 probabilities (softmax in float after int8 logits)"
+            elif meta is not None and meta.is_detector and not options.full_integer:
+                head = _float_head(float_model)
+                if head:
+                    recipes = recipes + [
+                        dict(regex=pattern, operation="*", algorithm_key="no_quantize")
+                        for pattern in head] + [
+                        dict(regex=".*", operation="OUTPUT", algorithm_key="no_quantize")]
+                    notes["output"] = (f"float32 (the last {len(head)} ops, from the last "
+                                       "layer to the outputs, run in float)")
             if io_dtype == "uint8":  # quantize with float I/O, then swap the interface type
                 recipes = recipes + [dict(regex=".*", operation=op, algorithm_key="no_quantize")
                                      for op in ("INPUT", "OUTPUT")]
@@ -261,6 +270,46 @@ def _final_softmax(model: bytes) -> str | None:
                 name = graph.tensors[graph.outputs[0]].name.decode()
                 return "^" + re.escape(name) + ";$"
     return None
+
+
+#: Ops that may lie between a network's last layer and its outputs: layout changes and the
+#: element-wise function a head ends with (a detector's sigmoid scores).
+TRAILING_OPS = ("LOGISTIC", "SOFTMAX", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
+#: Ops with weights that can end a network's head.
+HEAD_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def _float_head(model: bytes) -> list[str]:
+    """Scope regexes of the ops from each output back to the last layer that makes it (through
+    `TRAILING_OPS`), that layer included: a detector's head convolutions and its sigmoid.
+
+    Quantized, they round what the decoder ranks and measures: the scores come out of an int8
+    sigmoid in steps of 1/256 (tied scores reorder detections for mAP), the box offsets and log
+    sizes in 256 levels. In float they cost little (the stoplight detector's two 1x1 head
+    convolutions are 1.7% of its MACs); the layers before them stay int8."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    graph = tree.subgraphs[0]
+    kinds = {value: name for name, value in vars(schema.BuiltinOperator).items()
+             if not name.startswith("_")}
+    producer = {out: op for op in graph.operators for out in op.outputs}
+    patterns: list[str] = []
+    for output in graph.outputs:
+        chain, op = [], producer.get(output)
+        while op is not None:
+            code = tree.operatorCodes[op.opcodeIndex]
+            kind = kinds.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            chain.append(op)
+            if kind in HEAD_OPS:
+                break
+            op = producer.get(op.inputs[0]) if kind in TRAILING_OPS else None
+        if op is None:  # this output does not come from a layer: left as it is
+            continue
+        for op in chain:
+            patterns += ["^" + re.escape(graph.tensors[o].name.decode()) + ";$"
+                         for o in op.outputs]
+    return list(dict.fromkeys(patterns))
 
 
 def _calibrate(q, float_model: bytes, inputs: list[dict], method: str) -> dict:

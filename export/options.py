@@ -41,6 +41,8 @@ class ExportOptions:
         io_dtype: boundary type of int8 files (``int8``/``uint8`` for tflite).
         dynamic_batch: ask for a dynamic batch dimension.
         compute_units: Core ML only: ``ALL``, ``CPU_ONLY``, ``CPU_AND_GPU``, ``CPU_AND_NE``.
+        full_integer: int8 TFLite only: every op integer, a detector's head too (the Edge
+            TPU's compiler puts float ops on the CPU).
     """
 
     meta: ModelMeta | None = None
@@ -51,6 +53,7 @@ class ExportOptions:
     io_dtype: str | None = None
     dynamic_batch: bool = False
     compute_units: str | None = None
+    full_integer: bool = False
 
     def replace(self, **changes: Any) -> ExportOptions:
         return dataclasses.replace(self, **changes)

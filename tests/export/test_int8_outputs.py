@@ -1,8 +1,10 @@
 """An int8 ONNX file's last layer returns its result in float instead of rounding it to 256
 levels first: the file's outputs are float32 anyway, and a classifier's close logits are where
 the rounding changes the top-1 (issue 32: 14 of 300 photo crops on EfficientNet-Lite0). The
-last layer keeps its int8 weights. A TFLite int8 file stays integer up to its float softmax:
-the Edge TPU, phone NPUs and tflite-runtime's kernels take it as full-integer."""
+last layer keeps its int8 weights. A TFLite int8 classifier stays integer up to its float
+softmax: the Edge TPU, phone NPUs and tflite-runtime's kernels take it as full-integer. A
+TFLite detector's head (its last convolutions and sigmoid) runs in float, so its scores and
+boxes are not rounded to 256 levels, except in a file bound for the Edge TPU."""
 
 import numpy as np
 import pytest
@@ -107,3 +109,65 @@ def test_a_detectors_sigmoid_scores_and_boxes_are_not_rounded_after_its_last_lay
     values = session.run(None, {graph.input[0].name: x})[0].ravel()
     off_grid = np.abs(values * 255 - np.round(values * 255)) > 1e-3
     assert off_grid.mean() > 0.5
+
+
+DETECTOR_META = META.replace(task="detection", labels=("red", "yellow", "green"), extra={
+    "decode": {"type": "centre-heatmap", "stride": 2, "heatmap": 0, "box": 1,
+               "score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 50}})
+
+
+def _tflite_ops(path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(open(path, "rb").read(), 0))
+    graph = tree.subgraphs[0]
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    produced = {out: op for op in graph.operators for out in op.outputs}
+
+    def kind(op):
+        code = tree.operatorCodes[op.opcodeIndex]
+        return names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+
+    return graph, produced, kind, schema.TensorType
+
+
+def _tflite_detector(tmp_path, **options):
+    pytest.importorskip("litert_torch")
+    from edgepilot.export import litert
+    from edgepilot.export.options import ExportOptions
+
+    path = tmp_path / "head_int8.tflite"
+    litert.export(_Head().eval(), torch.zeros(1, 3, 16, 16), path, ExportOptions(
+        meta=DETECTOR_META, precision="int8", calibration=_images(32), **options))
+    return path
+
+
+def test_a_tflite_detectors_head_runs_in_float_so_its_scores_and_boxes_are_not_rounded(
+        tmp_path):
+    path = _tflite_detector(tmp_path)
+    graph, produced, kind, types = _tflite_ops(path)
+    scores, boxes = (produced[o] for o in graph.outputs)
+    assert kind(scores) == "LOGISTIC" and kind(boxes) == "CONV_2D"
+    head = [produced[scores.inputs[0]], boxes]
+    assert [kind(op) for op in head] == ["CONV_2D", "CONV_2D"]
+    for op in head:  # float weights, float result
+        assert graph.tensors[op.inputs[1]].type == types.FLOAT32
+        assert graph.tensors[op.outputs[0]].type == types.FLOAT32
+    # the body before the head stays int8
+    body = [op for op in graph.operators if kind(op) == "CONV_2D" and op not in head]
+    assert body and all(graph.tensors[op.inputs[1]].type == types.INT8 for op in body)
+
+    model = edgepilot.load(path, threads=1)
+    x = np.random.default_rng(3).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    values = model.run(model.prepare(x).input)[0].ravel()
+    off_grid = np.abs(values * 256 - np.round(values * 256)) > 1e-3
+    assert off_grid.mean() > 0.5  # not the 1/256 steps of an int8 sigmoid
+
+
+def test_an_edge_tpu_bound_detector_stays_integer_to_its_outputs(tmp_path):
+    path = _tflite_detector(tmp_path, full_integer=True)
+    graph, produced, kind, types = _tflite_ops(path)
+    convs = [op for op in graph.operators if kind(op) == "CONV_2D"]
+    assert len(convs) == 3
+    assert all(graph.tensors[op.inputs[1]].type == types.INT8 for op in convs)
+    assert all(graph.tensors[op.outputs[0]].type == types.INT8 for op in convs)
