@@ -3,6 +3,7 @@ the live demo's speed with the int8 file on 320x240 frames.
 
     python benchmarks/detector.py [--checkpoint runs/stoplight_detector/stoplight_detector.pt]
                                   [--scenes 2000] [--resamples 50] [--frames 300]
+                                  [--splits val holdout] [--precisions fp32 int8]
                                   [--out DIR | --files DIR]
 
 1. Exports the checkpoint (the shipped one by default) to ONNX and TFLite, fp32 and int8 (the
@@ -45,10 +46,10 @@ from edgepilot.train.checkpoint import load_checkpoint
 from edgepilot.train.detector import SMALL, detect_batch, summarise, validation_scenes
 
 
-def export_files(net, meta, folder: Path) -> dict[str, str]:
+def export_files(net, meta, folder: Path, precisions=("fp32", "int8")) -> dict[str, str]:
     val = validation_scenes("val", 200)
     files = {}
-    for precision in ("fp32", "int8"):
+    for precision in precisions:
         for report in edgepilot.export(net, torch.zeros(meta.input_shape),
                                        formats=["onnx", "tflite"], precision=precision,
                                        out=folder / "stoplight_detector", meta=meta,
@@ -106,6 +107,12 @@ def main() -> None:
     parser.add_argument("--files", default=None,
                         help="folder with stoplight_detector{,_int8}.{onnx,tflite} already "
                              "exported from the checkpoint: measure those, export nothing")
+    parser.add_argument("--splits", nargs="*", choices=("val", "holdout"),
+                        default=["val", "holdout"],
+                        help="which scenes to measure on (none: only the live figures)")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "int8"),
+                        default=["fp32", "int8"], help="which files to measure (the live "
+                        "figures need int8)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or shipped_model("stoplight-detector", ".pt")
     net, meta, _ = load_checkpoint(checkpoint)
@@ -113,7 +120,8 @@ def main() -> None:
         folder = Path(args.files)
         files = {f"{fmt} {precision}": str(folder / f"stoplight_detector{suffix}.{fmt}")
                  for fmt in ("onnx", "tflite")
-                 for precision, suffix in (("fp32", ""), ("int8", "_int8"))}
+                 for precision, suffix in (("fp32", ""), ("int8", "_int8"))
+                 if precision in args.precisions}
         missing = [path for path in files.values() if not Path(path).is_file()]
         if missing:
             raise SystemExit(f"--files {folder}: missing {', '.join(missing)}; export the "
@@ -123,9 +131,9 @@ def main() -> None:
         folder = Path(args.out or tempfile.mkdtemp(prefix="detector-bench-"))
         folder.mkdir(parents=True, exist_ok=True)
         print(f"exporting {checkpoint} -> {folder}")
-        files = export_files(net, meta, folder)
+        files = export_files(net, meta, folder, args.precisions)
     results = {}
-    for split in ("val", "holdout"):
+    for split in args.splits:
         images, truths = validation_scenes(split, args.scenes)
         n_small = sum(int(((b[:, 3] - b[:, 1]) < SMALL).sum()) for b, _ in truths)
         print(f"\n{split}: {len(images)} scenes, {sum(len(c) for _, c in truths)} lights "
@@ -158,8 +166,8 @@ def main() -> None:
             print(f"  {name:12s} mAP@0.5 {row['map50']:.4f} ({ap})  mAP@0.5:0.95 "
                   f"{row['map50_95']:.4f}  small {row['small_map50']:.4f}{extra}")
         results[split] = rows
-    print("\nlive, int8 TFLite, synthetic street 320x240:")
-    for pace in (30.0, None):
+    print("\nlive, int8 TFLite, synthetic street 320x240:" if "tflite int8" in files else "")
+    for pace in (30.0, None) if "tflite int8" in files else ():
         row = live(files["tflite int8"], args.frames, pace)
         results[f"live {'camera' if pace else 'flat-out'}"] = row
         print(f"  {'camera pace' if pace else 'flat out':11s} {row['fps']:6.1f} FPS  "

@@ -64,19 +64,31 @@ def test_exported_files_find_what_pytorch_finds(detector, scenes, exported):
 
 
 def test_shipped_int8_file_keeps_the_detectors_map(detector):
-    """The int8 TFLite file the live demo runs, against PyTorch, on 150 held-out scenes."""
+    """The int8 TFLite file the live demo runs, against PyTorch, on 300 validation scenes and
+    300 of the held-out families.
+
+    An int8 file's drop measured on few scenes is mostly which borderline lights its rounding
+    happens to flip: on 150 scenes its spread is about a point, and the shipped file measured
+    2.0 points on the first 150 validation scenes and -0.2 on the first 150 held-out ones
+    (the file before it: 0.0 and 2.8), against 0.17 on 8,000. On 600 scenes of both kinds the
+    spread is about half a point, so 2 points is far beyond it; a broken file loses tens."""
     from edgepilot.runtime.detection_metrics import evaluate
 
     net, meta = detector
-    images, truths = validation_scenes("val", 150)
     model = edgepilot.load(shipped_model("stoplight-detector", "_int8.tflite"))
     assert model.inputs[0].dtype == np.int8 or model.inputs[0].quantized
-    torch_map = evaluate(detect_batch(net, images, meta), truths, meta.labels)["map50"]
-    int8 = [model.detect(image, score_threshold=0.05) for image in images]
-    int8_map = evaluate(int8, truths, meta.labels)["map50"]
-    # Against the figure recorded when it was trained (500 scenes), and int8 against PyTorch.
     recorded = json.loads(shipped_model("stoplight-detector", ".metrics.json").read_text())
-    assert torch_map > recorded["val"]["map50"] - 0.05, (torch_map, recorded["val"])
+    torch_found, int8_found, all_truths = [], [], []
+    for split in ("val", "holdout"):
+        images, truths = validation_scenes(split, 300)
+        torch_found += detect_batch(net, images, meta)
+        int8_found += [model.detect(image, score_threshold=0.05) for image in images]
+        all_truths += truths
+        if split == "val":  # against the figure recorded when it was trained
+            torch_map = evaluate(torch_found, truths, meta.labels)["map50"]
+            assert torch_map > recorded["val"]["map50"] - 0.05, (torch_map, recorded["val"])
+    torch_map = evaluate(torch_found, all_truths, meta.labels)["map50"]
+    int8_map = evaluate(int8_found, all_truths, meta.labels)["map50"]
     assert torch_map - int8_map <= 0.02, (torch_map, int8_map)
 
 
