@@ -6,6 +6,8 @@ softmax: the Edge TPU, phone NPUs and tflite-runtime's kernels take it as full-i
 TFLite detector's head (its last convolutions and sigmoid) runs in float, so its scores and
 boxes are not rounded to 256 levels, except in a file bound for the Edge TPU."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -119,7 +121,8 @@ DETECTOR_META = META.replace(task="detection", labels=("red", "yellow", "green")
 def _tflite_ops(path):
     from ai_edge_litert import schema_py_generated as schema
 
-    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(open(path, "rb").read(), 0))
+    data = Path(path).read_bytes()
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
     graph = tree.subgraphs[0]
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     produced = {out: op for op in graph.operators for out in op.outputs}
