@@ -276,7 +276,20 @@ def _final_softmax(model: bytes) -> str | None:
 #: element-wise function a head ends with (a detector's sigmoid scores).
 TRAILING_OPS = ("LOGISTIC", "SOFTMAX", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
 #: Ops with weights that can end a network's head.
-HEAD_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+HEAD_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+#: The largest share of the model's MACs a head may have to run in float.
+FLOAT_HEAD_SHARE = 0.1
+
+
+def _macs(graph, op, kind: str) -> int:
+    """Multiply-accumulates of one weighted op at batch 1."""
+    out = int(np.prod(graph.tensors[op.outputs[0]].shape))
+    weights = list(graph.tensors[op.inputs[1]].shape)
+    if kind == "CONV_2D":  # (out channels, kh, kw, in channels)
+        return out * int(np.prod(weights[1:]))
+    if kind == "DEPTHWISE_CONV_2D":  # (1, kh, kw, channels)
+        return out * weights[1] * weights[2]
+    return out * weights[-1]  # FULLY_CONNECTED: (outputs, inputs)
 
 
 def _float_head(model: bytes) -> list[str]:
@@ -286,7 +299,8 @@ def _float_head(model: bytes) -> list[str]:
     Quantized, they round what the decoder ranks and measures: the scores come out of an int8
     sigmoid in steps of 1/256 (tied scores reorder detections for mAP), the box offsets and log
     sizes in 256 levels. In float they cost little (the stoplight detector's two 1x1 head
-    convolutions are 1.7% of its MACs); the layers before them stay int8."""
+    convolutions are 1.9% of its MACs); the layers before them stay int8. A head heavier than
+    `FLOAT_HEAD_SHARE` of the MACs stays int8 (empty list)."""
     from ai_edge_litert import schema_py_generated as schema
 
     tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
@@ -294,21 +308,31 @@ def _float_head(model: bytes) -> list[str]:
     kinds = {value: name for name, value in vars(schema.BuiltinOperator).items()
              if not name.startswith("_")}
     producer = {out: op for op in graph.operators for out in op.outputs}
+
+    def kind_of(op) -> str | None:
+        code = tree.operatorCodes[op.opcodeIndex]
+        return kinds.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+
+    total = sum(_macs(graph, op, kind_of(op)) for op in graph.operators
+                if kind_of(op) in HEAD_OPS)
     patterns: list[str] = []
+    head_macs = 0
     for output in graph.outputs:
         chain, op = [], producer.get(output)
         while op is not None:
-            code = tree.operatorCodes[op.opcodeIndex]
-            kind = kinds.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            kind = kind_of(op)
             chain.append(op)
             if kind in HEAD_OPS:
                 break
             op = producer.get(op.inputs[0]) if kind in TRAILING_OPS else None
         if op is None:  # this output does not come from a layer: left as it is
             continue
+        head_macs += _macs(graph, op, kind)
         for op in chain:
             patterns += ["^" + re.escape(graph.tensors[o].name.decode()) + ";$"
                          for o in op.outputs]
+    if not total or head_macs > FLOAT_HEAD_SHARE * total:
+        return []
     return list(dict.fromkeys(patterns))
 
 

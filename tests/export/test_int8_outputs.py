@@ -80,7 +80,8 @@ class _Head(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(2)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU())  # the head: 6.6% of MACs
         self.scores = nn.Conv2d(8, 3, 1)
         self.boxes = nn.Conv2d(8, 4, 1)
 
@@ -171,6 +172,37 @@ def test_an_edge_tpu_bound_detector_stays_integer_to_its_outputs(tmp_path):
     path = _tflite_detector(tmp_path, full_integer=True)
     graph, produced, kind, types = _tflite_ops(path)
     convs = [op for op in graph.operators if kind(op) == "CONV_2D"]
-    assert len(convs) == 3
+    assert len(convs) == 4
     assert all(graph.tensors[op.inputs[1]].type == types.INT8 for op in convs)
     assert all(graph.tensors[op.outputs[0]].type == types.INT8 for op in convs)
+
+
+class _HeavyHead(nn.Module):
+    """A detector whose head convolutions (3x3) hold nearly all of its MACs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 1, 2), nn.ReLU())
+        self.scores = nn.Conv2d(4, 3, 3, padding=1)
+        self.boxes = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.body(x)
+        return torch.sigmoid(self.scores(y)).permute(0, 2, 3, 1), \
+            self.boxes(y).permute(0, 2, 3, 1)
+
+
+def test_a_head_holding_most_of_the_work_stays_int8(tmp_path):
+    pytest.importorskip("litert_torch")
+    from edgepilot.export import litert
+    from edgepilot.export.options import ExportOptions
+
+    path = tmp_path / "heavy_int8.tflite"
+    notes = litert.export(_HeavyHead().eval(), torch.zeros(1, 3, 16, 16), path, ExportOptions(
+        meta=DETECTOR_META, precision="int8", calibration=_images(32)))
+    graph, produced, kind, types = _tflite_ops(path)
+    convs = [op for op in graph.operators if kind(op) == "CONV_2D"]
+    assert len(convs) == 3
+    assert all(graph.tensors[op.inputs[1]].type == types.INT8 for op in convs)
+    assert "output" not in notes
