@@ -281,17 +281,6 @@ HEAD_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 FLOAT_HEAD_SHARE = 0.1
 
 
-def _macs(graph, op, kind: str) -> int:
-    """Multiply-accumulates of one weighted op at batch 1."""
-    out = int(np.prod(graph.tensors[op.outputs[0]].shape))
-    weights = list(graph.tensors[op.inputs[1]].shape)
-    if kind == "CONV_2D":  # (out channels, kh, kw, in channels)
-        return out * int(np.prod(weights[1:]))
-    if kind == "DEPTHWISE_CONV_2D":  # (1, kh, kw, channels)
-        return out * weights[1] * weights[2]
-    return out * weights[-1]  # FULLY_CONNECTED: (outputs, inputs)
-
-
 def _float_head(model: bytes) -> list[str]:
     """Scope regexes of the ops from each output back to the last layer that makes it (through
     `TRAILING_OPS`), that layer included: a detector's head convolutions and its sigmoid.
@@ -301,20 +290,17 @@ def _float_head(model: bytes) -> list[str]:
     sizes in 256 levels. In float they cost little (the stoplight detector's two 1x1 head
     convolutions are 1.9% of its MACs); the layers before them stay int8. A head heavier than
     `FLOAT_HEAD_SHARE` of the MACs stays int8 (empty list)."""
-    from ai_edge_litert import schema_py_generated as schema
+    from edgepilot.runtime.litert_info import op_macs, op_name, op_names
 
-    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    tree = _tree(model)
     graph = tree.subgraphs[0]
-    kinds = {value: name for name, value in vars(schema.BuiltinOperator).items()
-             if not name.startswith("_")}
+    names = op_names()
     producer = {out: op for op in graph.operators for out in op.outputs}
 
-    def kind_of(op) -> str | None:
-        code = tree.operatorCodes[op.opcodeIndex]
-        return kinds.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+    def kind_of(op) -> str:
+        return op_name(tree, op, names)
 
-    total = sum(_macs(graph, op, kind_of(op)) for op in graph.operators
-                if kind_of(op) in HEAD_OPS)
+    total = sum(op_macs(graph, op, kind_of(op)) for op in graph.operators)
     patterns: list[str] = []
     head_macs = 0
     for output in graph.outputs:
@@ -327,7 +313,7 @@ def _float_head(model: bytes) -> list[str]:
             op = producer.get(op.inputs[0]) if kind in TRAILING_OPS else None
         if op is None:  # this output does not come from a layer: left as it is
             continue
-        head_macs += _macs(graph, op, kind)
+        head_macs += op_macs(graph, op, kind)
         for op in chain:
             patterns += ["^" + re.escape(graph.tensors[o].name.decode()) + ";$"
                          for o in op.outputs]
@@ -493,11 +479,14 @@ def _uint8_interface(model: bytes) -> bytes:
         return target.read_bytes()
 
 
-def _graph(model: bytes):
+def _tree(model: bytes):
     from ai_edge_litert import schema_py_generated as schema
 
-    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
-    return tree.subgraphs[0]
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+
+
+def _graph(model: bytes):
+    return _tree(model).subgraphs[0]
 
 
 def _float_patterns(model: bytes, keep: list[str]) -> list[str]:

@@ -16,11 +16,12 @@ from edgepilot.runtime.reading import (
     TensorSummary,
     ValueStack,
     count_layers,
+    macs,
     parse_meta,
 )
 
 __all__ = ["read_info", "read_layers", "module_path", "schema", "parse", "op_names", "op_name",
-           "tensor_type_names", "text"]
+           "op_macs", "tensor_type_names", "text"]
 
 OPS = {
     "CONV_2D": OpRule((1,), (2,), "conv"), "DEPTHWISE_CONV_2D": OpRule((1,), (2,), "depthwise"),
@@ -54,6 +55,15 @@ def parse(data: bytes, path: Path):
 def op_names() -> dict[int, str]:
     """Builtin operator code -> name ("CONV_2D")."""
     return {v: k for k, v in vars(schema().BuiltinOperator).items() if not k.startswith("_")}
+
+
+def op_macs(graph, op, name: str) -> int:
+    """MACs of one operator at batch 1, by its rule in `OPS` (0 for ops without one)."""
+    rule = OPS.get(name)
+    if rule is None or rule.operand >= len(op.inputs):
+        return 0
+    return macs(rule.macs, _dims(graph.tensors[op.outputs[0]]),
+                _dims(graph.tensors[op.inputs[rule.operand]]))
 
 
 def tensor_type_names() -> dict[int, str]:

@@ -18,7 +18,7 @@ from edgepilot.meta import ModelMeta
 from edgepilot.runtime.backend import meta_entry
 
 __all__ = ["OpRule", "TensorSummary", "Layer", "Reading", "Layers", "count_layers", "parse_meta",
-           "LAYER_VALUES_BYTES", "ValueStack"]
+           "LAYER_VALUES_BYTES", "ValueStack", "macs"]
 
 
 class OpRule(NamedTuple):
@@ -162,7 +162,7 @@ def count_layers(nodes, sizes: dict, shape, table: dict[str, OpRule],
         operand = ins[rule.operand] if rule.operand < len(ins) else None
         dims = shape(operand) or (shape(origin[operand]) if operand in origin else None)
         layer = Layer(name, op, count(rule.weights), count(rule.biases),
-                       _macs(rule.macs, shape(outs[0]), dims))
+                       macs(rule.macs, shape(outs[0]), dims))
         if layer.weights or layer.biases or layer.macs:
             producer[outs[0]] = len(layers)
             layers.append(layer)
@@ -183,7 +183,9 @@ def _extends(op: str, ins: list, layer: Layer, origin: dict, sizes: dict) -> Lay
     return None
 
 
-def _macs(kind: str, out, operand) -> int:
+def macs(kind: str, out, operand) -> int:
+    """MACs of an op whose output has dims `out`, by its rule `kind` (`OpRule.macs`) over the
+    dims of its `operand`; 0 when any is unknown."""
     if not kind or not out or not operand:
         return 0
     per_output = {"conv": math.prod(operand[1:]), "depthwise": math.prod(operand[1:3]),
