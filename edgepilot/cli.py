@@ -191,6 +191,10 @@ def add_train(sub) -> None:
                         "(small, cut-off, sectioned and arrow lights, low-resolution cameras), "
                         "classic (the shipped detector's first four runs) or mix (the two in "
                         "turn, validated on each) (default: wide)")
+    p.add_argument("--width", type=_positive_int, default=None,
+                   help="stoplight-detector: channels of the first layer (default 16); wider "
+                        "than --init's grows it so that it starts computing what init did "
+                        "(Net2Wider)")
     p.add_argument("--save-ranks", action="store_true",
                    help="detector under torchrun: also save each process's final weights")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -213,9 +217,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None and args.task != "stoplight":
             raise InputError(f"{flag} applies to 'train stoplight', not '{args.task}': "
                              "leave it out")
-    if args.scenes is not None and args.task != "stoplight-detector":
-        raise InputError(f"--scenes applies to 'train stoplight-detector', not '{args.task}': "
-                         "leave it out")
+    for flag, value in (("--scenes", args.scenes), ("--width", args.width)):
+        if value is not None and args.task != "stoplight-detector":
+            raise InputError(f"{flag} applies to 'train stoplight-detector', not '{args.task}': "
+                             "leave it out")
     if args.task == "neuron":
         from edgepilot.train.classic import train_neuron
 
@@ -236,6 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size or DetectorConfig.batch_size,
                                 lr=args.lr or DetectorConfig.lr, init=args.init,
                                 scenes=args.scenes or DetectorConfig.scenes,
+                                width=args.width or DetectorConfig.width,
                                 progress=not args.quiet)
         summary = train_detector(args.out or "runs/stoplight_detector", config=config,
                                  val_size=args.val_size, holdout_size=args.val_size,

@@ -35,7 +35,7 @@ from edgepilot.renamed import renamed
 from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode
 from edgepilot.runtime.detection_metrics import evaluate
 from edgepilot.train.checkpoint import save_checkpoint
-from edgepilot.train.models import count_parameters, create_model
+from edgepilot.train.models import count_parameters, create_model, widen_detector
 
 torch = require("torch", "export", "Training")
 
@@ -245,6 +245,13 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
         start, start_meta, _ = load_checkpoint(config.init)
         if not start_meta.is_detector:
             raise InputError(f"init={config.init} is not a detector checkpoint")
+        start_width = start.heatmap.in_channels // 2
+        if start_width > config.width:
+            raise InputError(f"init={config.init} is {start_width} wide: width must be at least "
+                             f"that (a wider --width grows it), got {config.width}")
+        if start_width < config.width:  # grown so that it starts computing what init did
+            start = widen_detector(start, config.width, seed=config.seed)
+            log(f"widened init from {start_width} to {config.width} (Net2Wider: same outputs)")
         model.load_state_dict(start.state_dict())
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)

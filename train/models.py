@@ -291,3 +291,74 @@ class CentreDetector(nn.Module):
 @register_model
 def stoplight_detector(num_classes: int = 3, width: int = 16) -> nn.Module:
     return CentreDetector(num_classes, width)
+
+
+# Channel spaces of CentreDetector: (name, module path, kind, input space, output space).
+# "dw" convolutions keep their space; "conv" maps one space to another. Spaces named in
+# _FIXED_SPACES (the RGB input, the two heads' outputs) never widen.
+_DETECTOR_CONVS = (
+    ("stem.0", "conv", "rgb", "stem"),
+    ("s4.0.0", "dw", "stem", "stem"), ("s4.0.2", "conv", "stem", "a4"),
+    ("s4.1.0", "dw", "a4", "a4"), ("s4.1.2", "conv", "a4", "s4"),
+    ("s8.0.0", "dw", "s4", "s4"), ("s8.0.2", "conv", "s4", "a8"),
+    ("s8.1.0", "dw", "a8", "a8"), ("s8.1.2", "conv", "a8", "s8"),
+    ("s16.0.0", "dw", "s8", "s8"), ("s16.0.2", "conv", "s8", "a16"),
+    ("s16.1.0", "dw", "a16", "a16"), ("s16.1.2", "conv", "a16", "b16"),
+    ("s16.2.0", "dw", "b16", "b16"), ("s16.2.2", "conv", "b16", "s16"),
+    ("lat16", "conv", "s16", "f8"), ("lat8", "conv", "s8", "f8"),  # summed: one space
+    ("up8.0", "dw", "f8", "f8"), ("up8.2", "conv", "f8", "u8"),
+    ("top8", "conv", "u8", "f4"), ("lat4", "conv", "s4", "f4"),  # summed: one space
+    ("up4.0", "dw", "f4", "f4"), ("up4.2", "conv", "f4", "u4"),
+    ("heatmap", "conv", "u4", "heat"), ("box", "conv", "u4", "boxes"),
+)
+_FIXED_SPACES = ("rgb", "heat", "boxes")
+
+
+def widen_detector(model: CentreDetector, width: int, *, seed: int = 0,
+                   noise: float = 1e-3) -> CentreDetector:
+    """A wider CentreDetector computing what `model` computes (Net2Net's Net2WiderNet).
+
+    Each new channel copies a randomly chosen old one of its layer; the layers reading a copied
+    channel share its weight among the copies (divided by the count), so every sum is the same.
+    ReLU and bilinear upsampling act per channel, so the output is unchanged up to `noise`: a
+    relative perturbation of the copies' incoming weights that lets them drift apart in
+    training (exact copies would get equal gradients forever). `noise=0` is exact."""
+    if not isinstance(model, CentreDetector):
+        raise TypeError(f"widen_detector grows a CentreDetector, got {type(model).__name__}")
+    old = model.heatmap.in_channels // 2
+    if width < old:
+        raise ValueError(f"widen_detector widens: width {width} < the model's {old}")
+    gen = torch.Generator().manual_seed(seed)
+    wide = CentreDetector(model.heatmap.out_channels, width)
+    old_mods, new_mods = dict(model.named_modules()), dict(wide.named_modules())
+    maps = {}  # space -> index of the old channel each new channel copies
+    for space in dict.fromkeys(s for _, _, a, b in _DETECTOR_CONVS for s in (a, b)):
+        n_old, n_new = _channels(old_mods, space), _channels(new_mods, space)
+        extra = torch.randint(0, n_old, (n_new - n_old,), generator=gen)
+        maps[space] = torch.cat([torch.arange(n_old), extra])
+    counts = {s: torch.bincount(m, minlength=int(m.max()) + 1).float() for s, m in maps.items()}
+    with torch.no_grad():
+        for name, kind, a, b in _DETECTOR_CONVS:
+            src, dst = old_mods[name], new_mods[name]
+            out_map = maps[b]
+            weight = src.weight[out_map]
+            if kind == "conv":
+                weight = weight[:, maps[a]] / counts[a][maps[a]].view(1, -1, 1, 1)
+            copies = torch.arange(len(out_map)) >= src.weight.shape[0]
+            if noise and b not in _FIXED_SPACES and copies.any():
+                scale = noise * weight[copies].abs().mean()
+                weight[copies] += scale * torch.randn(weight[copies].shape, generator=gen)
+            dst.weight.copy_(weight)
+            dst.bias.copy_(src.bias[out_map])
+    return wide
+
+
+def _channels(modules: dict, space: str) -> int:
+    """Channels of `space`: the output of the first convolution writing it, else the input
+    of the first reading it (the RGB input)."""
+    for name, _, a, b in _DETECTOR_CONVS:
+        if b == space:
+            return modules[name].out_channels
+        if a == space:
+            return modules[name].in_channels
+    raise KeyError(space)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgepilot.assets import shipped_model
 from edgepilot.draw.scenes import (
     HOLDOUT,
     STATES,
@@ -142,3 +143,63 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_widening_keeps_what_the_shipped_detector_computes():
+    """Net2Wider: 8 more channels per unit width, the same maps on real scenes."""
+    from edgepilot.train.checkpoint import load_checkpoint
+    from edgepilot.train.detector import _to_input, detector_meta
+    from edgepilot.train.models import count_parameters, widen_detector
+
+    model, meta, _ = load_checkpoint(shipped_model("stoplight-detector", ".pt"))
+    images, _ = generate_streets(4, seed=11, config=StreetConfig(wide=True))
+    x = _to_input(images, detector_meta())
+    wider = model.heatmap.in_channels // 2 + 8
+    exact = widen_detector(model, wider, noise=0).eval()
+    nudged = widen_detector(model, wider, seed=1).eval()
+    assert count_parameters(exact) > 1.3 * count_parameters(model)
+    with torch.no_grad():
+        ref, out, near = model.eval()(x), exact(x), nudged(x)
+    for name in ("heatmap", "box"):
+        assert out[name].shape == ref[name].shape
+        assert torch.allclose(out[name], ref[name], atol=1e-5), name
+        assert torch.allclose(near[name], ref[name], atol=0.05), name
+    # The copies are nudged apart, or training could never tell them apart.
+    w = nudged.s16[1][2].weight
+    assert len({tuple(row.flatten().tolist()) for row in w}) == len(w)
+    assert not torch.equal(near["heatmap"], ref["heatmap"])
+
+
+def test_widening_refuses_narrowing_and_other_models():
+    from edgepilot.train.models import create_model, widen_detector
+
+    with pytest.raises(ValueError, match="width 8 < the model's 16"):
+        widen_detector(create_model("stoplight_detector"), 8)
+    with pytest.raises(TypeError, match="grows a CentreDetector, got StoplightCNN"):
+        widen_detector(create_model("stoplight_cnn", num_classes=4), 24)
+
+
+def test_train_width_grows_init_and_refuses_a_narrower_one(tmp_path: Path):
+    from edgepilot.train.checkpoint import load_checkpoint
+
+    shipped, _, _ = load_checkpoint(shipped_model("stoplight-detector", ".pt"))
+    width = shipped.heatmap.in_channels // 2
+    base = [sys.executable, "-I", "-m", "edgepilot.cli", "train", "stoplight-detector",
+            "--init", str(shipped_model("stoplight-detector", ".pt")), "--steps", "1",
+            "--batch-size", "2", "--val-size", "2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    grown = subprocess.run(base + ["--width", str(width + 4), "--out", str(tmp_path / "w")],
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    assert f"widened init from {width} to {width + 4}" in grown.stdout + grown.stderr
+    model, _, _ = load_checkpoint(tmp_path / "w" / "stoplight_detector.pt")
+    assert model.heatmap.in_channels == 2 * (width + 4)
+    narrow = subprocess.run(base + ["--width", "8", "--out", str(tmp_path / "w8")],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert narrow.returncode != 0
+    assert f"is {width} wide: width must be at least that" in narrow.stderr
+    assert "Traceback" not in narrow.stderr and not (tmp_path / "w8").exists()
+    other = subprocess.run([sys.executable, "-I", "-m", "edgepilot.cli", "train", "digits",
+                            "--width", "24"], capture_output=True, text=True, timeout=120)
+    assert other.returncode != 0 and "--width applies to 'train stoplight-detector'" in \
+        other.stderr
