@@ -55,7 +55,7 @@ def names():
     ("export one with formats=executorch", "export one with --format executorch"),
     ("batch_size=12 must divide by the 5 processes", "--batch-size 12 must divide by the 5 "
      "processes"),
-    ("a file named x=1.onnx and width=3", "a file named x=1.onnx and width=3"),  # not ours
+    ("a file named x=1.onnx and hue=3", "a file named x=1.onnx and hue=3"),  # not ours
 ])
 def test_the_cli_speaks_flags(names, message, spoken):
     assert in_flags(message, names) == spoken

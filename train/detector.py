@@ -247,8 +247,8 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
             raise InputError(f"init={config.init} is not a detector checkpoint")
         start_width = start.heatmap.in_channels // 2
         if start_width > config.width:
-            raise InputError(f"init={config.init} is {start_width} wide: width must be at least "
-                             f"that (a wider --width grows it), got {config.width}")
+            raise InputError(f"init={config.init} is {start_width} wide: width= must be that or "
+                             f"more (more grows it), got {config.width}")
         if start_width < config.width:  # grown so that it starts computing what init did
             start = widen_detector(start, config.width, seed=config.seed)
             log(f"widened init from {start_width} to {config.width} (Net2Wider: same outputs)")

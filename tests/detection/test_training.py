@@ -197,7 +197,8 @@ def test_train_width_grows_init_and_refuses_a_narrower_one(tmp_path: Path):
     narrow = subprocess.run(base + ["--width", "8", "--out", str(tmp_path / "w8")],
                             capture_output=True, text=True, timeout=600, env=env)
     assert narrow.returncode != 0
-    assert f"is {width} wide: width must be at least that" in narrow.stderr
+    assert f"is {width} wide: --width must be that or more (more grows it), got 8" in \
+        narrow.stderr
     assert "Traceback" not in narrow.stderr and not (tmp_path / "w8").exists()
     other = subprocess.run([sys.executable, "-I", "-m", "edgepilot.cli", "train", "digits",
                             "--width", "24"], capture_output=True, text=True, timeout=120)
