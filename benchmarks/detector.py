@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=2000)
     parser.add_argument("--resamples", type=int, default=50,
                         help="bootstrap draws for the spread of each file's drop (0: none)")
-    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--frames", type=int, default=300,
+                        help="frames per live run (0: no live figures)")
     parser.add_argument("--out", default=None, help="keep the exported files here")
     parser.add_argument("--files", default=None,
                         help="folder with stoplight_detector{,_int8}.{onnx,tflite} already "
@@ -114,6 +115,8 @@ def main() -> None:
                         default=["fp32", "int8"], help="which files to measure (the live "
                         "figures need int8)")
     args = parser.parse_args()
+    if args.frames < 0:
+        parser.error(f"--frames must be 0 (no live figures) or more, got {args.frames}")
     checkpoint = args.checkpoint or shipped_model("stoplight-detector", ".pt")
     net, meta, _ = load_checkpoint(checkpoint)
     if args.files:
@@ -166,8 +169,9 @@ def main() -> None:
             print(f"  {name:12s} mAP@0.5 {row['map50']:.4f} ({ap})  mAP@0.5:0.95 "
                   f"{row['map50_95']:.4f}  small {row['small_map50']:.4f}{extra}")
         results[split] = rows
-    print("\nlive, int8 TFLite, synthetic street 320x240:" if "tflite int8" in files else "")
-    for pace in (30.0, None) if "tflite int8" in files else ():
+    live_runs = "tflite int8" in files and args.frames > 0
+    print("\nlive, int8 TFLite, synthetic street 320x240:" if live_runs else "")
+    for pace in (30.0, None) if live_runs else ():
         row = live(files["tflite int8"], args.frames, pace)
         results[f"live {'camera' if pace else 'flat-out'}"] = row
         print(f"  {'camera pace' if pace else 'flat out':11s} {row['fps']:6.1f} FPS  "
