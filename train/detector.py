@@ -35,7 +35,12 @@ from edgepilot.renamed import renamed
 from edgepilot.runtime.detection import DETECTION_TASK, DecodeParams, decode
 from edgepilot.runtime.detection_metrics import evaluate
 from edgepilot.train.checkpoint import save_checkpoint
-from edgepilot.train.models import count_parameters, create_model, widen_detector
+from edgepilot.train.models import (
+    CentreDetector,
+    count_parameters,
+    create_model,
+    widen_detector,
+)
 
 torch = require("torch", "export", "Training")
 
@@ -245,6 +250,9 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
         start, start_meta, _ = load_checkpoint(config.init)
         if not start_meta.is_detector:
             raise InputError(f"init={config.init} is not a detector checkpoint")
+        if not isinstance(start, CentreDetector):
+            raise InputError(f"init={config.init} is a {type(start).__name__}: training "
+                             "fine-tunes stoplight_detector checkpoints")
         start_width = start.heatmap.in_channels // 2
         if start_width > config.width:
             raise InputError(f"init={config.init} is {start_width} wide: width= must be that or "

@@ -293,9 +293,10 @@ def stoplight_detector(num_classes: int = 3, width: int = 16) -> nn.Module:
     return CentreDetector(num_classes, width)
 
 
-# Channel spaces of CentreDetector: (name, module path, kind, input space, output space).
-# "dw" convolutions keep their space; "conv" maps one space to another. Spaces named in
-# _FIXED_SPACES (the RGB input, the two heads' outputs) never widen.
+# CentreDetector's convolutions for widening: (module path, kind, input space, output space).
+# A "dw" (depthwise) convolution keeps its space; a "conv" maps one space to another. Two
+# convolutions whose outputs are summed write the same space. The RGB input and the two
+# heads' outputs keep their sizes at any width.
 _DETECTOR_CONVS = (
     ("stem.0", "conv", "rgb", "stem"),
     ("s4.0.0", "dw", "stem", "stem"), ("s4.0.2", "conv", "stem", "a4"),
@@ -311,7 +312,6 @@ _DETECTOR_CONVS = (
     ("up4.0", "dw", "f4", "f4"), ("up4.2", "conv", "f4", "u4"),
     ("heatmap", "conv", "u4", "heat"), ("box", "conv", "u4", "boxes"),
 )
-_FIXED_SPACES = ("rgb", "heat", "boxes")
 
 
 def widen_detector(model: CentreDetector, width: int, *, seed: int = 0,
@@ -345,7 +345,7 @@ def widen_detector(model: CentreDetector, width: int, *, seed: int = 0,
             if kind == "conv":
                 weight = weight[:, maps[a]] / counts[a][maps[a]].view(1, -1, 1, 1)
             copies = torch.arange(len(out_map)) >= src.weight.shape[0]
-            if noise and b not in _FIXED_SPACES and copies.any():
+            if noise and copies.any():
                 scale = noise * weight[copies].abs().mean()
                 weight[copies] += scale * torch.randn(weight[copies].shape, generator=gen)
             dst.weight.copy_(weight)

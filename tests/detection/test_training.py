@@ -20,6 +20,7 @@ from edgepilot.draw.scenes import (
     render_street,
     train_config,
 )
+from edgepilot.errors import InputError
 from edgepilot.meta import ModelMeta
 from edgepilot.runtime.detection import DecodeParams, decode
 
@@ -204,3 +205,17 @@ def test_train_width_grows_init_and_refuses_a_narrower_one(tmp_path: Path):
                             "--width", "24"], capture_output=True, text=True, timeout=120)
     assert other.returncode != 0 and "--width applies to 'train stoplight-detector'" in \
         other.stderr
+
+
+def test_train_refuses_an_init_that_is_not_a_stoplight_detector(tmp_path: Path):
+    """A detector checkpoint of another architecture: one line naming what it is."""
+    from edgepilot.train.checkpoint import save_checkpoint
+    from edgepilot.train.detector import DetectorConfig, detector_meta, train_detector
+    from edgepilot.train.models import create_model
+
+    other = save_checkpoint(tmp_path / "other.pt", create_model("stoplight_cnn", num_classes=3),
+                            arch="stoplight_cnn", config={"num_classes": 3},
+                            meta=detector_meta())
+    with pytest.raises(InputError, match="is a StoplightCNN: training fine-tunes "
+                                         "stoplight_detector checkpoints"):
+        train_detector(tmp_path / "out", config=DetectorConfig(steps=1, init=str(other)))
