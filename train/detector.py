@@ -253,13 +253,12 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
         if not isinstance(start, CentreDetector):
             raise InputError(f"init={config.init} is a {type(start).__name__}: training "
                              "fine-tunes stoplight_detector checkpoints")
-        start_width = start.heatmap.in_channels // 2
-        if start_width > config.width:
-            raise InputError(f"init={config.init} is {start_width} wide: width= must be that or "
+        if start.width > config.width:
+            raise InputError(f"init={config.init} is {start.width} wide: width= must be that or "
                              f"more (more grows it), got {config.width}")
-        if start_width < config.width:  # grown so that it starts computing what init did
+        if start.width < config.width:  # grown so that it starts computing what init did
+            log(f"widened init from {start.width} to {config.width} (Net2Wider: same outputs)")
             start = widen_detector(start, config.width, seed=config.seed)
-            log(f"widened init from {start_width} to {config.width} (Net2Wider: same outputs)")
         model.load_state_dict(start.state_dict())
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)

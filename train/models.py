@@ -244,7 +244,7 @@ class CentreDetector(nn.Module):
 
     def __init__(self, num_classes: int = 3, width: int = 16):
         super().__init__()
-        w = width
+        self.width = w = width
         self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1), nn.ReLU(inplace=True))  # /2
         self.s4 = nn.Sequential(_separable(w, 2 * w, 2), _separable(2 * w, 2 * w))  # /4
         self.s8 = nn.Sequential(_separable(2 * w, 4 * w, 2), _separable(4 * w, 4 * w))  # /8
@@ -325,9 +325,8 @@ def widen_detector(model: CentreDetector, width: int, *, seed: int = 0,
     training (exact copies would get equal gradients forever). `noise=0` is exact."""
     if not isinstance(model, CentreDetector):
         raise TypeError(f"widen_detector grows a CentreDetector, got {type(model).__name__}")
-    old = model.heatmap.in_channels // 2
-    if width < old:
-        raise ValueError(f"widen_detector widens: width {width} < the model's {old}")
+    if width < model.width:
+        raise ValueError(f"widen_detector widens: width {width} < the model's {model.width}")
     gen = torch.Generator().manual_seed(seed)
     wide = CentreDetector(model.heatmap.out_channels, width)
     old_mods, new_mods = dict(model.named_modules()), dict(wide.named_modules())
@@ -336,7 +335,7 @@ def widen_detector(model: CentreDetector, width: int, *, seed: int = 0,
         n_old, n_new = _channels(old_mods, space), _channels(new_mods, space)
         extra = torch.randint(0, n_old, (n_new - n_old,), generator=gen)
         maps[space] = torch.cat([torch.arange(n_old), extra])
-    counts = {s: torch.bincount(m, minlength=int(m.max()) + 1).float() for s, m in maps.items()}
+    counts = {s: torch.bincount(m).float() for s, m in maps.items()}
     with torch.no_grad():
         for name, kind, a, b in _DETECTOR_CONVS:
             src, dst = old_mods[name], new_mods[name]
