@@ -192,9 +192,9 @@ def add_train(sub) -> None:
                         "classic (the shipped detector's first four runs) or mix (the two in "
                         "turn, validated on each) (default: wide)")
     p.add_argument("--width", type=_positive_int, default=None,
-                   help="stoplight-detector: channels of the first layer (default 16); wider "
-                        "than --init's grows it so that it starts computing what init did "
-                        "(Net2Wider)")
+                   help="stoplight-detector: channels of the first layer (default: --init's, "
+                        "else 16); wider than --init's grows it so that it starts computing "
+                        "what init did (Net2Wider)")
     p.add_argument("--save-ranks", action="store_true",
                    help="detector under torchrun: also save each process's final weights")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -241,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size or DetectorConfig.batch_size,
                                 lr=args.lr or DetectorConfig.lr, init=args.init,
                                 scenes=args.scenes or DetectorConfig.scenes,
-                                width=args.width or DetectorConfig.width,
+                                width=args.width,
                                 progress=not args.quiet)
         summary = train_detector(args.out or "runs/stoplight_detector", config=config,
                                  val_size=args.val_size, holdout_size=args.val_size,

@@ -67,7 +67,7 @@ class DetectorConfig:
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    width: int = 16
+    width: int | None = None  # first-layer channels; None: init's width, else 16
     seed: int = 0
     workers: int = 1  # scene-rendering processes beside the training one
     progress: bool = True
@@ -242,8 +242,7 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
     started = time.perf_counter()
     scenes = SCENES[config.scenes]
     meta = detector_meta(scenes[0])
-    arch_config = {"num_classes": len(STATES), "width": config.width}
-    model = create_model("stoplight_detector", **arch_config)
+    start = None
     if config.init:
         from edgepilot.train.checkpoint import load_checkpoint
 
@@ -253,12 +252,16 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
         if not isinstance(start, CentreDetector):
             raise InputError(f"init={config.init} is a {type(start).__name__}: training "
                              "fine-tunes stoplight_detector checkpoints")
-        if start.width > config.width:
-            raise InputError(f"init={config.init} is {start.width} wide: width= must be that or "
-                             f"more (more grows it), got {config.width}")
-        if start.width < config.width:  # grown so that it starts computing what init did
-            log(f"widened init from {start.width} to {config.width} (Net2Wider: same outputs)")
-            start = widen_detector(start, config.width, seed=config.seed)
+    width = config.width or (start.width if start is not None else 16)
+    if start is not None and start.width > width:
+        raise InputError(f"init={config.init} is {start.width} wide: width= must be that or "
+                         f"more (more grows it), got {width}")
+    if start is not None and start.width < width:  # grown so it starts computing what init did
+        log(f"widened init from {start.width} to {width} (Net2Wider: same outputs)")
+        start = widen_detector(start, width, seed=config.seed)
+    arch_config = {"num_classes": len(STATES), "width": width}
+    model = create_model("stoplight_detector", **arch_config)
+    if start is not None:
         model.load_state_dict(start.state_dict())
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
@@ -348,7 +351,7 @@ def _finish(model, meta, arch_config, config, out, n_val, n_holdout, train_secon
     say(f"trained in {train_seconds:.0f} s; evaluating on {n_val} + {n_holdout} held-out "
         f"{config.scenes} scenes")
     summary = {"arch": "stoplight_detector", "parameters": count_parameters(model),
-               "config": asdict(config), "processes": world,
+               "config": {**asdict(config), "width": arch_config["width"]}, "processes": world,
                "threads": torch.get_num_threads()}
     for kind in scenes:  # "val"/"holdout" on the first kind; "wide_val"... on a mix's wide
         prefix = "wide_" if kind.wide and len(scenes) > 1 else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -195,6 +196,16 @@ def test_train_width_grows_init_and_refuses_a_narrower_one(tmp_path: Path):
     assert f"widened init from {width} to {width + 4}" in grown.stdout + grown.stderr
     model, _, _ = load_checkpoint(tmp_path / "w" / "stoplight_detector.pt")
     assert model.heatmap.in_channels == 2 * (width + 4)
+    # fine-tuning the grown checkpoint needs no --width: it keeps the init's
+    again = subprocess.run(base[:6] + ["--init", str(tmp_path / "w" / "stoplight_detector.pt")]
+                           + base[8:] + ["--out", str(tmp_path / "again")],
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "widened" not in again.stdout + again.stderr
+    model, _, _ = load_checkpoint(tmp_path / "again" / "stoplight_detector.pt")
+    assert model.heatmap.in_channels == 2 * (width + 4)
+    metrics = json.loads((tmp_path / "again" / "stoplight_detector.metrics.json").read_text())
+    assert metrics["config"]["width"] == width + 4
     narrow = subprocess.run(base + ["--width", "8", "--out", str(tmp_path / "w8")],
                             capture_output=True, text=True, timeout=600, env=env)
     assert narrow.returncode != 0
