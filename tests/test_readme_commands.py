@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_RUN: list[tuple[str, str]] = [
     (r"^make (demo|test)$", "what CI runs (.ci/run: make test; tests/test_demo.py: the demo)"),
     (r"^(python -m )?pip ", "installs packages into the environment"),
-    (r"^edgepilot train stoplight(-detector)?\b", "13-78 min of training; the shipped "
+    (r"^edgepilot train stoplight(-detector)?\b", "13-112 min of training; the shipped "
      "checkpoint stands in for its output"),
     (r"^torchrun ", "a detector training on two processes (tests/detection/test_training.py "
      "runs one for a few steps)"),
