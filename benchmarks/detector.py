@@ -117,6 +117,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.frames < 0:
         parser.error(f"--frames must be 0 (no live figures) or more, got {args.frames}")
+    if args.files and args.out:
+        parser.error("--out keeps the files this run exports, --files measures files already "
+                     "exported: give one")
     checkpoint = args.checkpoint or shipped_model("stoplight-detector", ".pt")
     net, meta, _ = load_checkpoint(checkpoint)
     if args.files:
@@ -125,6 +128,8 @@ def main() -> None:
                  for fmt in ("onnx", "tflite")
                  for precision, suffix in (("fp32", ""), ("int8", "_int8"))
                  if precision in args.precisions}
+        if not args.splits:  # the live figures alone run the int8 TFLite file only
+            files = {name: path for name, path in files.items() if name == "tflite int8"}
         missing = [path for path in files.values() if not Path(path).is_file()]
         if missing:
             raise SystemExit(f"--files {folder}: missing {', '.join(missing)}; export the "
