@@ -253,12 +253,13 @@ def train_detector(out: str | Path = "runs/stoplight_detector", *,
             raise InputError(f"init={config.init} is a {type(start).__name__}: training "
                              "fine-tunes stoplight_detector checkpoints")
     width = config.width or (start.width if start is not None else 16)
-    if start is not None and start.width > width:
-        raise InputError(f"init={config.init} is {start.width} wide: width= must be that or "
-                         f"more (more grows it), got {width}")
-    if start is not None and start.width < width:  # grown so it starts computing what init did
-        log(f"widened init from {start.width} to {width} (Net2Wider: same outputs)")
-        start = widen_detector(start, width, seed=config.seed)
+    if start is not None:
+        if start.width > width:
+            raise InputError(f"init={config.init} is {start.width} wide: width= must be that "
+                             f"or more (more grows it), got {width}")
+        if start.width < width:  # grown so that it starts computing what init did
+            log(f"widened init from {start.width} to {width} (Net2Wider: same outputs)")
+            start = widen_detector(start, width, seed=config.seed)
     arch_config = {"num_classes": len(STATES), "width": width}
     model = create_model("stoplight_detector", **arch_config)
     if start is not None:
